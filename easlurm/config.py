@@ -1,0 +1,525 @@
+"""Typed run configuration: YAML → frozen-shape dataclasses, validated eagerly.
+
+One :class:`Config` describes a whole EA-Adam run (DESIGN.md §2): data, networks, losses, the population, the Adam
+and EA phases, fusion, evaluation, the executor and the container. Loading rules:
+
+* YAML is read with ``yaml.safe_load`` only.
+* Unknown keys are rejected with their dotted path and a "did you mean" suggestion.
+* Every value is type-checked and range-checked; the error names the dotted field (``adam.lr: must be > 0, got -1``).
+* ``--set a.b=value`` overrides are parsed as YAML scalars/flow values (never ``eval``) and go through the same checks.
+
+The resolved config (every default filled in) is written to ``RUN/config.yaml`` so a run directory is
+self-describing and every job of the run reads the same settings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .errors import ConfigError
+
+# ----------------------------------------------------------------------------------------------------------------
+# Field helpers: ranges and choices live next to the field, so the error can name it.
+
+
+def _f(default: Any = dataclasses.MISSING, *, min: float | None = None, max: float | None = None,
+       min_exclusive: bool = False, doc: str = "", factory: Any = None) -> Any:
+    meta = {"min": min, "max": max, "min_exclusive": min_exclusive, "doc": doc}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass
+class RunConfig:
+    """Identity and length of the run."""
+    name: str = "easlurm"
+    seed: int = _f(0, min=0, doc="master seed; every stage derives its own seeds from it")
+    cycles: int = _f(22, min=1, doc="number of Adam+EA cycles (reference: 22)")
+    root: str = _f("runs", doc="parent folder of new run directories when --run-dir is not given")
+
+
+@dataclass
+class DataConfig:
+    """Training, fitness and validation data (HDF5 shard folders built by ``python -m easlurm.data``)."""
+    train: str | None = _f(None, doc="shard folder of training HR/LR pairs; null with demo: true")
+    val: str | None = _f(None, doc="shard folder of validation images (fusion averaging, evaluation)")
+    fitness: str | None = _f(None, doc="shard folder the EA fitness tiles come from; null → train")
+    demo: bool = _f(False, doc="use the built-in demo photos (built on first use under demo_dir)")
+    demo_dir: str = _f("data/demo", doc="where the demo shards are built (relative to the current directory)")
+    scale: int = _f(4, min=2, max=8, doc="upscaling factor")
+    patch_size: int = _f(128, min=16, doc="HR training patch size in pixels (LR patch = patch_size / scale)")
+    num_workers: int = _f(2, min=0, doc="DataLoader workers per training task")
+    fitness_images: int = _f(16, min=1, doc="images the fitness tiles are drawn from (sorted ids, first N)")
+    fitness_tile: int = _f(128, min=16, doc="HR size of a fitness tile")
+    fitness_max_tiles: int = _f(50, min=1, doc="at most this many tiles per fitness image")
+    val_images: int = _f(100, min=1, doc="validation images used by fusion averaging")
+
+
+@dataclass
+class ModelConfig:
+    """The generator backbone (BasicSR-compatible names, so BasicSR checkpoints load)."""
+    arch: Literal["msrresnet", "rrdbnet"] = "msrresnet"
+    num_feat: int = _f(64, min=1)
+    num_block: int = _f(16, min=1)
+    num_grow_ch: int = _f(32, min=1, doc="RRDBNet only")
+    pretrained: str | None = _f(None, doc="PSNR-oriented initial generator (BasicSR checkpoint); null → pretrain stage")
+
+
+@dataclass
+class DiscriminatorConfig:
+    """Per-member VGG-style discriminator (stays with its slot for the whole run)."""
+    arch: Literal["vgg_style"] = "vgg_style"
+    num_feat: int = _f(64, min=1)
+    lr: float = _f(1e-4, min=0, min_exclusive=True)
+    betas: list[float] = _f(factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class PerceptualConfig:
+    """VGG feature loss: pre-ReLU features, ImageNet normalisation, L1 between features."""
+    net: Literal["auto", "vgg16", "vgg19"] = _f("auto", doc="auto: vgg19 when its weights are staged, else vgg16")
+    weights_path: str | None = _f(None, doc="a staged torchvision vgg19-dcbb9e9d.pth / vgg16-397923af.pth")
+    layers: dict[str, float] = _f(factory=lambda: {"conv5_4": 1.0})
+
+
+@dataclass
+class LossConfig:
+    """Objectives: L_dist = L1; L_perc = perceptual_weight·Perceptual + gan_weight·GAN (DESIGN.md §2)."""
+    perceptual_weight: float = _f(1.0, min=0)
+    gan_weight: float = _f(0.005, min=0)
+    gan_type: Literal["vanilla", "relativistic"] = "vanilla"
+    perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
+
+
+@dataclass
+class PopulationConfig:
+    """The population of experts and their preferences (uniform on the simplex (1,0)…(0,1))."""
+    size: int = _f(5, min=2)
+    freeze_first: bool = _f(False, doc="member 0 (pure L1) is never Adam-trained nor replaced (reference SRResNet)")
+
+
+@dataclass
+class AdamConfig:
+    """The Adam phase of one member (one Slurm array task)."""
+    lr: float = _f(1e-4, min=0, min_exclusive=True)
+    betas: list[float] = _f(factory=lambda: [0.9, 0.999])
+    batch_size: int = _f(16, min=1)
+    iters_per_cycle: int = _f(13000, min=1, doc="T_Adam generator updates per cycle")
+    checkpoint_every: int = _f(1000, min=1)
+    norm_eps: float = _f(1e-7, min=0, min_exclusive=True, doc="ε of the per-tensor gradient normalisation")
+    bf16: bool = _f(False, doc="bf16 autocast on CUDA (ignored on CPU)")
+    channels_last: bool = _f(False, doc="channels_last memory format on CUDA")
+    log_every: int = _f(100, min=1)
+    image_every: int = _f(1000, min=1)
+
+
+@dataclass
+class PretrainConfig:
+    """L1 pretraining of the PSNR-oriented initial generator (used when model.pretrained is null)."""
+    iters: int = _f(100000, min=1)
+    lr: float = _f(2e-4, min=0, min_exclusive=True)
+    batch_size: int = _f(16, min=1)
+    checkpoint_every: int = _f(5000, min=1)
+
+
+@dataclass
+class EAConfig:
+    """The EA phase (DESIGN.md §2): SBX crossover, sparse Gaussian mutation, MOEA/D or NSGA-II selection."""
+    generations: int = _f(200, min=1, doc="T_EA")
+    selection: Literal["moead", "nsga2"] = "moead"
+    p_crossover: float = _f(0.9, min=0, max=1)
+    p_global_partner: float = _f(0.3, min=0, max=1, doc="probability the partner comes from the whole population")
+    sbx_eta: float = _f(20.0, min=0, min_exclusive=True)
+    p_mutation: float = _f(0.2, min=0, max=1)
+    mutation_rate: float = _f(0.02, min=0, max=1, doc="per-element probability inside a mutated weight tensor")
+    mutation_sigma: float = _f(0.03, min=0)
+    neighbourhood: int = _f(3, min=1)
+    reset_adam: bool = _f(True, doc="reset generator Adam moments after the EA phase (reference)")
+    eval_batch: int = _f(16, min=1, doc="fitness tiles per forward pass")
+
+
+@dataclass
+class FusionConfig:
+    """Fusion of the experts into one plain backbone."""
+    iters: int = _f(5000, min=1)
+    lr: float = _f(1e-4, min=0, min_exclusive=True)
+    batch_size: int = _f(16, min=1)
+    l1_weight: float = _f(0.01, min=0, doc="λ (0.01 SRResNet, 0.1 RRDB)")
+    att_kernel: int = _f(5, min=1, doc="attention-branch conv kernel (5 SRResNet, 3 RRDB)")
+    att_channels: int = _f(100, min=1)
+    discriminator_from: int = _f(-1, doc="warm-start D from this member (negative indexes from the end)")
+    checkpoint_every: int = _f(1000, min=1)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation on test sets (BasicSR conventions: Y channel, crop `scale` border pixels)."""
+    sets: dict[str, str] = _f(factory=dict, doc="name → folder of HR images or shard folder; empty → data.val")
+    lpips: bool = True
+    tile: int | None = _f(None, min=8, doc="LR tile size for tiled inference (bounded memory)")
+
+
+@dataclass
+class StageResources:
+    """Slurm resources of one stage's jobs."""
+    time_min: int = _f(60, min=2, doc="time limit in minutes (>= 2: submitit signals 90 s before the limit)")
+    gpus: int = _f(1, min=0)
+    cpus: int = _f(4, min=1)
+    mem_gb: int = _f(16, min=1)
+    extra: dict[str, str] = _f(factory=dict, doc="extra sbatch flags, e.g. {constraint: a100}")
+
+
+def _res(**kw: Any) -> Any:
+    return field(default_factory=lambda: StageResources(**kw))
+
+
+@dataclass
+class SlurmConfig:
+    """Cluster-wide sbatch settings; per-stage resources below."""
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    array_parallelism: int = _f(64, min=1, doc="max array tasks running at once")
+    pretrain: StageResources = _res(time_min=24 * 60)
+    adam: StageResources = _res(time_min=12 * 60)
+    ea: StageResources = _res(time_min=4 * 60)
+    fuse: StageResources = _res(time_min=12 * 60)
+    eval: StageResources = _res(time_min=60)
+
+
+@dataclass
+class LocalConfig:
+    """The local executor: the same plan on one machine."""
+    max_parallel: int = _f(1, min=1, doc="concurrent jobs (Adam-phase members run side by side up to this cap)")
+    gpus: list[int] = _f(factory=list, doc="GPU ids assigned round-robin via CUDA_VISIBLE_DEVICES; empty → CPU")
+
+
+@dataclass
+class ExecutorConfig:
+    """How stages are run: Slurm via submitit, locally with a concurrency cap, or in-process (debug)."""
+    kind: Literal["slurm", "local", "debug"] = "slurm"
+    max_retries: int = _f(2, min=0, doc="resubmissions of a failed stage before the launcher stops")
+    window: int = _f(0, min=0, doc="cycles submitted ahead with afterok chains; 0 → all at once")
+    poll_s: float = _f(10.0, min=0, min_exclusive=True)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
+
+
+@dataclass
+class ContainerConfig:
+    """Apptainer image every job runs in (null → the current Python environment)."""
+    image: str | None = None
+    binary: str = "apptainer"
+    binds: list[str] = _f(factory=list, doc="extra bind mounts; the run dir and data folders are bound automatically")
+    nv: bool = _f(True, doc="pass --nv (NVIDIA GPUs) to apptainer exec")
+
+
+@dataclass
+class Config:
+    """A whole EA-Adam run."""
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    population: PopulationConfig = field(default_factory=PopulationConfig)
+    adam: AdamConfig = field(default_factory=AdamConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    ea: EAConfig = field(default_factory=EAConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    container: ContainerConfig = field(default_factory=ContainerConfig)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building dataclasses from plain data
+
+
+_NoneType = type(None)
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_name(a) for a in get_args(tp))}]"
+    if tp is _NoneType:
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _suggest(key: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widened to float where a float is expected)."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{path}: must be one of {', '.join(map(repr, choices))}, got {value!r}"
+                              f"{_suggest(str(value), [str(c) for c in choices])}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if _NoneType in args:
+                return None
+            raise ConfigError(f"{path}: must not be null (expected {_type_name(tp)})")
+        errors = []
+        for arg in args:
+            if arg is _NoneType:
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping of {tp.__name__} fields, got {type(value).__name__}")
+        return _build(tp, value, path)
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, val_tp = get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {_coerce(k, key_tp, f"{path}.<key>"): _coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true/false, got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} at {path}")  # a bug in this module, not user input
+
+
+def _check_range(value: Any, meta: Mapping[str, Any], path: str) -> None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None:
+        if meta.get("min_exclusive") and not value > lo:
+            raise ConfigError(f"{path}: must be > {lo}, got {value}")
+        if not meta.get("min_exclusive") and value < lo:
+            raise ConfigError(f"{path}: must be >= {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{path}: must be <= {hi}, got {value}")
+    if isinstance(value, float) and value != value:
+        raise ConfigError(f"{path}: must not be NaN")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"{where}: unknown key{_suggest(str(key), list(fields))}")
+    kwargs = {}
+    for name, f in fields.items():
+        path = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            value = _coerce(data[name], hints[name], path)
+            _check_range(value, f.metadata, path)
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain YAML-able data (every default filled in)."""
+    return dataclasses.asdict(cfg)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Cross-field validation
+
+
+def validate(cfg: Config) -> Config:
+    """Checks that involve more than one field; each error names the fields."""
+    for name in ("discriminator.betas", "adam.betas"):
+        section, key = name.split(".")
+        betas = getattr(getattr(cfg, section), key)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ConfigError(f"{name}: expected two numbers in [0, 1), got {betas}")
+    if cfg.data.patch_size % cfg.data.scale:
+        raise ConfigError(f"data.patch_size: {cfg.data.patch_size} is not a multiple of data.scale={cfg.data.scale}")
+    if cfg.data.patch_size % 32:
+        raise ConfigError(f"data.patch_size: the VGG-style discriminator needs a multiple of 32, "
+                          f"got {cfg.data.patch_size}")
+    if cfg.data.fitness_tile % cfg.data.scale:
+        raise ConfigError(f"data.fitness_tile: {cfg.data.fitness_tile} is not a multiple of data.scale")
+    if not cfg.data.demo and cfg.data.train is None:
+        raise ConfigError("data.train: no training shards given (set data.train or data.demo: true)")
+    if cfg.ea.neighbourhood > cfg.population.size:
+        raise ConfigError(f"ea.neighbourhood: {cfg.ea.neighbourhood} exceeds population.size={cfg.population.size}")
+    if not cfg.loss.perceptual.layers:
+        raise ConfigError("loss.perceptual.layers: at least one VGG layer is needed")
+    valid_layers = {f"conv{b}_{i}" for b, n in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4)) for i in range(1, n + 1)}
+    for layer, w in cfg.loss.perceptual.layers.items():
+        if layer not in valid_layers:
+            raise ConfigError(f"loss.perceptual.layers.{layer}: unknown VGG layer"
+                              f"{_suggest(layer, sorted(valid_layers))}")
+        if w < 0:
+            raise ConfigError(f"loss.perceptual.layers.{layer}: weight must be >= 0, got {w}")
+    n = cfg.population.size
+    if not -n <= cfg.fusion.discriminator_from < n:
+        raise ConfigError(f"fusion.discriminator_from: {cfg.fusion.discriminator_from} is not a member index "
+                          f"for population.size={n}")
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Overrides and loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into (["a","b","c"], value); the value is parsed as one YAML flow value."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set adam.lr=2e-4")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: empty key segment")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r} ({exc.__class__.__name__})") from exc
+    # YAML 1.1 reads "1e-4" as a string; users mean a number.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def _apply_override(raw: dict[str, Any], parts: list[str], value: Any) -> None:
+    cls: Any = Config
+    node = raw
+    for depth, part in enumerate(parts):
+        path = ".".join(parts[: depth + 1])
+        if cls is not None and dataclasses.is_dataclass(cls):
+            names = [f.name for f in dataclasses.fields(cls)]
+            if part not in names:
+                raise ConfigError(f"--set {path}: unknown key{_suggest(part, names)}")
+            nxt = get_type_hints(cls)[part]
+            cls = nxt if dataclasses.is_dataclass(nxt) else None
+        if depth == len(parts) - 1:
+            node[part] = value
+        else:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {'.'.join(parts)}: {path} is not a section")
+            node = child
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load, override and validate a config.
+
+    ``path`` is a YAML file (``None`` → all defaults). ``overrides`` are ``a.b=value`` strings applied in order.
+    Raises :class:`ConfigError` naming the file, the dotted key or the field.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{p}: config file not found") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p}: cannot read config ({exc})") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{p}:{where} invalid YAML ({getattr(exc, 'problem', None) or exc})") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+    for text in overrides:
+        parts, value = parse_override(text)
+        _apply_override(raw, parts, value)
+    try:
+        cfg = _build(Config, raw)
+    except ConfigError as exc:
+        if path is not None:
+            raise ConfigError(f"{path}: {exc}") from None
+        raise
+    return validate(cfg)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Build and validate a config from plain data (e.g. a run directory's resolved ``config.yaml``)."""
+    return validate(_build(Config, data))
+
+
+def dump_config(cfg: Config, *, argv: Sequence[str] | None = None, version: str | None = None) -> str:
+    """The resolved config as YAML text, with the command line and easlurm version as a header comment."""
+    from . import __version__
+
+    header = [f"# easlurm {version or __version__} resolved config"]
+    if argv is not None:
+        header.append("# command: " + " ".join(argv))
+    body = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+    return "\n".join(header) + "\n" + body
+
+
+def write_config(cfg: Config, run_dir: str | Path, argv: Sequence[str] | None = None) -> Path:
+    """Write the resolved config to ``RUN/config.yaml`` atomically and return its path."""
+    from .store import atomic_write_text
+
+    dest = Path(run_dir) / "config.yaml"
+    atomic_write_text(dest, dump_config(cfg, argv=list(argv) if argv is not None else list(sys.argv)))
+    return dest
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """The config a run directory was created with (``RUN/config.yaml``)."""
+    return load_config(Path(run_dir) / "config.yaml")
+
+
+__all__ = [
+    "Config", "RunConfig", "DataConfig", "ModelConfig", "DiscriminatorConfig", "PerceptualConfig", "LossConfig",
+    "PopulationConfig", "AdamConfig", "PretrainConfig", "EAConfig", "FusionConfig", "EvalConfig",
+    "StageResources", "SlurmConfig", "LocalConfig", "ExecutorConfig", "ContainerConfig",
+    "load_config", "config_from_dict", "dump_config", "write_config", "load_run_config", "parse_override",
+    "to_dict", "validate",
+]

@@ -1,0 +1,210 @@
+"""Collapse K expert generators into one plain backbone with per-layer mixing weights (DESIGN.md §2 "Fusion" 3).
+
+For every conv layer l with averaged attention w̄_l (K non-negative numbers summing to 1):
+θ_l = Σ_k w̄_{l,k} θ_{l,k}, for ``<l>.weight`` and ``<l>.bias`` alike. The sum is accumulated in float64 and cast
+back to the parameter's dtype, so a one-hot w̄_l reproduces that expert's tensor bit for bit.
+
+Entries that belong to no conv layer (e.g. a PReLU slope, normalisation statistics — the paper's MSRResNet and
+RRDBNet have none) follow one rule, shared with :func:`easlurm.fuse.dynamic.make_dynamic` so the dynamic model that
+is trained and the merged model agree: floating-point entries identical in all experts are kept as they are;
+entries that differ are averaged **uniformly** (the attention never saw a per-layer weight for them). Non-float
+entries (integer counters) must be identical, otherwise :class:`FusionError`.
+
+State dicts are ``dict[str, Tensor]`` with the keys of the ordinary backbone class (loadable with ``strict=True``);
+output key order is expert 0's.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ..errors import EaslurmError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["FusionError", "WEIGHT_SUM_TOL", "check_layer_weights", "combine_shared", "merge_state_dicts",
+           "merge_from_dynamic"]
+
+WEIGHT_SUM_TOL = 1e-6
+
+
+class FusionError(EaslurmError):
+    """Experts, layer weights or a dynamic model cannot be fused; the message names the layer or key."""
+
+
+def check_layer_weights(layer: str, weights: Sequence[float] | np.ndarray | torch.Tensor,
+                        num_experts: int) -> np.ndarray:
+    """Validate one layer's mixing weights and return them as float64 (K,).
+
+    They must be K finite, non-negative numbers summing to 1 within ``WEIGHT_SUM_TOL``; otherwise
+    :class:`FusionError` naming ``layer``.
+    """
+    if isinstance(weights, torch.Tensor):
+        weights = weights.detach().cpu().double().numpy()
+    try:
+        w = np.asarray(weights, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise FusionError(f"layer '{layer}': mixing weights are not numbers ({weights!r})") from exc
+    if w.shape != (num_experts,):
+        raise FusionError(f"layer '{layer}': expected {num_experts} mixing weights (one per expert), "
+                          f"got shape {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise FusionError(f"layer '{layer}': mixing weights must be finite, got {w.tolist()}")
+    if np.any(w < 0):
+        raise FusionError(f"layer '{layer}': mixing weights must be non-negative, got {w.tolist()}")
+    total = float(w.sum())
+    if abs(total - 1.0) > WEIGHT_SUM_TOL:
+        raise FusionError(f"layer '{layer}': mixing weights must sum to 1 (±{WEIGHT_SUM_TOL:g}), "
+                          f"got sum {total!r} for {w.tolist()}")
+    return w
+
+
+def _check_same_keys(experts: Sequence[Mapping[str, torch.Tensor]]) -> list[str]:
+    if len(experts) == 0:
+        raise FusionError("no experts given: need at least one state dict")
+    keys = list(experts[0].keys())
+    key_set = set(keys)
+    for k, sd in enumerate(experts[1:], start=1):
+        other = set(sd.keys())
+        missing = [key for key in keys if key not in other]
+        if missing:
+            raise FusionError(f"expert {k} lacks key '{missing[0]}' that expert 0 has")
+        extra = [key for key in sd.keys() if key not in key_set]
+        if extra:
+            raise FusionError(f"expert {k} has key '{extra[0]}' that expert 0 lacks")
+    for key in keys:
+        ref = experts[0][key]
+        if not isinstance(ref, torch.Tensor):
+            raise FusionError(f"expert 0: entry '{key}' is a {type(ref).__name__}, not a tensor")
+        for k, sd in enumerate(experts[1:], start=1):
+            t = sd[key]
+            if not isinstance(t, torch.Tensor):
+                raise FusionError(f"expert {k}: entry '{key}' is a {type(t).__name__}, not a tensor")
+            if t.shape != ref.shape or t.dtype != ref.dtype:
+                raise FusionError(f"expert {k}: entry '{key}' is {tuple(t.shape)} {t.dtype}, expert 0 has "
+                                  f"{tuple(ref.shape)} {ref.dtype}")
+    return keys
+
+
+def combine_shared(experts: Sequence[Mapping[str, torch.Tensor]], keys: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Combine the non-conv entries ``keys`` of the experts (see the module docstring for the rule).
+
+    Returns fresh tensors (clones) on expert 0's device; identical entries are expert 0's values exactly.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key in keys:
+        tensors = [sd[key] for sd in experts]
+        ref = tensors[0]
+        same = all(torch.equal(ref, t.to(ref.device)) for t in tensors[1:])
+        if same:
+            out[key] = ref.detach().clone()
+        elif ref.is_floating_point() or ref.is_complex():
+            stacked = torch.stack([t.detach().to(ref.device, torch.float64) for t in tensors])
+            out[key] = stacked.mean(dim=0).to(ref.dtype)
+        else:
+            raise FusionError(f"non-float entry '{key}' ({ref.dtype}) differs between experts; it cannot be "
+                              f"averaged")
+    return out
+
+
+def merge_state_dicts(experts: Sequence[Mapping[str, torch.Tensor]],
+                      layer_weights: Mapping[str, Sequence[float] | np.ndarray | torch.Tensor],
+                      conv_names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Merge K expert state dicts into one: θ_l = Σ_k w̄_{l,k} θ_{l,k} for every conv layer in ``conv_names``.
+
+    Args:
+        experts: K state dicts of the same backbone (same keys, shapes and dtypes).
+        layer_weights: for every conv layer name, K non-negative weights summing to 1 (±1e-6); exactly the layers
+            in ``conv_names`` (a missing or unknown layer is an error, to catch name typos).
+        conv_names: conv layer names as in ``named_modules`` (e.g. ``body.0.conv1``); each needs a
+            ``<name>.weight`` entry and may have ``<name>.bias``.
+
+    Returns:
+        A new state dict (expert 0's key order, expert 0's device) for the ordinary backbone class. Non-conv entries
+        follow :func:`combine_shared`.
+
+    Raises:
+        FusionError (a ``ValueError``) naming the layer or key at fault.
+    """
+    keys = _check_same_keys(experts)
+    num = len(experts)
+    names = list(conv_names)
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise FusionError(f"conv layer '{dup}' is listed twice in conv_names")
+    unknown = [n for n in layer_weights if n not in set(names)]
+    if unknown:
+        raise FusionError(f"layer_weights names layer '{unknown[0]}', which is not among the conv layers")
+    key_set = set(keys)
+    conv_keys: dict[str, np.ndarray] = {}
+    for name in names:
+        prefix = f"{name}." if name else ""
+        if f"{prefix}weight" not in key_set:
+            raise FusionError(f"conv layer '{name}': the experts have no entry '{prefix}weight'")
+        if name not in layer_weights:
+            raise FusionError(f"conv layer '{name}': no mixing weights given")
+        w = check_layer_weights(name, layer_weights[name], num)
+        for suffix in ("weight", "bias"):
+            if f"{prefix}{suffix}" in key_set:
+                conv_keys[f"{prefix}{suffix}"] = w
+
+    shared = combine_shared(experts, [k for k in keys if k not in conv_keys])
+    device = experts[0][keys[0]].device if keys else torch.device("cpu")
+    merged: dict[str, torch.Tensor] = {}
+    for key in keys:
+        if key in conv_keys:
+            ref = experts[0][key]
+            w = torch.as_tensor(conv_keys[key], dtype=torch.float64, device=device)
+            stacked = torch.stack([sd[key].detach().to(device, torch.float64) for sd in experts])
+            merged[key] = torch.tensordot(w, stacked, dims=1).to(ref.dtype)
+        else:
+            merged[key] = shared[key]
+    return merged
+
+
+def _owner(key: str, prefixes: Sequence[tuple[str, str]]) -> tuple[str, str] | None:
+    """Return (layer name, suffix) when ``key`` belongs to one of the dynamic layers, else None."""
+    for name, prefix in prefixes:
+        if key.startswith(prefix):
+            return name, key[len(prefix):]
+    return None
+
+
+def merge_from_dynamic(dynamic_model: nn.Module,
+                       averages: Mapping[str, Sequence[float] | np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Collapse a model built by :func:`easlurm.fuse.dynamic.make_dynamic` into a plain backbone state dict.
+
+    Args:
+        dynamic_model: the dynamic model (its stacked expert kernels are read; attention branches are dropped).
+        averages: per dynamic layer name, the K averaged attention weights (e.g. from ``average_attention``).
+
+    Returns:
+        The state dict the ordinary backbone class loads with ``strict=True`` (same keys and order as the experts).
+    """
+    from .dynamic import dynamic_layers  # local import: dynamic.py builds on this module
+
+    layers = dynamic_layers(dynamic_model)
+    if not layers:
+        raise FusionError("merge_from_dynamic: the model has no DynamicConv2d layer (was it built by make_dynamic?)")
+    num = layers[0][1].num_experts
+    # Longest names first so a layer nested inside another's name space is never claimed by the outer one.
+    prefixes = sorted(((n, f"{n}." if n else "") for n, _ in layers), key=lambda p: -len(p[1]))
+    experts: list[dict[str, torch.Tensor]] = [{} for _ in range(num)]
+    for key, tensor in dynamic_model.state_dict().items():
+        owner = _owner(key, prefixes)
+        if owner is None:
+            for sd in experts:
+                sd[key] = tensor
+        elif owner[1] in ("weight", "bias"):
+            if tensor.shape[0] != num:
+                raise FusionError(f"dynamic layer '{owner[0]}': entry '{key}' stacks {tensor.shape[0]} experts, "
+                                  f"expected {num}")
+            for k, sd in enumerate(experts):
+                sd[key] = tensor[k]
+        # anything else under a dynamic layer is its attention branch: not part of the backbone
+    return merge_state_dicts(experts, averages, [n for n, _ in layers])

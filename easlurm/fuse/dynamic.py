@@ -212,7 +212,8 @@ def set_fixed_attention(model: nn.Module,
     layers = dynamic_layers(model)
     if isinstance(value, Mapping):
         names = [n for n, _ in layers]
-        unknown = [k for k in value if k not in set(names)]
+        name_set = set(names)
+        unknown = [k for k in value if k not in name_set]
         if unknown:
             raise FusionError(f"set_fixed_attention: '{unknown[0]}' is not a dynamic layer of the model")
         for name, layer in layers:

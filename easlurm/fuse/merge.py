@@ -137,7 +137,8 @@ def merge_state_dicts(experts: Sequence[Mapping[str, torch.Tensor]],
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise FusionError(f"conv layer '{dup}' is listed twice in conv_names")
-    unknown = [n for n in layer_weights if n not in set(names)]
+    name_set = set(names)
+    unknown = [n for n in layer_weights if n not in name_set]
     if unknown:
         raise FusionError(f"layer_weights names layer '{unknown[0]}', which is not among the conv layers")
     key_set = set(keys)

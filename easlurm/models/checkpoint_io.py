@@ -1,0 +1,97 @@
+"""Load BasicSR-style generator checkpoints into easlurm backbones.
+
+Accepted file layouts (all read with ``torch.load(weights_only=True)``, never arbitrary pickles):
+
+* a dict holding ``params_ema`` (preferred — BasicSR's EMA weights) and/or ``params``;
+* a bare state dict ``{name: tensor}``.
+
+Keys written by ``nn.DataParallel`` (``module.`` prefix) are unwrapped. Checkpoints from the original ESRGAN
+repository (``RRDB_trunk.N.RDBk``, ``trunk_conv``, ``upconv1/2``, ``HRconv``) are renamed to BasicSR names.
+Loading is strict: any missing, unexpected or mis-shaped key raises :class:`~easlurm.errors.CheckpointError`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from ..store import load_checkpoint
+
+__all__ = ["extract_state_dict", "load_generator_weights"]
+
+_PREFERRED_KEYS = ("params_ema", "params")
+_SHOW = 5
+
+# Original ESRGAN repo (xinntao/ESRGAN) names → BasicSR names.
+_OLD_ESRGAN = [
+    (re.compile(r"^RRDB_trunk\.(\d+)\.RDB(\d)\."), r"body.\1.rdb\2."),
+    (re.compile(r"^trunk_conv\."), "conv_body."),
+    (re.compile(r"^upconv1\."), "conv_up1."),
+    (re.compile(r"^upconv2\."), "conv_up2."),
+    (re.compile(r"^HRconv\."), "conv_hr."),
+]
+
+
+def _listing(keys: list[str]) -> str:
+    keys = sorted(keys)
+    more = f" … (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
+    return f"{len(keys)}: {', '.join(keys[:_SHOW])}{more}"
+
+
+def extract_state_dict(obj: Any, source: str = "<checkpoint>") -> tuple[dict[str, torch.Tensor], str]:
+    """Pick the generator state dict out of a loaded checkpoint object.
+
+    Returns ``(state_dict, where)`` with ``where`` one of ``"params_ema"``, ``"params"``, ``"bare"``.
+    Renames DataParallel and original-ESRGAN keys. Raises :class:`CheckpointError` naming ``source``.
+    """
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{source}: expected a dict, got {type(obj).__name__}")
+    where = next((k for k in _PREFERRED_KEYS if k in obj), "bare")
+    state = obj[where] if where != "bare" else obj
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{source}: {where!r} is not a non-empty state dict")
+    bad = sorted(str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor))
+    if bad:
+        hint = " (keys: " + ", ".join(sorted(map(str, obj))[:_SHOW]) + ")" if where == "bare" else ""
+        raise CheckpointError(f"{source}: entries that are not tensors in {where!r}: {_listing(bad)}{hint}")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if any(k.startswith("RRDB_trunk.") for k in state):
+        renamed = {}
+        for k, v in state.items():
+            for pattern, repl in _OLD_ESRGAN:
+                k = pattern.sub(repl, k)
+            renamed[k] = v
+        state = renamed
+    return state, where
+
+
+def load_generator_weights(model: nn.Module, path: str | os.PathLike[str]) -> str:
+    """Load a BasicSR checkpoint at ``path`` into ``model`` strictly; return which entry was used.
+
+    Raises :class:`CheckpointError` naming the file when it is missing/unreadable, when keys are missing or
+    unexpected (first few of each plus counts), or when a tensor's shape differs (naming the key).
+    """
+    p = Path(path)
+    state, where = extract_state_dict(load_checkpoint(p), str(p))
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_listing(unexpected)}")
+        raise CheckpointError(f"{p} ({where}) does not match {type(model).__name__}: " + "; ".join(parts))
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{p} ({where}): key {k!r} has shape {tuple(state[k].shape)}, "
+                                  f"{type(model).__name__} needs {tuple(v.shape)}")
+    model.load_state_dict(state, strict=True)
+    return where

@@ -1,0 +1,327 @@
+"""Torch datasets over HDF5 shards (see :mod:`easlurm.data.shards`): training patches, fitness tiles, whole images.
+
+Every item is ``(lr, hr)`` float32 CHW RGB tensors in [0, 1] (``ImageDataset`` adds the entry id); ``hr`` is
+``scale`` times the size of ``lr`` and pixel-aligned with it (LR crop = HR crop / scale exactly).
+
+Shards are opened read-only, lazily, once per process: the handle table remembers the pid that opened it and is
+dropped after a fork, and is never pickled (so DataLoader workers with fork, spawn or forkserver each open their
+own). HDF5 file locking is switched off because shards are read-only and usually live on NFS/Lustre, where
+HDF5's locks fail or hang.
+"""
+from __future__ import annotations
+
+import os
+
+# Must be in the environment before HDF5 opens a file; read-only shards on NFS/Lustre need no locks.
+os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+
+import itertools  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
+
+from ..errors import DataError  # noqa: E402
+from .shards import load_manifest  # noqa: E402
+
+__all__ = ["ShardReader", "PatchPlan", "RandomPatchDataset", "TileDataset", "ImageDataset", "IndexRangeSampler",
+           "infinite_loader", "to_tensor", "augment"]
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """uint8 HWC RGB array -> float32 CHW tensor in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
+        raise DataError(f"{name} must be an integer >= {minimum} (got {value!r})")
+    return int(value)
+
+
+class ShardReader:
+    """Reads HR/LR regions of shard entries; one lazily opened read-only h5py handle per shard and process."""
+
+    def __init__(self, shard_dir: str | os.PathLike[str], scale: int | None = None) -> None:
+        self.shard_dir = Path(shard_dir)
+        self.manifest = load_manifest(self.shard_dir)
+        self.scale: int = self.manifest["scale"]
+        if scale is not None and _check_int("scale", scale, 1) != self.scale:
+            raise DataError(f"{self.shard_dir / 'manifest.json'}: shards were built for scale {self.scale}, "
+                            f"not {scale}")
+        self.entries: dict[str, dict[str, Any]] = {e["id"]: e for e in self.manifest["entries"]}
+        self.ids: list[str] = [e["id"] for e in self.manifest["entries"]]  # sorted (validated by load_manifest)
+        self._files: dict[str, h5py.File] = {}
+        self._pid: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_files"] = {}  # an open HDF5 handle must never cross a process boundary
+        state["_pid"] = None
+        return state
+
+    def _file(self, name: str) -> h5py.File:
+        pid = os.getpid()
+        if self._pid != pid:
+            # Inherited through fork: these handles belong to the parent's HDF5 state; open our own.
+            self._files = {}
+            self._pid = pid
+        f = self._files.get(name)
+        if f is None:
+            path = self.shard_dir / name
+            try:
+                f = h5py.File(path, "r", locking=False)
+            except (OSError, ValueError) as exc:
+                raise DataError(f"{path}: cannot open shard ({exc})") from exc
+            self._files[name] = f
+        return f
+
+    def read(self, entry_id: str, kind: str, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """uint8 HWC RGB region ``[y:y+h, x:x+w]`` of entry ``entry_id``'s ``kind`` (``"hr"`` or ``"lr"``) image,
+        in that image's own pixel coordinates."""
+        entry = self.entries.get(entry_id)
+        if entry is None:
+            raise DataError(f"{self.shard_dir}: no entry {entry_id!r} in the manifest")
+        f = self._file(entry["shard"])
+        key = f"{kind}/{entry_id}"
+        try:
+            ds = f[key]
+        except KeyError as exc:
+            raise DataError(f"{self.shard_dir / entry['shard']}: dataset {key!r} missing (corrupt shard?)") from exc
+        expected = tuple(entry[f"{kind}_shape"])
+        if ds.shape != expected or ds.dtype != np.uint8:
+            raise DataError(f"{self.shard_dir / entry['shard']}: dataset {key!r} is {ds.dtype} {ds.shape}, "
+                            f"manifest says uint8 {expected}")
+        if y < 0 or x < 0 or y + h > expected[0] or x + w > expected[1]:
+            raise DataError(f"{entry_id}: region y={y} x={x} {h}x{w} outside {kind} image {expected[:2]}")
+        out = np.empty((h, w, expected[2]), dtype=np.uint8)
+        ds.read_direct(out, source_sel=np.s_[y:y + h, x:x + w, :])
+        return out
+
+    def read_full(self, entry_id: str, kind: str) -> np.ndarray:
+        """The whole uint8 HWC RGB ``kind`` image of ``entry_id``."""
+        entry = self.entries.get(entry_id)
+        if entry is None:
+            raise DataError(f"{self.shard_dir}: no entry {entry_id!r} in the manifest")
+        h, w = entry[f"{kind}_shape"][:2]
+        return self.read(entry_id, kind, 0, 0, h, w)
+
+    def close(self) -> None:
+        """Close this process's handles (reopened lazily on the next read)."""
+        if self._pid == os.getpid():
+            for f in self._files.values():
+                f.close()
+        self._files = {}
+
+
+@dataclass(frozen=True)
+class PatchPlan:
+    """Where sample ``index`` comes from: entry, LR-pixel top-left corner, and the augmentation flags."""
+
+    entry_id: str
+    ly: int
+    lx: int
+    hflip: bool
+    vflip: bool
+    rot90: bool
+
+
+def augment(img: np.ndarray, plan: PatchPlan) -> np.ndarray:
+    """Apply ``plan``'s flips (horizontal, then vertical) and 90° rotation (H/W transpose) to an HWC image."""
+    if plan.hflip:
+        img = img[:, ::-1]
+    if plan.vflip:
+        img = img[::-1]
+    if plan.rot90:
+        img = img.transpose(1, 0, 2)
+    return img
+
+
+class RandomPatchDataset(Dataset):
+    """Random aligned training patches; item ``index`` is a pure function of ``(seed, index)``.
+
+    ``patch_size``: HR patch side in px (multiple of ``scale``; LR patch is ``patch_size // scale``). Each item
+    draws, from a generator seeded by ``(seed, index)``: an entry (uniform over entries), an LR-grid top-left
+    corner, and (when ``augment``) hflip/vflip/rot90 each with probability 1/2, applied identically to LR and HR.
+    So a training position is just the global sample index and resuming is exact for any worker count.
+    ``len()`` is ``num_samples``; any index >= 0 is valid. Returns ``(lr, hr)`` float32 CHW RGB in [0, 1].
+    """
+
+    def __init__(self, shard_dir: str | os.PathLike[str], patch_size: int, scale: int, num_samples: int,
+                 seed: int = 0, augment: bool = True) -> None:
+        self.scale = _check_int("scale", scale, 1)
+        self.patch_size = _check_int("patch_size", patch_size, 1)
+        if self.patch_size % self.scale:
+            raise DataError(f"patch_size {patch_size} is not a multiple of scale {scale}")
+        self.num_samples = _check_int("num_samples", num_samples, 1)
+        self.seed = _check_int("seed", seed, 0)
+        self.augment = bool(augment)
+        self.reader = ShardReader(shard_dir, scale=self.scale)
+        self.ids = list(self.reader.ids)
+        lr_shapes = []
+        for eid in self.ids:
+            hr_h, hr_w = self.reader.entries[eid]["hr_shape"][:2]
+            if hr_h < self.patch_size or hr_w < self.patch_size:
+                raise DataError(f"{self.reader.shard_dir}: entry {eid!r} is {hr_w}x{hr_h} px, smaller than "
+                                f"patch_size {self.patch_size}")
+            lr_shapes.append(self.reader.entries[eid]["lr_shape"][:2])
+        self._lr_shapes = np.asarray(lr_shapes, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def plan(self, index: int) -> PatchPlan:
+        """The crop and augmentation of sample ``index`` (deterministic in ``(seed, index)``)."""
+        index = int(index)
+        if index < 0:
+            raise IndexError(f"sample index must be >= 0 (got {index})")
+        rng = np.random.default_rng([self.seed, index])
+        k = int(rng.integers(len(self.ids)))
+        lp = self.patch_size // self.scale
+        lh, lw = self._lr_shapes[k]
+        ly = int(rng.integers(lh - lp + 1))
+        lx = int(rng.integers(lw - lp + 1))
+        flips = rng.random(3) < 0.5
+        if not self.augment:
+            flips[:] = False
+        return PatchPlan(self.ids[k], ly, lx, bool(flips[0]), bool(flips[1]), bool(flips[2]))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.plan(index)
+        s, lp = self.scale, self.patch_size // self.scale
+        lr = self.reader.read(p.entry_id, "lr", p.ly, p.lx, lp, lp)
+        hr = self.reader.read(p.entry_id, "hr", p.ly * s, p.lx * s, self.patch_size, self.patch_size)
+        return to_tensor(augment(lr, p)), to_tensor(augment(hr, p))
+
+
+class TileDataset(Dataset):
+    """Deterministic non-overlapping tiles (the EA phase's fixed fitness set).
+
+    Images: the sorted entry ids (or sorted ``ids``), the first ``max_images`` of them. Tiles: ``tile_size`` HR px
+    squares at ``y, x`` multiples of ``tile_size`` in row-major order, the first ``max_tiles_per_image`` per image
+    (an image smaller than a tile contributes none). ``tiles`` lists ``(id, y, x)`` in HR px; items are
+    ``(lr, hr)`` float32 CHW RGB in [0, 1].
+    """
+
+    def __init__(self, shard_dir: str | os.PathLike[str], tile_size: int, scale: int,
+                 max_tiles_per_image: int | None = None, ids: Sequence[str] | None = None,
+                 max_images: int | None = None) -> None:
+        self.scale = _check_int("scale", scale, 1)
+        self.tile_size = _check_int("tile_size", tile_size, 1)
+        if self.tile_size % self.scale:
+            raise DataError(f"tile_size {tile_size} is not a multiple of scale {scale}")
+        if max_tiles_per_image is not None:
+            _check_int("max_tiles_per_image", max_tiles_per_image, 1)
+        if max_images is not None:
+            _check_int("max_images", max_images, 1)
+        self.reader = ShardReader(shard_dir, scale=self.scale)
+        if ids is None:
+            chosen = list(self.reader.ids)
+        else:
+            if isinstance(ids, str):
+                raise DataError("ids must be a list of entry ids, not a string")
+            for eid in ids:
+                if eid not in self.reader.entries:
+                    raise DataError(f"{self.reader.shard_dir}: no entry {eid!r} (requested in ids)")
+            if len(set(ids)) != len(ids):
+                raise DataError("ids contains duplicates")
+            chosen = sorted(ids)
+        self.image_ids: list[str] = chosen[:max_images] if max_images is not None else chosen
+        t = self.tile_size
+        self.tiles: list[tuple[str, int, int]] = []
+        for eid in self.image_ids:
+            h, w = self.reader.entries[eid]["hr_shape"][:2]
+            grid = [(eid, y, x) for y in range(0, h - t + 1, t) for x in range(0, w - t + 1, t)]
+            self.tiles.extend(grid[:max_tiles_per_image] if max_tiles_per_image is not None else grid)
+        if not self.tiles:
+            raise DataError(f"{self.reader.shard_dir}: no {t}x{t} tile fits in the chosen images")
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        eid, y, x = self.tiles[index]
+        s, t = self.scale, self.tile_size
+        lr = self.reader.read(eid, "lr", y // s, x // s, t // s, t // s)
+        hr = self.reader.read(eid, "hr", y, x, t, t)
+        return to_tensor(lr), to_tensor(hr)
+
+    def manifest_rows(self) -> list[dict[str, Any]]:
+        """``[{"id", "y", "x", "size"}]`` per tile (HR px), for recording the fitness set."""
+        return [{"id": eid, "y": y, "x": x, "size": self.tile_size} for eid, y, x in self.tiles]
+
+    def source_hashes(self) -> dict[str, str]:
+        """``{id: source_sha256}`` of the images the tiles come from."""
+        return {eid: self.reader.entries[eid]["source_sha256"] for eid in self.image_ids}
+
+
+class ImageDataset(Dataset):
+    """Whole images for validation / evaluation: items ``(lr, hr, id)``, float32 CHW RGB in [0, 1].
+
+    Sizes differ between items, so load with batch size 1. ``ids`` selects (and sorts) a subset.
+    """
+
+    def __init__(self, shard_dir: str | os.PathLike[str], scale: int | None = None,
+                 ids: Sequence[str] | None = None) -> None:
+        self.reader = ShardReader(shard_dir, scale=scale)
+        self.scale = self.reader.scale
+        if ids is None:
+            self.ids = list(self.reader.ids)
+        else:
+            for eid in ids:
+                if eid not in self.reader.entries:
+                    raise DataError(f"{self.reader.shard_dir}: no entry {eid!r} (requested in ids)")
+            self.ids = sorted(set(ids))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        eid = self.ids[index]
+        return to_tensor(self.reader.read_full(eid, "lr")), to_tensor(self.reader.read_full(eid, "hr")), eid
+
+
+class IndexRangeSampler(Sampler[int]):
+    """Yields ``start, start + 1, …`` up to ``stop`` (exclusive), or forever when ``stop`` is None."""
+
+    def __init__(self, start: int = 0, stop: int | None = None) -> None:
+        self.start = _check_int("start_index", start, 0)
+        self.stop = None if stop is None else _check_int("stop_index", stop, self.start)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(itertools.count(self.start) if self.stop is None else range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        if self.stop is None:
+            raise TypeError("an endless IndexRangeSampler has no length")
+        return self.stop - self.start
+
+
+def infinite_loader(dataset: Dataset, batch_size: int, start_index: int = 0, num_workers: int = 0,
+                    stop_index: int | None = None, pin_memory: bool = False) -> Iterator[Any]:
+    """Batches of the samples with global indices ``start_index, start_index + 1, …`` in order.
+
+    Batch ``b`` holds indices ``start_index + b·batch_size …`` (+ ``batch_size - 1``), so training that stopped
+    after ``n`` samples resumes with ``start_index = n`` and sees exactly the batches it would have seen, for any
+    ``num_workers`` (items must be pure functions of their index, as in :class:`RandomPatchDataset`). Endless
+    unless ``stop_index`` is given (then the last batch may be short). The loader has its own torch generator, so
+    creating it does not advance the global torch RNG.
+    """
+    batch_size = _check_int("batch_size", batch_size, 1)
+    num_workers = _check_int("num_workers", num_workers, 0)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=IndexRangeSampler(start_index, stop_index),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=False,
+        generator=torch.Generator().manual_seed(0),
+        persistent_workers=False,
+    )
+    return iter(loader)

@@ -1,0 +1,136 @@
+"""Reading training/evaluation images from folders, with one explicit policy for every odd pixel format.
+
+:func:`read_rgb` returns uint8 HWC RGB (values 0–255) or raises :class:`~easlurm.errors.DataError` naming the file.
+Policy, per Pillow mode of the decoded file:
+
+* ``RGB`` — used as is. ``RGBX`` — padding byte dropped. ``YCbCr`` (some TIFFs) — converted to RGB.
+* ``L`` (8-bit grayscale) and ``1`` (bilevel) — **converted** to RGB by repeating the channel, so grayscale
+  photos can join a colour dataset; ``P`` (palette) — expanded to RGB.
+* Alpha (``RGBA``, ``LA``, ``PA``, palette or colour-key transparency): a **fully opaque** alpha is dropped;
+  any pixel with alpha < 255 is **refused** (there is no right background colour to composite onto).
+* More than 8 bits per channel is **refused**: ``I;16*``, ``I``, ``F`` modes, 16-bit PNGs (Pillow would
+  silently truncate 16-bit RGB PNGs to 8 bits, so the PNG header is checked) and 16-bit TIFFs. Convert them to
+  8-bit yourself so the quantisation is your decision.
+* ``CMYK`` and other colour spaces (``LAB``, ``HSV``) are refused: converting them needs a colour profile.
+* Animated / multi-frame files are refused (which frame would be meant is unclear).
+* Corrupt, truncated or non-image files are refused.
+
+EXIF orientation tags are ignored: pixels are used as stored, so an HR image and its LR partner stay aligned.
+:func:`list_images` lists a flat folder's images (suffixes in :data:`IMAGE_SUFFIXES`, case-insensitive), sorted.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+
+__all__ = ["IMAGE_SUFFIXES", "read_rgb", "list_images"]
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;32", "I;32B", "I;32L"}
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    """Bit depth from a PNG's IHDR chunk, or None when the file is not a PNG."""
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+    if len(head) < 26 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    return head[24]
+
+
+def _tiff_max_bits(im: Image.Image) -> int | None:
+    tags = getattr(im, "tag_v2", None)
+    if tags is None:
+        return None
+    bits = tags.get(258)  # BitsPerSample
+    if bits is None:
+        return None
+    if isinstance(bits, (tuple, list)):
+        return max(int(b) for b in bits) if bits else None
+    return int(bits)
+
+
+def _drop_opaque_alpha(path: Path, rgba: Image.Image) -> np.ndarray:
+    arr = np.asarray(rgba.convert("RGBA"))
+    alpha = arr[..., 3]
+    if alpha.min() < 255:
+        n = int(np.count_nonzero(alpha < 255))
+        raise DataError(
+            f"{path}: image has transparency ({n} pixel(s) with alpha < 255); "
+            "flatten it onto a background and save it as RGB first")
+    return np.ascontiguousarray(arr[..., :3])
+
+
+def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode an image file into a uint8 HWC RGB array (0–255), following the module's format policy.
+
+    Raises :class:`DataError` naming ``path`` for a missing, corrupt, truncated, non-image, 16-bit, CMYK,
+    multi-frame or partly transparent file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: image file not found")
+    try:
+        bits = _png_bit_depth(p)
+    except OSError as exc:
+        raise DataError(f"{p}: cannot read file ({exc})") from exc
+    if bits is not None and bits > 8:
+        raise DataError(f"{p}: {bits}-bit PNG is not supported; convert it to 8 bits per channel first")
+    try:
+        with Image.open(p) as im:
+            frames = int(getattr(im, "n_frames", 1))
+            if frames > 1:
+                raise DataError(f"{p}: multi-frame image ({frames} frames) is not supported")
+            mode = im.mode
+            if mode in _HIGH_DEPTH_MODES or mode.startswith("I;") or mode.startswith("F"):
+                raise DataError(f"{p}: {mode} image (more than 8 bits per channel) is not supported; "
+                                "convert it to 8-bit RGB first")
+            tiff_bits = _tiff_max_bits(im)
+            if tiff_bits is not None and tiff_bits > 8:
+                raise DataError(f"{p}: {tiff_bits}-bit TIFF is not supported; convert it to 8-bit RGB first")
+            im.load()  # decode now, so truncated files fail here and not later
+            if mode in _ALPHA_MODES or "transparency" in im.info:
+                return _drop_opaque_alpha(p, im)
+            if mode == "RGB":
+                arr = np.asarray(im)
+            elif mode in {"L", "1", "P", "RGBX", "YCbCr"}:
+                arr = np.asarray(im.convert("RGB"))
+            else:
+                raise DataError(f"{p}: {mode} images are not supported (needs a colour profile to convert); "
+                                "save it as 8-bit RGB first")
+    except DataError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{p}: not a readable image ({exc})") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # Pillow's corrupt-file errors vary by plugin
+        raise DataError(f"{p}: corrupt or truncated image ({type(exc).__name__}: {exc})") from exc
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise DataError(f"{p}: decoded to unexpected array {arr.dtype} {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """Sorted image files (suffix in :data:`IMAGE_SUFFIXES`, any case) directly inside ``folder``.
+
+    Hidden files (leading ``.``) and sub-folders are skipped. A missing folder, a non-folder, or a folder with no
+    images raises :class:`DataError` naming it.
+    """
+    d = Path(folder)
+    if not d.exists():
+        raise DataError(f"{d}: image folder not found")
+    if not d.is_dir():
+        raise DataError(f"{d}: not a folder")
+    files = sorted(
+        f for f in d.iterdir()
+        if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file())
+    if not files:
+        raise DataError(f"{d}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return files

@@ -132,3 +132,144 @@ def load_checkpoint(path: str | os.PathLike[str], sha256: str | None = None,
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated / foreign files
         raise CheckpointError(f"{p}: cannot load checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Multi-file checkpoints: a small journal so a set of files (G.pt, D.pt, optim.pt, …) and the meta.json that lists
+# their checksums change together. New files are staged in DIR/.staging/ with meta.json written there last; once the
+# staged meta exists the checkpoint is committed and is rolled forward into DIR (by this call, or by the next reader
+# after a crash). A staging folder without meta.json is an interrupted write and is discarded.
+
+STAGING = ".staging"
+META = "meta.json"
+
+
+def recover_checkpoint_dir(folder: str | os.PathLike[str]) -> None:
+    """Finish or discard an interrupted :func:`commit_checkpoint` in ``folder`` (idempotent)."""
+    folder = Path(folder)
+    staging = folder / STAGING
+    if not staging.is_dir():
+        return
+    if (staging / META).is_file():
+        for src in sorted(staging.iterdir()):
+            if src.name != META:
+                os.replace(src, folder / src.name)
+        os.replace(staging / META, folder / META)
+        _fsync_dir(folder)
+    for leftover in sorted(staging.iterdir()):
+        leftover.unlink()
+    staging.rmdir()
+
+
+def commit_checkpoint(folder: str | os.PathLike[str], files: dict[str, bytes], meta: dict[str, Any]) -> dict[str, Any]:
+    """Atomically replace ``files`` and ``meta.json`` in ``folder``; return the meta written.
+
+    ``meta["sha256"]`` is set to the checksum of every file in ``files``; other files already listed there keep
+    their entries, so a partial update (e.g. only G.pt) stays verifiable.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    recover_checkpoint_dir(folder)
+    staging = folder / STAGING
+    staging.mkdir()
+    old = read_json(folder / META).get("sha256", {}) if (folder / META).is_file() else {}
+    meta = dict(meta)
+    meta["sha256"] = {**old, **{name: sha256_bytes(data) for name, data in files.items()}}
+    for name, data in files.items():
+        with open(staging / name, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    atomic_write_json(staging / META, meta)  # the commit point
+    recover_checkpoint_dir(folder)
+    return meta
+
+
+def read_checkpoint_meta(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The committed meta.json of a checkpoint folder (rolling an interrupted commit forward), or None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    recover_checkpoint_dir(folder)
+    if not (folder / META).is_file():
+        return None
+    return read_json(folder / META)
+
+
+def load_verified(folder: str | os.PathLike[str], name: str, meta: dict[str, Any] | None = None,
+                  map_location: str | torch.device = "cpu") -> Any:
+    """Load ``folder/name`` after checking it against the sha256 recorded in the folder's meta.json."""
+    folder = Path(folder)
+    meta = meta if meta is not None else read_checkpoint_meta(folder)
+    if meta is None:
+        raise CheckpointError(f"{folder}: no meta.json (not a checkpoint folder, or never written)")
+    expected = meta.get("sha256", {}).get(name)
+    if expected is None:
+        raise CheckpointError(f"{folder / name}: not listed in {folder / META}")
+    return load_checkpoint(folder / name, sha256=expected, map_location=map_location)
+
+
+def verify_checkpoint_dir(folder: str | os.PathLike[str]) -> bool:
+    """True when meta.json exists and every file it lists matches its sha256."""
+    try:
+        meta = read_checkpoint_meta(folder)
+    except CheckpointError:
+        return False
+    if meta is None:
+        return False
+    for name, expected in sorted(meta.get("sha256", {}).items()):
+        p = Path(folder) / name
+        if not p.is_file() or sha256_file(p) != expected:
+            return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Run-directory layout (DESIGN.md §4). Cycle and member folders are zero-padded so sorted() listings are in order.
+
+
+class RunDir:
+    """Paths inside one run directory; creates nothing by itself."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).resolve()
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def pretrain(self) -> Path:
+        return self.root / "pretrain"
+
+    def cycle(self, c: int) -> Path:
+        return self.root / "cycles" / f"{c:03d}"
+
+    def member(self, c: int, i: int) -> Path:
+        return self.cycle(c) / "members" / f"{i:02d}"
+
+    def ea(self, c: int) -> Path:
+        return self.cycle(c) / "ea"
+
+    @property
+    def fusion(self) -> Path:
+        return self.root / "fusion"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def tb(self) -> Path:
+        return self.root / "tb"
+
+    @property
+    def slurm(self) -> Path:
+        return self.root / "slurm"

@@ -289,7 +289,8 @@ def _verify_hash_in_name(path: Path) -> str | None:
     if not digest.startswith(m.group(1)):
         raise WeightsMismatchError(
             f"{path}: sha256 {digest[:12]}… does not start with {m.group(1)} as its name promises — the file is "
-            f"corrupt or not the official download; delete it and stage the original file again")
+            f"corrupt or not the official download; delete it and stage the original file again (a file of your "
+            f"own whose name merely ends in -<hex digits> must be renamed)")
     return digest
 
 

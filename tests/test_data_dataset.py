@@ -149,3 +149,17 @@ def test_image_dataset_returns_whole_images(shards: tuple[Path, dict]) -> None:
     assert lr.shape == (3, 10, 18)
     loader = torch.utils.data.DataLoader(ds, batch_size=1)
     assert [batch[2][0] for batch in loader] == ["a_tall", "b_wide", "c_small"]
+
+
+def test_reader_caps_open_shard_files(shards: tuple[Path, dict]) -> None:
+    d, images = shards  # 3 entries in 2 shards (shard_size=2)
+    ds = ImageDataset(d)
+    ds.reader.max_open = 1
+    for _ in range(2):
+        for k, eid in enumerate(ds.ids):
+            _, hr, _ = ds[k]
+            h, w = images[eid].shape[0] // 4 * 4, images[eid].shape[1] // 4 * 4
+            assert np.array_equal(_np(hr), images[eid][:h, :w])
+            assert len(ds.reader._files) == 1
+    ds.reader.close()
+    assert len(ds.reader._files) == 0

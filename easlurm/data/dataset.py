@@ -16,6 +16,7 @@ import os
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
 import itertools  # noqa: E402
+from collections import OrderedDict  # noqa: E402
 from collections.abc import Iterator, Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -45,7 +46,13 @@ def _check_int(name: str, value: object, minimum: int) -> int:
 
 
 class ShardReader:
-    """Reads HR/LR regions of shard entries; one lazily opened read-only h5py handle per shard and process."""
+    """Reads HR/LR regions of shard entries; one lazily opened read-only h5py handle per shard and process.
+
+    At most ``max_open`` shard files stay open per process (least recently used are closed), so a dataset of
+    thousands of shards does not exhaust file descriptors in every DataLoader worker.
+    """
+
+    max_open = 64
 
     def __init__(self, shard_dir: str | os.PathLike[str], scale: int | None = None) -> None:
         self.shard_dir = Path(shard_dir)
@@ -56,12 +63,12 @@ class ShardReader:
                             f"not {scale}")
         self.entries: dict[str, dict[str, Any]] = {e["id"]: e for e in self.manifest["entries"]}
         self.ids: list[str] = [e["id"] for e in self.manifest["entries"]]  # sorted (validated by load_manifest)
-        self._files: dict[str, h5py.File] = {}
+        self._files: OrderedDict[str, h5py.File] = OrderedDict()
         self._pid: int | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_files"] = {}  # an open HDF5 handle must never cross a process boundary
+        state["_files"] = OrderedDict()  # an open HDF5 handle must never cross a process boundary
         state["_pid"] = None
         return state
 
@@ -69,10 +76,14 @@ class ShardReader:
         pid = os.getpid()
         if self._pid != pid:
             # Inherited through fork: these handles belong to the parent's HDF5 state; open our own.
-            self._files = {}
+            self._files = OrderedDict()
             self._pid = pid
         f = self._files.get(name)
-        if f is None:
+        if f is not None:
+            self._files.move_to_end(name)
+        else:
+            if len(self._files) >= self.max_open:
+                self._files.popitem(last=False)[1].close()
             path = self.shard_dir / name
             try:
                 f = h5py.File(path, "r", locking=False)
@@ -116,7 +127,7 @@ class ShardReader:
         if self._pid == os.getpid():
             for f in self._files.values():
                 f.close()
-        self._files = {}
+        self._files = OrderedDict()
 
 
 @dataclass(frozen=True)

@@ -231,3 +231,24 @@ def test_full_size_networks_train_one_iteration(name, demo_shards):
     res, sr = step(torch.nn.functional.avg_pool2d(hr, 4), hr)
     assert sr.shape == hr.shape and res.grad_norm_dist > 0 and res.grad_norm_perc > 0
     assert not torch.equal(before, g.conv_first.weight)
+
+
+def test_member_lock_refuses_a_second_live_trainer(make_run):
+    import socket
+
+    from easlurm.errors import CheckpointError
+
+    run = make_run()
+    pretrain(run)
+    folder = RunDir(run).member(0, 1)
+    folder.mkdir(parents=True)
+    # A live process on this host (pytest's parent) holds the lock: refused, naming the holder.
+    (folder / ".lock").write_text(json.dumps({"job": None, "host": socket.gethostname(), "pid": os.getppid()}))
+    with pytest.raises(CheckpointError, match=r"member is being trained by job None \(pid \d+ on "):
+        train_member(run, 0, 1)
+    # A dead holder is stale: taken over, and released at the end.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (folder / ".lock").write_text(json.dumps({"job": None, "host": socket.gethostname(), "pid": dead.pid}))
+    assert train_member(run, 0, 1)["done"]
+    assert not (folder / ".lock").exists()

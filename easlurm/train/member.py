@@ -29,6 +29,7 @@ from ..errors import CheckpointError, TrainingError
 from ..store import RunDir, commit_checkpoint, load_verified, read_checkpoint_meta, torch_bytes
 from . import rng
 from .mix import global_norm, normalised_mix
+from .lock import member_lock
 from .preempt import Preemption
 
 
@@ -193,13 +194,6 @@ def train_member(run_dir: str | Path, cycle: int, member: int, device: str | Non
     SIGUSR2/SIGTERM at any point (also during start-up) → checkpoint after the current iteration, then hand the
     signal on (submitit requeues the task) or exit with 128 + signal.
     """
-    # Installed first: a preemption during start-up must not kill the task before its next commit.
-    with Preemption() as pre:
-        return _train_member(run_dir, cycle, member, device, pre)
-
-
-def _train_member(run_dir: str | Path, cycle: int, member: int, device: str | None, pre: Preemption
-                  ) -> dict[str, Any]:
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)
     n = cfg.population.size
@@ -207,6 +201,13 @@ def _train_member(run_dir: str | Path, cycle: int, member: int, device: str | No
         raise CheckpointError(f"--member {member}: the population has members 0..{n - 1}")
     if not 0 <= cycle < cfg.run.cycles:
         raise CheckpointError(f"--cycle {cycle}: the run has cycles 0..{cfg.run.cycles - 1}")
+    # Installed first: a preemption during start-up must not kill the task before its next commit.
+    with Preemption() as pre, member_lock(run.member(cycle, member)):
+        return _train_member(run, cfg, cycle, member, device, pre)
+
+
+def _train_member(run: RunDir, cfg: Config, cycle: int, member: int, device: str | None, pre: Preemption
+                  ) -> dict[str, Any]:
     folder = run.member(cycle, member)
     meta = read_checkpoint_meta(folder)
     if meta is None:

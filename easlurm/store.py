@@ -20,6 +20,15 @@ import torch
 from .errors import CheckpointError
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def _fsync_dir(folder: Path) -> None:
     # The rename itself lives in the directory entry; without this a crash can lose it on some filesystems.
     try:
@@ -44,6 +53,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
+    # mkstemp makes 0600 files; a run directory on a shared filesystem is read by other users' tools (status,
+    # TensorBoard), so give the file the permissions an ordinary open() would.
+    os.chmod(tmp, 0o666 & ~_UMASK)
     tmp_path = Path(tmp)
     try:
         yield tmp_path

@@ -1,0 +1,18 @@
+#!/bin/bash
+# Fusion: train the attention branches over the final experts, average, merge into RUN/fusion/fused.pt.
+#   sbatch jobs/fuse.sh RUN_DIR
+#SBATCH --job-name=easlurm-fuse
+#SBATCH --ntasks=1
+#SBATCH --gpus-per-node=1
+#SBATCH --cpus-per-task=8
+#SBATCH --mem=32G
+#SBATCH --time=12:00:00
+#SBATCH --signal=USR2@90
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=slurm-%x-%j.out
+# Slurm runs a copy of this script from its spool dir: find common.sh via EASLURM_JOBS or the submit dir.
+jobs_dir="${EASLURM_JOBS:-${SLURM_SUBMIT_DIR:-$(dirname "$(readlink -f "$0")")/..}/jobs}"
+source "$jobs_dir/common.sh"
+easlurm_need_run_dir "${1:-}"
+easlurm_run "$1" easlurm.fuse --run "$1"

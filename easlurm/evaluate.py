@@ -14,7 +14,8 @@ same way. Every set is checked before any model runs; bad ones raise one :class:
 
 Models: every final member (``RUN/cycles/<run.cycles>/members/I/G.pt``, label ``member_I``, with its preference)
 and, when the fusion stage finished, the fused model (``RUN/fusion/fused.pt``, label ``fused``). Inference is whole
-image, or tiled with ``eval.tile`` LR pixels (16 px overlap) when set; outputs are rounded to uint8 as BasicSR does.
+image, or tiled with ``eval.tile`` LR pixels (16 px overlap) when set; outputs are rounded to uint8 as BasicSR does
+(:func:`easlurm.upscale.super_resolve`, which also mirror-pads LR sides for RRDBNet ×2/×1 and crops the output).
 
 Metrics per image, averaged per set: PSNR-Y and SSIM-Y (:mod:`easlurm.metrics.psnr_ssim`, ``crop_border = scale``),
 LPIPS-alex v0.1 on the whole uint8-rounded RGB output (when ``eval.lpips``). Outputs (atomic writes; a rerun with the
@@ -45,7 +46,7 @@ from torch import nn
 
 from . import factory
 from .config import Config, load_run_config
-from .errors import DataError, EaslurmError
+from .errors import ConfigError, DataError, EaslurmError
 from .report import ResultRow, format_preference, pareto_png, results_csv, results_markdown
 from .store import RunDir, atomic_write_bytes, atomic_write_text, load_verified, read_checkpoint_meta
 
@@ -188,14 +189,14 @@ def final_models(cfg: Config, run: RunDir) -> list[ModelEntry]:
 
 
 def _to_tensor(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
+    return torch.tensor(img).permute(2, 0, 1).unsqueeze(0).float().div(255.0)  # copies: inputs may be read-only
 
 
 def _score_set(ts: EvalSet, models: Sequence[ModelEntry], cfg: Config, device: torch.device,
                lpips_metric: Any) -> tuple[list[ResultRow], list[list[Any]]]:
     from .data.bicubic import bicubic_downscale
-    from .infer import upscale_image
     from .metrics.psnr_ssim import MetricError, psnr_y, ssim_y
+    from .upscale import super_resolve
 
     scale = cfg.data.scale
     per: dict[str, list[tuple[float, float, float | None]]] = {m.label: [] for m in models}
@@ -204,7 +205,10 @@ def _score_set(ts: EvalSet, models: Sequence[ModelEntry], cfg: Config, device: t
         lr = bicubic_downscale(hr, scale)
         hr_t = _to_tensor(hr) if lpips_metric is not None else None
         for m in models:
-            sr = upscale_image(m.model, lr, scale, cfg.eval.tile, device=device, overlap=_OVERLAP)
+            try:
+                sr = super_resolve(m.model, lr, scale, cfg.eval.tile, _OVERLAP, str(device))
+            except ConfigError as exc:
+                raise EvalError(f"eval.tile: {exc}") from exc
             try:
                 psnr, ssim = psnr_y(sr, hr, scale), ssim_y(sr, hr, scale)
             except MetricError as exc:

@@ -3,7 +3,8 @@
 ``python -m easlurm.evaluate --run RUN [--sets NAME=PATH ...] [--device DEV]``
 
 Test sets: ``eval.sets`` of the run's config (``name: path``), or — when that is empty — the val shards as ``val``;
-each ``--sets NAME=PATH`` adds a set or replaces the one of the same name. A set is either
+each ``--sets NAME=PATH`` adds a set or replaces the one of the same name (relative paths are relative to the
+current directory). A set is either
 
 - a **shard folder** (holds ``manifest.json``): every entry's HR image, or
 - a **folder of HR images** (``read_rgb`` policy, sorted file names);

@@ -19,8 +19,9 @@ Every image of ``--input`` (file suffixes of :data:`easlurm.data.images.IMAGE_SU
 8-bit RGB by :func:`easlurm.data.images.read_rgb`) is upscaled ×scale and written to ``--output/<stem>.png`` (uint8
 RGB, BasicSR rounding), each file atomically (temp file + fsync + rename), so an interrupted run leaves only
 complete PNGs. RRDBNet at ×2 (×1) needs LR sides that are multiples of 2 (4): other sizes are mirror-padded at
-the bottom/right and the output cropped back (:func:`super_resolve`). ``--tile N`` runs the network on N×N LR tiles with ``--overlap`` LR pixels of discarded context (see
-:mod:`easlurm.infer`), bounding memory on large images. Two inputs with the same stem, or an output folder equal to
+the bottom/right and the output cropped back (:func:`super_resolve`). ``--tile N`` runs the network on N×N LR
+tiles with ``--overlap`` LR pixels of discarded context (see :mod:`easlurm.infer`), bounding memory on large
+images. Two inputs with the same stem, or an output folder equal to
 the input folder, are refused before anything is written.
 """
 from __future__ import annotations

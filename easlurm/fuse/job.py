@@ -30,7 +30,10 @@ forward — renormalised to sum to 1 in float64, and the experts are merged laye
 - ``attention.json`` — ``{layer name: [K weights]}`` in module order (the exact numbers the merge used);
 - ``fused.pt`` — the plain backbone state dict, loadable with ``strict=True`` by ``factory.build_generator(cfg)``;
 
-and sets ``done: true``. Rerunning a finished, verified job is a no-op. TensorBoard scalars go to ``RUN/tb/fusion``.
+and sets ``done: true``. Rerunning a finished, verified job is a no-op (a finished job whose outputs fail their
+checksums redoes only the averaging and merge). TensorBoard: the loss terms every ``min(adam.log_every,
+fusion.checkpoint_every)`` iterations under ``RUN/tb/fusion``, plus each layer's averaged attention (step = layer
+index in module order) and a text table of it.
 """
 from __future__ import annotations
 

@@ -125,6 +125,9 @@ def test_lineage_resolves_and_outputs_are_consistent(moead_pair):
     run, _ = moead_pair
     rows = lineage(run)
     assert [(r["generation"], r["slot"]) for r in rows] == [(g, i) for g in range(2) for i in range(3)]
+    # This seed exercises both operators and some replacements (otherwise the checks below would prove little).
+    assert {o["op"] for r in rows for o in r["operators"]} >= {"sbx", "mutation"}
+    assert any(r["accepted_into"] for r in rows) and any("checkpoint" in r for r in rows)
     seen: dict[str, dict[str, Any]] = {}
     for r in rows:
         assert list(r) == sorted(r)

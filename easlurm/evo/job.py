@@ -59,8 +59,8 @@ from .pareto import hypervolume, pareto_front_mask
 from .selection import MoeadState, assign_slots_by_f1, moead_replace, neighbourhoods, nsga2_select
 
 __all__ = [
-    "SEED_TAG", "HV_REF_FACTOR", "FitnessSet", "Objectives", "ChildRecord", "EAResult", "make_child", "evolve",
-    "plot_front", "run_ea",
+    "SEED_TAG", "HV_REF_FACTOR", "FitnessSet", "Objectives", "ChildRecord", "EAResult", "child_id", "make_child",
+    "evolve", "plot_front", "run_ea",
 ]
 
 log = logging.getLogger("easlurm.evo")

@@ -174,7 +174,8 @@ class EvalConfig:
 @dataclass
 class StageResources:
     """Slurm resources of one stage's jobs."""
-    time_min: int = _f(60, min=2, doc="time limit in minutes (>= 2: submitit signals 90 s before the limit)")
+    time_min: int = _f(60, min=3, doc="time limit in minutes (>= 3: submitit signals 90 s before the limit and "
+                                      "slurmctld checks for due signals only every 30 s)")
     gpus: int = _f(1, min=0)
     cpus: int = _f(4, min=1)
     mem_gb: int = _f(16, min=1)

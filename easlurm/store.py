@@ -197,12 +197,18 @@ def commit_checkpoint(folder: str | os.PathLike[str], files: dict[str, bytes], m
     return meta
 
 
-def read_checkpoint_meta(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The committed meta.json of a checkpoint folder (rolling an interrupted commit forward), or None."""
+def read_checkpoint_meta(folder: str | os.PathLike[str], recover: bool = False) -> dict[str, Any] | None:
+    """The committed meta.json of a checkpoint folder, or None.
+
+    Only the folder's owner (the job that writes it) may pass ``recover=True`` to roll an interrupted commit forward
+    first; other readers (the launcher, status, the next stage) must not touch a staging folder another process
+    may be filling right now.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return None
-    recover_checkpoint_dir(folder)
+    if recover:
+        recover_checkpoint_dir(folder)
     if not (folder / META).is_file():
         return None
     return read_json(folder / META)

@@ -76,7 +76,7 @@ def test_wrong_types_name_the_field(tmp_path: Path, text: str, match: str) -> No
     ("data: {train: x, patch_size: 30}", r"data\.patch_size: 30 is not a multiple of data\.scale=4"),
     ("loss: {perceptual: {layers: {conv6_1: 1}}}", r"loss\.perceptual\.layers\.conv6_1: unknown VGG layer"),
     ("adam: {betas: [0.9]}", r"adam\.betas: expected two numbers"),
-    ("executor: {slurm: {adam: {time_min: 1}}}", r"executor\.slurm\.adam\.time_min: must be >= 2"),
+    ("executor: {slurm: {adam: {time_min: 1}}}", r"executor\.slurm\.adam\.time_min: must be >= 3"),
 ])
 def test_out_of_range_values_name_the_field(tmp_path: Path, text: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

@@ -457,7 +457,7 @@ def _completed(run: RunDir, cycle: int, n: int) -> dict[str, Any] | None:
 
 def _prepare_output_folder(folder: Path, names: set[str]) -> None:
     """Refuse to overwrite a member a later Adam phase has advanced; drop stale files our commit would not list."""
-    meta = read_checkpoint_meta(folder)
+    meta = read_checkpoint_meta(folder, recover=True)  # this EA job writes the folder
     if meta is None:
         return
     if meta.get("iteration", 0) > 0 or meta.get("done"):

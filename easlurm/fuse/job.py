@@ -207,7 +207,7 @@ def _run_fusion(run_dir: str | Path, device: str | None, pre: Preemption) -> dic
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)
     folder = run.fusion
-    meta = read_checkpoint_meta(folder)
+    meta = read_checkpoint_meta(folder, recover=True)  # the fusion job owns RUN/fusion
     if meta is not None and meta.get("done") and verify_checkpoint_dir(folder):
         log.info("fusion already complete (%s)", folder / "fused.pt")
         return meta

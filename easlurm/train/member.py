@@ -209,7 +209,7 @@ def train_member(run_dir: str | Path, cycle: int, member: int, device: str | Non
 def _train_member(run: RunDir, cfg: Config, cycle: int, member: int, device: str | None, pre: Preemption
                   ) -> dict[str, Any]:
     folder = run.member(cycle, member)
-    meta = read_checkpoint_meta(folder)
+    meta = read_checkpoint_meta(folder, recover=True)  # we own the folder (we hold its lock)
     if meta is None:
         if cycle != 0:
             raise CheckpointError(f"{folder}: member not found (cycle {cycle} members are written by the EA job "
@@ -252,6 +252,7 @@ def _train_member(run: RunDir, cfg: Config, cycle: int, member: int, device: str
     data = batches(factory.data_dirs(cfg)[0], cfg, batch, rng.derive_seed(cfg.run.seed, cycle, member, 0xDA7A),
                    start_index=it0 * batch, total=target * batch, num_workers=cfg.data.num_workers)
     step0 = cycle * target
+    print(f"[train] {where}: {'resuming' if it0 else 'starting'} at iteration {it0}/{target} on {dev}", flush=True)
     tb = _tb_writer(run, f"member_{member:02d}", purge_step=step0 + it0)
 
     def checkpoint(it: int) -> dict[str, Any]:

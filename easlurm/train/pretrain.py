@@ -28,7 +28,7 @@ def _pretrain(run_dir: str | Path, device: str | None, pre: Preemption) -> dict[
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)
     p = cfg.pretrain
-    meta = read_checkpoint_meta(run.pretrain)
+    meta = read_checkpoint_meta(run.pretrain, recover=True)
     dev = pick_device(device)
     g = factory.build_generator(cfg)
     opt = torch.optim.Adam(g.parameters(), lr=p.lr, betas=(0.9, 0.99))

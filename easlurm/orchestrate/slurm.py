@@ -26,6 +26,7 @@ from . import container, slurm_state
 from .local import StageFailed, stage_main
 from .plan import Stage, pending_stages, stage_done, task_done
 
+_MAX_QUERY_FAILURES = 30
 _FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 
 
@@ -209,13 +210,28 @@ class SlurmExecutor:
         """Poll until every stage is done; resubmit failed remainders; raise :class:`StageFailed` when out of
         retries."""
         poll = self.cfg.executor.poll_s
+        query_failures = 0
         while True:
             pending = pending_stages(plan, self.run_dir)
             if not pending:
                 self.echo("[slurm] run complete")
                 return
             jobs = {k: v for k, v in self.latest_jobs().items() if k in {s.key for s in pending}}
-            states = self._states(jobs)
+            try:
+                states = self._states(jobs)
+                query_failures = 0
+            except slurm_state.SlurmQueryError as exc:
+                # A controller restart or a slow sacct is no reason to abandon a run that keeps running.
+                query_failures += 1
+                if query_failures > _MAX_QUERY_FAILURES:
+                    raise
+                self.echo(f"[slurm] job state query failed ({exc}); retrying ({query_failures})")
+                time.sleep(poll)
+                continue
+            # Files first: a job may have finished between the listing above and the state query.
+            pending = pending_stages(plan, self.run_dir)
+            if not pending:
+                continue
             active = self._active(jobs, states)
             failed = [(s, j, states.get(j)) for s in pending for j in jobs.get(s.key, [])
                       if states.get(j) in _FAILED]
@@ -238,11 +254,15 @@ class SlurmExecutor:
                 elif unsubmitted:  # the window moved on
                     self._submit_remaining(plan, {}, reason="window")
             elif failed:
-                # Dependents of a failed job never start; cancel them now instead of waiting for the scheduler.
-                pend = [j for j in active if states.get(j) == "PENDING"]
-                if pend:
-                    subprocess.run(["scancel", *sorted({j.split('_')[0] for j in pend})], capture_output=True,
-                                   timeout=30)
+                # Later stages wait on the failed one with afterok and will never start: cancel them now instead
+                # of relying on the scheduler. Never touch the failed stage itself (its other tasks keep running,
+                # and a requeued task of it is PENDING too).
+                order = [s.key for s in pending]
+                first_failed = min(order.index(s.key) for s, _, _ in failed)
+                later = [j for key in order[first_failed + 1:] for j in jobs.get(key, [])
+                         if states.get(j) == "PENDING"]
+                if later:
+                    subprocess.run(["scancel", *later], capture_output=True, timeout=30)
             elif self.cfg.executor.window and any(s.key not in jobs for s in pending):
                 # Keep `window` cycles queued: chain the next ones after the last submitted stage.
                 submitted = [s for s in pending if s.key in jobs]

@@ -36,6 +36,10 @@ def _checkpointable_base() -> type:
     return Checkpointable
 
 
+class SubmissionError(EaslurmError):
+    """sbatch refused a stage (no controller, bad partition/account, …); the message carries sbatch's error."""
+
+
 class StageCall(_checkpointable_base()):  # type: ignore[misc]
     """Runs one stage CLI inside the Slurm task: ``StageCall()(module, args)``.
 
@@ -136,24 +140,32 @@ class SlurmExecutor:
             if not todo:
                 continue
             ex = self._executor(stage, f"afterok:{prev}" if prev else None)
-            if stage.is_array:
-                jobs = ex.map_array(StageCall(), [stage.tasks[i].module for i in todo],
-                                    [list(stage.tasks[i].args) for i in todo])
-                ids = [j.job_id for j in jobs]
-                prev = ids[0].split("_")[0]
-            else:
-                job = ex.submit(StageCall(), stage.tasks[0].module, list(stage.tasks[0].args))
-                ids = [job.job_id]
-                prev = job.job_id
+            try:
+                ids = self._submit_stage(ex, stage, todo)
+            except Exception as exc:  # submitit raises FailedJobError (sbatch's stderr) or OSError (no sbatch)
+                if submitted:
+                    self._record(submitted, reason + " (partial)",
+                                 {j: self.task_of[j] for v in submitted.values() for j in v})
+                raise SubmissionError(f"submitting stage {stage.key} failed: {str(exc).strip()[:500]}") from exc
+            prev = ids[0].split("_")[0]
             submitted[stage.key] = ids
             self.task_of.update({j: i for j, i in zip(ids, todo)})
-            self.echo(f"[slurm] {stage.key}: submitted {ids[0].split('_')[0]}"
+            self.echo(f"[slurm] {stage.key}: submitted {prev}"
                       f"{f' (array of {len(ids)})' if stage.is_array else ''}"
                       f"{f' after {after}' if after and stage is stages[0] else ''}")
             after = None
         if submitted:
             self._record(submitted, reason, {j: self.task_of[j] for ids in submitted.values() for j in ids})
         return submitted
+
+    @staticmethod
+    def _submit_stage(ex: Any, stage: Stage, todo: list[int]) -> list[str]:
+        """Submit one stage (an array of the unfinished members, or one job); return its job ids."""
+        if stage.is_array:
+            jobs = ex.map_array(StageCall(), [stage.tasks[i].module for i in todo],
+                                [list(stage.tasks[i].args) for i in todo])
+            return [j.job_id for j in jobs]
+        return [ex.submit(StageCall(), stage.tasks[0].module, list(stage.tasks[0].args)).job_id]
 
     def _window(self, stages: list[Stage], first_cycle: int | None) -> list[Stage]:
         """``stages`` cut to the cycles within ``executor.window`` of ``first_cycle`` (0 → no cut)."""

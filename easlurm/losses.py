@@ -52,13 +52,26 @@ class PerceptualLoss(nn.Module):
         self.vgg = VGGFeatureExtractor(list(self.layer_weights), net=self.net, weights_path=weights_path,
                                        use_input_norm=True, range_norm=False)
 
-    def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
-        """sr, hr: N×3×H×W RGB float in [0, 1], same shape → scalar loss (gradient flows into ``sr`` only)."""
-        if sr.shape != hr.shape:
-            raise ValueError(f"PerceptualLoss: shape mismatch sr {tuple(sr.shape)} vs hr {tuple(hr.shape)}")
+    @torch.no_grad()
+    def target_features(self, hr: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The HR side's features (no gradient), to pass as ``target=`` when the same HR batch is scored often."""
+        return self.vgg(hr.detach())
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor | None = None,
+                target: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """sr, hr: N×3×H×W RGB float in [0, 1], same shape → scalar loss (gradient flows into ``sr`` only).
+
+        ``target`` (from :meth:`target_features`) replaces ``hr``: the EA scores every genome on one fixed set.
+        """
+        if target is None:
+            if hr is None:
+                raise ValueError("PerceptualLoss: give hr or target")
+            if sr.shape != hr.shape:
+                raise ValueError(f"PerceptualLoss: shape mismatch sr {tuple(sr.shape)} vs hr {tuple(hr.shape)}")
+            fh = self.target_features(hr)
+        else:
+            fh = target
         fs = self.vgg(sr)
-        with torch.no_grad():
-            fh = self.vgg(hr.detach())
         dist = F.l1_loss if self.criterion == "l1" else F.mse_loss
         total = sr.new_zeros(())
         for name, w in self.layer_weights.items():

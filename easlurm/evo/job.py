@@ -112,6 +112,9 @@ class FitnessSet:
                 "count": len(self)}
 
 
+_CACHE_BYTES = 1 << 30  # HR feature cache limit (1 GiB): RRDB's conv1_2 maps of 800 tiles would not fit
+
+
 class Objectives:
     """``f(genome) = (mean L1, mean perceptual loss)`` over a :class:`FitnessSet` (both minimised, floats).
 
@@ -129,21 +132,45 @@ class Objectives:
         self.fitness = fitness
         self.batch = int(batch)
         self.calls = 0
+        self._targets: list[dict[str, torch.Tensor]] | None = None
+        self._targets_tried = False
+
+    def _target_cache(self) -> list[dict[str, torch.Tensor]] | None:
+        """The fitness set's HR features per batch, computed once: they are the same for every genome and are most
+        of an evaluation's cost. Skipped (recomputed per call) when they would exceed ``_CACHE_BYTES``."""
+        if self._targets_tried:
+            return self._targets
+        self._targets_tried = True
+        target_fn = getattr(self.perceptual, "target_features", None)
+        if target_fn is None:
+            return None
+        hr_all = self.fitness.hr
+        first = target_fn(hr_all[: self.batch])
+        per_tile = sum(t[:1].numel() * t.element_size() for t in first.values())
+        if per_tile * len(self.fitness) > _CACHE_BYTES:
+            return None
+        self._targets = [first] + [target_fn(hr_all[s:s + self.batch])
+                                   for s in range(self.batch, len(self.fitness), self.batch)]
+        return self._targets
 
     @torch.no_grad()
     def __call__(self, genome: Mapping[str, torch.Tensor]) -> tuple[float, float]:
         self.calls += 1
         lr_all, hr_all = self.fitness.lr, self.fitness.hr
         total = len(self.fitness)
+        targets = self._target_cache()
         l1_sum = torch.zeros((), dtype=torch.float64, device=hr_all.device)
         perc_sum = torch.zeros((), dtype=torch.float64, device=hr_all.device)
-        for start in range(0, total, self.batch):
+        for k, start in enumerate(range(0, total, self.batch)):
             lr = lr_all[start:start + self.batch]
             hr = hr_all[start:start + self.batch]
             sr = torch.func.functional_call(self.model, dict(genome), (lr,))
             b = hr.shape[0]
             l1_sum += (sr - hr).abs().mean().double() * b
-            perc_sum += self.perceptual(sr, hr).double() * b
+            if targets is not None:
+                perc_sum += self.perceptual(sr, target=targets[k]).double() * b
+            else:
+                perc_sum += self.perceptual(sr, hr).double() * b
         return float(l1_sum) / total, float(perc_sum) / total
 
 

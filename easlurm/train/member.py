@@ -281,10 +281,7 @@ def _train_member(run: RunDir, cfg: Config, cycle: int, member: int, device: str
                 t_last, it_last = now, done
             if done % cfg.adam.image_every == 0 or done == target:
                 tb.add_image("samples/lr_sr_hr", _sample_grid(lr_b, sr, hr_b), gstep)
-            if done % cfg.adam.checkpoint_every == 0 or done == target:
-                tb.flush()
-                meta = checkpoint(done)
-            elif pre.requested:
+            if done % cfg.adam.checkpoint_every == 0 or done == target or pre.requested:
                 tb.flush()
                 meta = checkpoint(done)
             if pre.requested:

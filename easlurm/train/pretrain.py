@@ -29,20 +29,18 @@ def _pretrain(run_dir: str | Path, device: str | None, pre: Preemption) -> dict[
     cfg = load_run_config(run.root)
     p = cfg.pretrain
     meta = read_checkpoint_meta(run.pretrain, recover=True)
-    dev = pick_device(device)
-    g = factory.build_generator(cfg)
-    opt = torch.optim.Adam(g.parameters(), lr=p.lr, betas=(0.9, 0.99))
-    if meta is None:
+    if meta is None:  # first start: a seeded random generator (BasicSR init), committed as iteration 0
         torch.manual_seed(rng.derive_seed(cfg.run.seed, 0x9E7))
-        g = factory.build_generator(cfg)
-        opt = torch.optim.Adam(g.parameters(), lr=p.lr, betas=(0.9, 0.99))
-        meta = commit_checkpoint(run.pretrain, {"G.pt": torch_bytes(cpu_state(g)),
+        meta = commit_checkpoint(run.pretrain, {"G.pt": torch_bytes(cpu_state(factory.build_generator(cfg))),
                                                 "optim.pt": torch_bytes({"g": None})},
                                  {"kind": "pretrain", "iteration": 0, "iters_target": p.iters, "done": False})
     if meta.get("done"):
         return meta
+    dev = pick_device(device)
+    g = factory.build_generator(cfg)
     g.load_state_dict(load_verified(run.pretrain, "G.pt", meta))
     g.to(dev).train()
+    # betas (0.9, 0.99): BasicSR's setting for PSNR-oriented pretraining.
     opt = torch.optim.Adam(g.parameters(), lr=p.lr, betas=(0.9, 0.99))
     state = load_verified(run.pretrain, "optim.pt", meta)
     if state.get("g"):

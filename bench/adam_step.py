@@ -52,6 +52,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
+from _machine import cpu_name  # noqa: E402  (bench/ is sys.path[0])
 
 import numpy as np
 import torch
@@ -433,16 +434,6 @@ def fmt_ms(xs: Sequence[float]) -> str:
 def fmt_ratio(xs: Sequence[float]) -> str:
     m, q1, q3 = med_iqr(xs)
     return f"{m:.3f} [{q1:.3f}–{q3:.3f}]"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 @dataclass

@@ -24,6 +24,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from _machine import cpu_name  # noqa: E402  (bench/ is sys.path[0])
 
 import numpy as np
 import torch
@@ -38,16 +39,6 @@ from easlurm.store import atomic_write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "ea_generation.md"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def fitness_tiles(count: int, tile: int, scale: int) -> FitnessSet:

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from _machine import cpu_name  # noqa: E402  (bench/ is sys.path[0])
 
 import h5py
 import numpy as np
@@ -89,23 +90,13 @@ def check_same(a: RandomPatchDataset, b: RandomPatchDataset, k: int) -> None:
             raise SystemExit(f"sample {i}: shard and PNG datasets disagree — the comparison would be unfair")
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
 def machine() -> str:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{_cpu_model()}, {cpus} CPU cores usable, Python {platform.python_version()}, "
+    return (f"{cpu_name()}, {cpus} CPU cores usable, Python {platform.python_version()}, "
             f"torch {torch.__version__}, h5py {h5py.__version__} (HDF5 {h5py.version.hdf5_version}), "
             f"numpy {np.__version__}, Pillow {Image.__version__}")
 

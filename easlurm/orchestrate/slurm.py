@@ -168,13 +168,17 @@ class SlurmExecutor:
         return [ex.submit(StageCall(), stage.tasks[0].module, list(stage.tasks[0].args)).job_id]
 
     def _window(self, stages: list[Stage], first_cycle: int | None) -> list[Stage]:
-        """``stages`` cut to the cycles within ``executor.window`` of ``first_cycle`` (0 → no cut)."""
+        """``stages`` cut to ``executor.window`` cycles counted from ``first_cycle`` (the oldest unfinished one);
+        fusion and evaluation join once the window reaches past the last cycle. 0 → no cut."""
         w = self.cfg.executor.window
         if not w or first_cycle is None:
             return stages
+        last = first_cycle + w - 1
         out = []
         for s in stages:
-            if s.cycle is None and s.kind != "pretrain" or s.cycle is not None and s.cycle >= first_cycle + w:
+            if s.cycle is not None and s.cycle > last:
+                break
+            if s.cycle is None and s.kind != "pretrain" and last < self.cfg.run.cycles - 1:
                 break
             out.append(s)
         return out
@@ -275,10 +279,12 @@ class SlurmExecutor:
                          if states.get(j) == "PENDING"]
                 if later:
                     subprocess.run(["scancel", *later], capture_output=True, timeout=30)
-            elif self.cfg.executor.window and any(s.key not in jobs for s in pending):
-                # Keep `window` cycles queued: chain the next ones after the last submitted stage.
+            elif self.cfg.executor.window:
+                # Keep `window` cycles queued: chain the stages that entered the window after the last submitted.
+                first = next((s.cycle for s in pending if s.cycle is not None), None)
+                missing = [s for s in self._window(pending, first) if s.key not in jobs]
                 submitted = [s for s in pending if s.key in jobs]
-                if submitted and all(s.key in jobs for s in self._window(pending, pending[0].cycle)):
+                if missing and submitted:
                     self._submit_remaining(plan, {submitted[-1].key: jobs[submitted[-1].key]}, reason="window")
             time.sleep(poll)
 

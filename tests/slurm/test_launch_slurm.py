@@ -131,7 +131,8 @@ def test_killed_launcher_resumes_without_rerunning_finished_stages(slurm_cluster
 
 
 def test_without_accounting_the_run_completes_and_status_is_right(slurm_cluster_noacct, make_run):
-    run = make_run([*FAST, "run.cycles=1"])
+    """Also exercises executor.window: only one cycle is queued ahead; the launcher submits the next as it goes."""
+    run = make_run([*FAST, "run.cycles=2", "executor.window=1"])
     env = slurm_cluster_noacct.env()
     sacct = subprocess.run(["sacct", "-n"], capture_output=True, text=True, env=env)
     assert "accounting storage is disabled" in (sacct.stdout + sacct.stderr).lower()
@@ -140,6 +141,11 @@ def test_without_accounting_the_run_completes_and_status_is_right(slurm_cluster_
     out = subprocess.run([sys.executable, "-m", "easlurm.status", str(run)], capture_output=True, text=True,
                          env=env)
     assert out.returncode == 0, out.stderr
-    for key in ("pretrain", "adam/000", "ea/000", "fuse", "eval"):
+    for key in ("pretrain", "adam/000", "ea/000", "adam/001", "ea/001", "fuse", "eval"):
         assert re.search(rf"{re.escape(key)}\s+COMPLETED", out.stdout), (key, out.stdout)
     assert os.path.getsize(run / "eval" / "results.csv") > 0
+    subs = _submissions(run)
+    assert sorted(subs[0]["stages"]) == ["adam/000", "ea/000", "pretrain"]  # the window: cycle 0 only
+    assert all(s["reason"] == "window" for s in subs[1:]) and len(subs) >= 2
+    assert _jobs_per_stage(run) == {"pretrain": 1, "adam/000": 3, "ea/000": 1, "adam/001": 3, "ea/001": 1,
+                                    "fuse": 1, "eval": 1}

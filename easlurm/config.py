@@ -212,7 +212,8 @@ class ExecutorConfig:
     """How stages are run: Slurm via submitit, locally with a concurrency cap, or in-process (debug)."""
     kind: Literal["slurm", "local", "debug"] = "slurm"
     max_retries: int = _f(2, min=0, doc="resubmissions of a failed stage before the launcher stops")
-    window: int = _f(0, min=0, doc="cycles submitted ahead with afterok chains; 0 → all at once")
+    window: int = _f(0, min=0, doc="cycles kept queued (afterok-chained) while the launcher follows; 0 → the "
+                                   "whole chain at once (always so with --detach)")
     poll_s: float = _f(10.0, min=0, min_exclusive=True)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     local: LocalConfig = field(default_factory=LocalConfig)

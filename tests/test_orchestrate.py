@@ -137,7 +137,7 @@ def test_dry_run_sbatch_scripts_match_golden_file(tmp_path):
     """The exact sbatch text, with a run dir whose path has spaces and quotes (shell-quoted safely)."""
     run_dir = "/scratch/it's my run/tiny \"x\""
     res = subprocess.run([sys.executable, "-m", "easlurm.launch", "--config", str(REPO / "configs" / "tiny.yaml"),
-                          "--executor", "slurm", "--dry-run", "--run-dir", run_dir,
+                          "--executor", "slurm", "--dry-run", "--run-dir", run_dir, "--set", "run.cycles=2",
                           "--set", "executor.slurm.partition=gpu a100", "--set", "executor.slurm.account=proj1",
                           "--set", "executor.slurm.adam.extra={constraint: 'a100&ib'}"],
                          capture_output=True, text=True, env={**os.environ, "EASLURM_GOLDEN": "1"})

@@ -83,6 +83,9 @@ def _assert_same_weights(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
+_ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
+
+
 def _cli(run: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "easlurm.train", "--run", str(run), *args]
 
@@ -106,11 +109,13 @@ def test_exact_resume_after_sigkill(make_run):
     straight, killed = make_run(over, "straight"), make_run(over, "killed")
     for run in (straight, killed):
         pretrain(run)
-    train_member(straight, 0, 1)
+    # Both sides run as subprocesses with the same thread count: bitwise equality on CPU holds for a fixed number
+    # of threads (another test in this process may have changed torch's).
+    subprocess.run(_cli(straight, "--cycle", "0", "--member", "1"), check=True, capture_output=True, env=_ENV)
 
     folder = RunDir(killed).member(0, 1)
     proc = subprocess.Popen(_cli(killed, "--cycle", "0", "--member", "1"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, env=_ENV)
     try:
         killed_at = _wait_for_iteration(folder, proc, 4, 40)
         proc.send_signal(signal.SIGKILL)
@@ -118,7 +123,7 @@ def test_exact_resume_after_sigkill(make_run):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert read_checkpoint_meta(folder)["iteration"] < 40 and killed_at >= 4
-    resumed = subprocess.run(_cli(killed, "--cycle", "0", "--member", "1"), capture_output=True, text=True)
+    resumed = subprocess.run(_cli(killed, "--cycle", "0", "--member", "1"), capture_output=True, text=True, env=_ENV)
     assert resumed.returncode == 0, resumed.stderr
 
     m1, g1, d1 = _finals(straight, 0, 1)
@@ -138,10 +143,10 @@ def test_preemption_signal_checkpoints_now_and_resumes(make_run, sig):
     straight, pre = make_run(over, "straight"), make_run(over, "pre")
     for run in (straight, pre):
         pretrain(run)
-    train_member(straight, 0, 2)
+    subprocess.run(_cli(straight, "--cycle", "0", "--member", "2"), check=True, capture_output=True, env=_ENV)
     folder = RunDir(pre).member(0, 2)
     proc = subprocess.Popen(_cli(pre, "--cycle", "0", "--member", "2"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=_ENV)
     try:
         _wait_for_iteration(folder, proc, 0, 1)  # initial member committed: training has started
         time.sleep(1.0)
@@ -152,7 +157,7 @@ def test_preemption_signal_checkpoints_now_and_resumes(make_run, sig):
     assert proc.returncode == 128 + sig, err
     meta = read_checkpoint_meta(folder)
     assert 0 < meta["iteration"] < 40 and verify_checkpoint_dir(folder)  # saved mid-interval, on the signal
-    train_member(pre, 0, 2)
+    subprocess.run(_cli(pre, "--cycle", "0", "--member", "2"), check=True, capture_output=True, env=_ENV)
     _, g1, d1 = _finals(straight, 0, 2)
     _, g2, d2 = _finals(pre, 0, 2)
     _assert_same_weights(g1, g2)

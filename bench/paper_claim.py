@@ -64,6 +64,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _machine import cpu_name  # bench/ is sys.path[0]
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -946,16 +948,6 @@ def results_markdown(data: Mapping[str, Any], meta: Mapping[str, Any], notes: st
     return "\n".join(L)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def write_results(results: Sequence[ArmResult], out: Path, stem: str, meta: dict[str, Any],
                   notes: str | None = None) -> dict[str, Any]:
     """Aggregate and write ``<out>/<stem>.md``, ``.csv``, ``_summary.csv`` and ``.png``; return the aggregate."""
@@ -1035,7 +1027,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               (f" --seeds {n_seeds}" if args.seeds is not None else "")
         meta = {"quick": args.quick, "command": cmd, "config": config.resolve().relative_to(ROOT).as_posix()
                 if config.resolve().is_relative_to(ROOT) else str(config),
-                "machine": f"{_cpu_name()}, {os.cpu_count()} cores", "max_parallel": args.max_parallel,
+                "machine": f"{cpu_name()}, {os.cpu_count()} cores", "max_parallel": args.max_parallel,
                 "omp": os.environ.get("OMP_NUM_THREADS"), "perceptual_net": perc_net, "wall_s": wall,
                 "date": dt.date.today().isoformat(), "scale": cfg.data.scale, "num_feat": cfg.model.num_feat,
                 "num_block": cfg.model.num_block, "pretrain_iters": cfg.pretrain.iters,

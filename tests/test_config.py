@@ -130,4 +130,4 @@ def test_resolved_config_round_trips_through_run_dir(tmp_path: Path) -> None:
     again = load_run_config(tmp_path / "run")
     assert to_dict(again) == to_dict(cfg)
     assert config_from_dict(yaml.safe_load(text)) == cfg
-    assert not [p for p in (tmp_path / "run").iterdir() if p.name != "config.yaml"]  # no temp files left
+    assert not [p for p in sorted((tmp_path / "run").iterdir()) if p.name != "config.yaml"]  # no temp files left

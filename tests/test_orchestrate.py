@@ -50,7 +50,8 @@ def test_local_executor_caps_concurrency_and_assigns_gpus_round_robin(tmp_path):
 out = {str(out)!r}
 me = sys.argv[-1]
 open(os.path.join(out, me + '.start'), 'w').write(os.environ.get('CUDA_VISIBLE_DEVICES', ''))
-alive = len([f for f in os.listdir(out) if f.endswith('.start')]) - len([f for f in os.listdir(out) if f.endswith('.end')])
+names = sorted(os.listdir(out))
+alive = len([f for f in names if f.endswith('.start')]) - len([f for f in names if f.endswith('.end')])
 open(os.path.join(out, me + '.alive'), 'w').write(str(alive))
 time.sleep(0.5)
 open(os.path.join(out, me + '.end'), 'w').write('')

@@ -18,7 +18,7 @@ from easlurm.store import (
 def test_atomic_write_leaves_no_temp_and_is_group_readable(tmp_path):
     atomic_write_json(tmp_path / "a.json", {"b": 1, "a": [1.5]})
     assert json.loads((tmp_path / "a.json").read_text()) == {"a": [1.5], "b": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    assert [p.name for p in sorted(tmp_path.iterdir())] == ["a.json"]
     mode = stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode)
     assert mode == 0o666 & ~_umask()
 
@@ -34,7 +34,7 @@ def test_failed_write_keeps_the_old_file(tmp_path):
     with pytest.raises(TypeError):
         atomic_write_json(tmp_path / "a.json", {"v": object()})
     assert json.loads((tmp_path / "a.json").read_text()) == {"v": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    assert [p.name for p in sorted(tmp_path.iterdir())] == ["a.json"]
 
 
 def test_commit_verify_and_checksum_mismatch(tmp_path):

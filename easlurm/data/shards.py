@@ -167,7 +167,7 @@ def _check_out_dir(out: Path) -> None:
 
 def _move_into_place(tmp: Path, out: Path) -> None:
     """Replace ``out`` by the finished folder ``tmp`` (renames only; the old build is kept until the swap)."""
-    if out.exists() and any(True for _ in out.iterdir()):
+    if out.exists() and sorted(out.iterdir()):
         old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(out, old)
         try:

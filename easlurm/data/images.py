@@ -128,9 +128,8 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
         raise DataError(f"{d}: image folder not found")
     if not d.is_dir():
         raise DataError(f"{d}: not a folder")
-    files = sorted(
-        f for f in d.iterdir()
-        if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file())
+    files = [f for f in sorted(d.iterdir())
+             if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file()]
     if not files:
         raise DataError(f"{d}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     return files

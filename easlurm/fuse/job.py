@@ -54,7 +54,9 @@ from ..store import (
     RunDir, commit_checkpoint, load_verified, read_checkpoint_meta, torch_bytes, verify_checkpoint_dir,
 )
 from ..train import rng
-from ..train.member import _check_finite, batches, cpu_state, optimizer_state_cpu, pick_device
+from ..train.member import (
+    _check_finite, batches, cpu_state, optimizer_state_cpu, pick_device, restore_training_state,
+)
 from ..train.preempt import Preemption
 from .dynamic import attention_parameters, average_attention, dynamic_layers, make_dynamic
 from .merge import merge_from_dynamic
@@ -244,13 +246,7 @@ def _run_fusion(run_dir: str | Path, device: str | None, pre: Preemption) -> dic
     d.to(dev).train()
     opt_att = torch.optim.Adam(attention_parameters(model), lr=cfg.fusion.lr, betas=(0.9, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.discriminator.lr, betas=tuple(cfg.discriminator.betas))
-    optim = load_verified(folder, "optim.pt", meta)
-    if optim.get("att"):
-        opt_att.load_state_dict(optim["att"])
-    if optim.get("d"):
-        opt_d.load_state_dict(optim["d"])
-    if "rng.pt" in meta.get("sha256", {}):
-        rng.restore(load_verified(folder, "rng.pt", meta))
+    restore_training_state(folder, meta, {"att": opt_att, "d": opt_d})
 
     it0 = int(meta["iteration"])
     from torch.utils.tensorboard import SummaryWriter

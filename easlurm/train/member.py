@@ -58,6 +58,20 @@ def optimizer_state_cpu(opt: torch.optim.Optimizer) -> dict[str, Any]:
             "param_groups": sd["param_groups"]}
 
 
+def restore_training_state(folder: Path, meta: dict[str, Any],
+                           optimizers: dict[str, torch.optim.Optimizer]) -> bool:
+    """Load the optimizer states saved in ``folder/optim.pt`` (under the given keys; a ``None`` entry means "fresh")
+    and the RNG states of ``rng.pt`` when the checkpoint has one; return whether RNG states were restored."""
+    saved = load_verified(folder, "optim.pt", meta)
+    for key, opt in optimizers.items():
+        if saved.get(key):
+            opt.load_state_dict(saved[key])
+    if "rng.pt" in meta.get("sha256", {}):
+        rng.restore(load_verified(folder, "rng.pt", meta))
+        return True
+    return False
+
+
 def initial_generator_state(cfg: Config, run: RunDir) -> tuple[dict[str, torch.Tensor], str]:
     """The PSNR-oriented starting generator: ``model.pretrained`` or this run's finished pretrain stage."""
     if cfg.model.pretrained:
@@ -235,14 +249,7 @@ def _train_member(run: RunDir, cfg: Config, cycle: int, member: int, device: str
     perceptual = factory.build_perceptual(cfg).to(dev)
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.adam.lr, betas=tuple(cfg.adam.betas))
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.discriminator.lr, betas=tuple(cfg.discriminator.betas))
-    optim = load_verified(folder, "optim.pt", meta)
-    if optim.get("g"):
-        opt_g.load_state_dict(optim["g"])
-    if optim.get("d"):
-        opt_d.load_state_dict(optim["d"])
-    if "rng.pt" in meta.get("sha256", {}):
-        rng.restore(load_verified(folder, "rng.pt", meta))
-    else:
+    if not restore_training_state(folder, meta, {"g": opt_g, "d": opt_d}):
         torch.manual_seed(rng.derive_seed(cfg.run.seed, cycle, member))
 
     w = tuple(meta["preference"])

@@ -14,7 +14,9 @@ from .. import factory
 from ..config import load_run_config
 from ..store import RunDir, commit_checkpoint, load_verified, read_checkpoint_meta, torch_bytes
 from . import rng
-from .member import _check_finite, _tb_writer, batches, cpu_state, optimizer_state_cpu, pick_device
+from .member import (
+    _check_finite, _tb_writer, batches, cpu_state, optimizer_state_cpu, pick_device, restore_training_state,
+)
 from .preempt import Preemption
 
 
@@ -42,11 +44,7 @@ def _pretrain(run_dir: str | Path, device: str | None, pre: Preemption) -> dict[
     g.to(dev).train()
     # betas (0.9, 0.99): BasicSR's setting for PSNR-oriented pretraining.
     opt = torch.optim.Adam(g.parameters(), lr=p.lr, betas=(0.9, 0.99))
-    state = load_verified(run.pretrain, "optim.pt", meta)
-    if state.get("g"):
-        opt.load_state_dict(state["g"])
-    if "rng.pt" in meta.get("sha256", {}):
-        rng.restore(load_verified(run.pretrain, "rng.pt", meta))
+    restore_training_state(run.pretrain, meta, {"g": opt})
     it0 = int(meta["iteration"])
     data = batches(factory.data_dirs(cfg)[0], cfg, p.batch_size, rng.derive_seed(cfg.run.seed, 0x9E7, 0xDA7A),
                    start_index=it0 * p.batch_size, total=p.iters * p.batch_size, num_workers=cfg.data.num_workers)

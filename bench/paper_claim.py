@@ -239,7 +239,7 @@ def train_single(run_dir: str | os.PathLike[str], iterations: int, device: str |
     from easlurm import losses
     from easlurm.models.checkpoint_io import load_generator_weights
     from easlurm.train.member import _check_finite, batches, cpu_state, pick_device
-    from easlurm.train.rng import derive_seed
+    from easlurm.rng import derive_seed
 
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)

@@ -48,6 +48,8 @@ class RunConfig:
     seed: int = _f(0, min=0, doc="master seed; every stage derives its own seeds from it")
     cycles: int = _f(22, min=1, doc="number of Adam+EA cycles (reference: 22)")
     root: str = _f("runs", doc="parent folder of new run directories when --run-dir is not given")
+    group_shared: bool = _f(False, doc="run directory and files readable/writable by the group (mode 2770/0660) "
+                                       "instead of 0750 and the user's umask")
 
 
 @dataclass
@@ -64,7 +66,6 @@ class DataConfig:
     fitness_images: int = _f(16, min=1, doc="images the fitness tiles are drawn from (sorted ids, first N)")
     fitness_tile: int = _f(128, min=16, doc="HR size of a fitness tile")
     fitness_max_tiles: int = _f(50, min=1, doc="at most this many tiles per fitness image")
-    val_images: int = _f(100, min=1, doc="validation images used by fusion averaging")
 
 
 @dataclass
@@ -75,6 +76,8 @@ class ModelConfig:
     num_block: int = _f(16, min=1)
     num_grow_ch: int = _f(32, min=1, doc="RRDBNet only")
     pretrained: str | None = _f(None, doc="PSNR-oriented initial generator (BasicSR checkpoint); null → pretrain stage")
+    pretrained_key: Literal["params", "params_ema"] = _f(
+        "params", doc="entry of the BasicSR checkpoint to start from (the reference loads params)")
 
 
 @dataclass
@@ -107,7 +110,9 @@ class LossConfig:
 class PopulationConfig:
     """The population of experts and their preferences (uniform on the simplex (1,0)…(0,1))."""
     size: int = _f(5, min=2)
-    freeze_first: bool = _f(False, doc="member 0 (pure L1) is never Adam-trained nor replaced (reference SRResNet)")
+    member0: Literal["trained", "ea_only", "frozen"] = _f(
+        "trained", doc="member 0 (pure L1): trained = like every member; ea_only = never Adam-trained, the EA may "
+                       "replace it (reference RRDB); frozen = never trained nor replaced (reference SRResNet)")
 
 
 @dataclass
@@ -117,6 +122,13 @@ class AdamConfig:
     betas: list[float] = _f(factory=lambda: [0.9, 0.999])
     batch_size: int = _f(16, min=1)
     iters_per_cycle: int = _f(13000, min=1, doc="T_Adam generator updates per cycle")
+    first_phase_iters: int | None = _f(None, min=1, doc="updates of cycle 0's Adam phase; null → iters_per_cycle "
+                                                        "(reference: 9 epochs where later phases have 10)")
+    final_phase: bool = _f(True, doc="a last Adam phase after the last EA phase, before fusion (reference)")
+    final_phase_iters: int | None = _f(None, min=1, doc="updates of the final Adam phase; null → iters_per_cycle")
+    mix: Literal["normalised", "weighted_sum"] = _f(
+        "normalised", doc="normalised: EA-Adam's per-tensor normalised gradient mix; weighted_sum: plain "
+                          "w_dist·∇L_dist + w_perc·∇L_perc (ESRGAN-style weighted loss, an ablation)")
     checkpoint_every: int = _f(1000, min=1)
     norm_eps: float = _f(1e-7, min=0, min_exclusive=True, doc="ε of the per-tensor gradient normalisation")
     bf16: bool = _f(False, doc="bf16 autocast on CUDA (ignored on CPU)")
@@ -130,15 +142,18 @@ class PretrainConfig:
     """L1 pretraining of the PSNR-oriented initial generator (used when model.pretrained is null)."""
     iters: int = _f(100000, min=1)
     lr: float = _f(2e-4, min=0, min_exclusive=True)
+    betas: list[float] = _f(factory=lambda: [0.9, 0.99], doc="BasicSR's PSNR-oriented setting")
     batch_size: int = _f(16, min=1)
     checkpoint_every: int = _f(5000, min=1)
+    log_every: int = _f(100, min=1)
 
 
 @dataclass
 class EAConfig:
     """The EA phase (DESIGN.md §2): SBX crossover, sparse Gaussian mutation, MOEA/D or NSGA-II selection."""
     generations: int = _f(200, min=1, doc="T_EA")
-    selection: Literal["moead", "nsga2"] = "moead"
+    selection: Literal["moead", "nsga2", "identity"] = _f(
+        "moead", doc="moead (reference) | nsga2 (Pareto selection) | identity (no EA: the Adam-only ablation)")
     p_crossover: float = _f(0.9, min=0, max=1)
     p_global_partner: float = _f(0.3, min=0, max=1, doc="probability the partner comes from the whole population")
     sbx_eta: float = _f(20.0, min=0, min_exclusive=True)
@@ -146,21 +161,35 @@ class EAConfig:
     mutation_rate: float = _f(0.02, min=0, max=1, doc="per-element probability inside a mutated weight tensor")
     mutation_sigma: float = _f(0.03, min=0)
     neighbourhood: int = _f(3, min=1)
+    max_replacements: int | None = _f(None, min=1, doc="MOEA/D-DE's n_r: slots one child may replace; null → "
+                                                       "unlimited (reference)")
     reset_adam: bool = _f(True, doc="reset generator Adam moments after the EA phase (reference)")
     eval_batch: int = _f(16, min=1, doc="fitness tiles per forward pass")
+    objective_mean: Literal["images", "tiles"] = _f(
+        "images", doc="objectives averaged per fitness image, then over images (reference), or over all tiles")
+    checkpoint_every: int = _f(10, min=1, doc="generations between EA-phase checkpoints (also on preemption)")
 
 
 @dataclass
 class FusionConfig:
     """Fusion of the experts into one plain backbone."""
     iters: int = _f(5000, min=1)
-    lr: float = _f(1e-4, min=0, min_exclusive=True)
+    lr: float = _f(1e-4, min=0, min_exclusive=True, doc="attention-branch learning rate")
+    betas: list[float] = _f(factory=lambda: [0.9, 0.999])
+    d_lr: float | None = _f(None, min=0, min_exclusive=True, doc="fusion discriminator lr; null → fusion.lr "
+                                                                 "(reference)")
+    milestones: list[int] = _f(factory=list, doc="iterations at which both learning rates are multiplied by gamma")
+    gamma: float = _f(0.5, min=0, min_exclusive=True)
     batch_size: int = _f(16, min=1)
     l1_weight: float = _f(0.01, min=0, doc="λ (0.01 SRResNet, 0.1 RRDB)")
     att_kernel: int = _f(5, min=1, doc="attention-branch conv kernel (5 SRResNet, 3 RRDB)")
     att_channels: int = _f(100, min=1)
     discriminator_from: int = _f(-1, doc="warm-start D from this member (negative indexes from the end)")
+    average_set: str | None = _f(None, doc="shard folder of TRAINING images the attention is averaged over; null → "
+                                           "data.train (never an evaluation set)")
+    average_images: int = _f(100, min=1, doc="images of average_set used (reference: 100 DIV2K training images)")
     checkpoint_every: int = _f(1000, min=1)
+    log_every: int = _f(100, min=1)
 
 
 @dataclass
@@ -174,11 +203,14 @@ class EvalConfig:
 @dataclass
 class StageResources:
     """Slurm resources of one stage's jobs."""
-    time_min: int = _f(60, min=3, doc="time limit in minutes (>= 3: submitit signals 90 s before the limit and "
-                                      "slurmctld checks for due signals only every 30 s)")
+    time_min: int = _f(60, min=3, doc="time limit in minutes (>= 3: the pre-timeout signal comes signal_lead_s "
+                                      "before it and slurmctld checks for due signals only every ~30 s)")
     gpus: int = _f(1, min=0)
     cpus: int = _f(4, min=1)
     mem_gb: int = _f(16, min=1)
+    signal_lead_s: int = _f(180, min=60, doc="seconds before the time limit at which the stage is told to "
+                                              "checkpoint (one iteration + one checkpoint commit + Slurm's ~30 s "
+                                              "signal granularity)")
     extra: dict[str, str] = _f(factory=dict, doc="extra sbatch flags, e.g. {constraint: a100}")
 
 
@@ -194,6 +226,7 @@ class SlurmConfig:
     qos: str | None = None
     array_parallelism: int = _f(64, min=1, doc="max array tasks running at once")
     pretrain: StageResources = _res(time_min=24 * 60)
+    init: StageResources = _res(time_min=30, gpus=0, cpus=2, mem_gb=16)
     adam: StageResources = _res(time_min=12 * 60)
     ea: StageResources = _res(time_min=4 * 60)
     fuse: StageResources = _res(time_min=12 * 60)
@@ -215,6 +248,10 @@ class ExecutorConfig:
     window: int = _f(0, min=0, doc="cycles kept queued (afterok-chained) while the launcher follows; 0 → the "
                                    "whole chain at once (always so with --detach)")
     poll_s: float = _f(10.0, min=0, min_exclusive=True)
+    hold_timeout_min: float = _f(60.0, min=0, doc="give up on a job held (by an admin, REQUEUE_HOLD, bad "
+                                                  "constraints, …) for longer than this")
+    lease_s: float = _f(120.0, min=2, doc="a stage holds a lease on its output folder, renewed every lease_s/4 "
+                                          "seconds; a holder silent for lease_s seconds counts as dead")
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
 
@@ -343,12 +380,21 @@ def _check_range(value: Any, meta: Mapping[str, Any], path: str) -> None:
         raise ConfigError(f"{path}: must not be NaN")
 
 
+#: Keys of earlier versions → what replaces them (named in the error instead of a spelling suggestion).
+_REPLACED = {
+    "population.freeze_first": "population.member0 (frozen | ea_only | trained)",
+    "data.val_images": "fusion.average_images (the attention is averaged over training images)",
+}
+
+
 def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
             where = f"{prefix}.{key}" if prefix else str(key)
+            if where in _REPLACED:
+                raise ConfigError(f"{where}: no longer a setting; use {_REPLACED[where]}")
             raise ConfigError(f"{where}: unknown key{_suggest(str(key), list(fields))}")
     kwargs = {}
     for name, f in fields.items():
@@ -371,7 +417,12 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def validate(cfg: Config) -> Config:
     """Checks that involve more than one field; each error names the fields."""
-    for name in ("discriminator.betas", "adam.betas"):
+    for kind in ("pretrain", "init", "adam", "ea", "fuse", "eval"):
+        res = getattr(cfg.executor.slurm, kind)
+        if res.signal_lead_s >= res.time_min * 60:
+            raise ConfigError(f"executor.slurm.{kind}.signal_lead_s: {res.signal_lead_s} s is not shorter than "
+                              f"its time limit (time_min {res.time_min})")
+    for name in ("discriminator.betas", "adam.betas", "pretrain.betas", "fusion.betas"):
         section, key = name.split(".")
         betas = getattr(getattr(cfg, section), key)
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
@@ -396,6 +447,8 @@ def validate(cfg: Config) -> Config:
                               f"{_suggest(layer, sorted(valid_layers))}")
         if w < 0:
             raise ConfigError(f"loss.perceptual.layers.{layer}: weight must be >= 0, got {w}")
+    if any(m < 1 for m in cfg.fusion.milestones) or cfg.fusion.milestones != sorted(set(cfg.fusion.milestones)):
+        raise ConfigError(f"fusion.milestones: expected increasing positive iterations, got {cfg.fusion.milestones}")
     n = cfg.population.size
     if not -n <= cfg.fusion.discriminator_from < n:
         raise ConfigError(f"fusion.discriminator_from: {cfg.fusion.discriminator_from} is not a member index "

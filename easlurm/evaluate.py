@@ -168,16 +168,13 @@ def _open_all(sets: Mapping[str, Path]) -> list[EvalSet]:
 
 def final_models(cfg: Config, run: RunDir) -> list[ModelEntry]:
     """The final members (slot order) and, when the fusion stage is done, the fused model — all on CPU, eval mode."""
-    from .fuse.job import load_experts
+    from .population import final_members, load_member_file
 
-    states, metas = load_experts(cfg, run)
     entries = []
-    for i, (sd, meta) in enumerate(zip(states, metas)):
+    for i, (folder, meta) in enumerate(final_members(cfg, run)):
         g = factory.build_generator(cfg)
-        g.load_state_dict(sd, strict=True)
-        pref = meta.get("preference")
-        entries.append(ModelEntry(f"member_{i}", (float(pref[0]), float(pref[1])) if pref else (math.nan, math.nan),
-                                  g.eval()))
+        g.load_state_dict(load_member_file(folder, meta, "G.pt"), strict=True)
+        entries.append(ModelEntry(f"member_{i}", meta.preference, g.eval()))
     fmeta = read_checkpoint_meta(run.fusion)
     if fmeta is not None and fmeta.get("done") and "fused.pt" in fmeta.get("sha256", {}):
         g = factory.build_generator(cfg)
@@ -269,7 +266,7 @@ def evaluate_run(run_dir: str | Path, sets: Mapping[str, str] | None = None,
     Returns:
         ``{"rows": [ResultRow, ...], "markdown": str, "csv": Path, "markdown_path": Path, "pareto": Path}``.
     """
-    from .train.member import pick_device
+    from .runtime import pick_device
 
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)
@@ -301,6 +298,12 @@ def evaluate_run(run_dir: str | Path, sets: Mapping[str, str] | None = None,
     _tensorboard(run, rows, png, markdown)
     return {"rows": rows, "markdown": markdown, "csv": out / "results.csv", "markdown_path": out / "results.md",
             "pareto": out / "pareto.png"}
+
+
+def is_done(run_dir: str | Path) -> bool:
+    """Whether the evaluation stage has written its results (``results.csv`` and ``results.md``)."""
+    out = RunDir(run_dir).eval
+    return (out / "results.csv").is_file() and (out / "results.md").is_file()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch.nn as nn
 
@@ -42,7 +43,14 @@ def build_perceptual(cfg: Config) -> nn.Module:
     return PerceptualLoss(dict(p.layers), net=p.net, weights_path=p.weights_path)
 
 
-def data_dirs(cfg: Config) -> tuple[Path, Path | None, Path]:
+class DataDirs(NamedTuple):
+    """The shard folders of a run."""
+    train: Path
+    val: Path | None
+    fitness: Path
+
+
+def data_dirs(cfg: Config) -> DataDirs:
     """(train, val, fitness) shard folders; with ``data.demo`` the built-in demo shards under ``data.demo_dir``."""
     if cfg.data.demo and cfg.data.train is None:
         root = Path(cfg.data.demo_dir)
@@ -53,4 +61,4 @@ def data_dirs(cfg: Config) -> tuple[Path, Path | None, Path]:
         train = Path(cfg.data.train)
         val = Path(cfg.data.val) if cfg.data.val else None
     fitness = Path(cfg.data.fitness) if cfg.data.fitness else train
-    return train, val, fitness
+    return DataDirs(train, val, fitness)

@@ -2,25 +2,32 @@
 
     python -m easlurm.launch --config configs/rrdb.yaml [--run-dir D] [--executor slurm|local|debug]
                              [--set key=value ...] [--dry-run] [--detach]
-    python -m easlurm.launch --resume D [--executor ...] [--detach]
+    python -m easlurm.launch --resume D [--executor ...] [--set executor.key=value ...] [--detach]
 
-A run directory holds the resolved config; relaunching the same directory (or ``--resume D``) runs only the stages
-whose outputs are missing or fail verification, so nothing finished runs again.
+A run directory holds the resolved config and ``run.json`` (how it was launched, the executor included);
+relaunching it with ``--resume D`` runs only the stages whose outputs are missing or fail verification, with the
+executor the run was launched with unless ``--executor`` says otherwise. One launcher at a time follows a run: a
+second one refuses and names the first's host and pid; a dead launcher's lock is taken over.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Callable, Sequence
 
+from . import __version__
 from .config import Config, load_config, load_run_config, to_dict, write_config
 from .errors import ConfigError, EaslurmError
-from .store import RunDir
+from .store import RunDir, atomic_write_json, read_json
+
+Echo = Callable[[str], None]
+EXECUTORS = ("slurm", "local", "debug")
 
 
-def _resolve_data(cfg: Config, echo: Callable[[str], None]) -> Config:
+def _resolve_data(cfg: Config, echo: Echo) -> Config:
     """Absolute data paths (jobs run elsewhere); with ``data.demo``, build the demo shards first if needed."""
     d = cfg.data
     if d.demo and d.train is None:
@@ -40,6 +47,8 @@ def _resolve_data(cfg: Config, echo: Callable[[str], None]) -> Config:
                 raise ConfigError(f"data.{name}: {p} is not a shard folder (no manifest.json; build it with "
                                   f"`python -m easlurm.data build`)")
             setattr(d, name, str(p))
+    if cfg.fusion.average_set:
+        cfg.fusion.average_set = str(Path(cfg.fusion.average_set).resolve())
     if cfg.model.pretrained:
         p = Path(cfg.model.pretrained).resolve()
         if not p.is_file():
@@ -50,39 +59,77 @@ def _resolve_data(cfg: Config, echo: Callable[[str], None]) -> Config:
     return cfg
 
 
+def _check_path(text: str, what: str) -> None:
+    bad = [c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
+    if bad:
+        raise ConfigError(f"{what}: {text!r} contains control characters; they would break the job scripts")
+
+
+def record_launch(run: RunDir, executor: str, argv: Sequence[str]) -> None:
+    """Append this launch (executor, command, version, time) to ``RUN/run.json``; the first names the run's
+    executor."""
+    rec = read_json(run.record) if run.record.is_file() else {"executor": executor, "launches": []}
+    rec["launches"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "executor": executor,
+                            "command": list(argv), "version": __version__})
+    atomic_write_json(run.record, rec)
+
+
+def recorded_executor(run: RunDir) -> str | None:
+    """The executor a run was launched with (``run.json``), or None for a run that was never launched."""
+    if not run.record.is_file():
+        return None
+    kind = read_json(run.record).get("executor")
+    return kind if kind in EXECUTORS else None
+
+
 def prepare_run(config: str | None, run_dir: str | None, resume: str | None, overrides: Sequence[str],
-                executor: str | None, argv: Sequence[str], echo: Callable[[str], None] = print) -> tuple[Config, RunDir]:
-    """Create or reopen the run directory; return its config (executor overridden when asked) and layout."""
+                executor: str | None, argv: Sequence[str], echo: Echo = print, write: bool = True
+                ) -> tuple[Config, RunDir]:
+    """Create or reopen the run directory; return its config (with the executor the run uses) and layout.
+
+    ``write=False`` (the dry run) creates nothing.
+    """
     if resume:
+        _check_path(resume, "--resume")
         run = RunDir(resume)
         if not run.config.is_file():
             raise ConfigError(f"--resume {run.root}: no config.yaml there (not a run directory)")
-        cfg = load_run_config(run.root)
-        if config or overrides:
+        kept = [o for o in overrides if o.startswith("executor.")]
+        if config or len(kept) != len(overrides):
             echo("note: --resume uses the run's own config.yaml; --config/--set are ignored except "
                  "executor.* overrides")
-            cfg = load_config(run.config, [o for o in overrides if o.startswith("executor.")])
+        cfg = load_config(run.config, kept)
+        kind = executor or recorded_executor(run) or cfg.executor.kind
+        if executor is None and recorded_executor(run) and recorded_executor(run) != cfg.executor.kind:
+            echo(f"note: resuming with the executor the run was launched with ({kind}); pass --executor to change")
     else:
         if not config:
             raise ConfigError("--config is required (or --resume RUN_DIR)")
         cfg = load_config(config, overrides)
-        cfg = _resolve_data(cfg, echo)
-        root = Path(run_dir) if run_dir else Path(cfg.run.root) / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}" if write else f"{cfg.run.name}-DRYRUN"
+        root = Path(run_dir) if run_dir else Path(cfg.run.root) / name
+        _check_path(str(root.absolute()), "--run-dir")
         run = RunDir(root)
-        if run.config.is_file():
-            existing = load_run_config(run.root)
-            if to_dict(existing) != to_dict(cfg):
-                raise ConfigError(f"--run-dir {run.root}: holds a run with a different config; resume it with "
-                                  f"--resume {run.root} or choose another directory")
-            echo(f"{run.root} exists with the same config: resuming")
-        else:
-            write_config(cfg, run.root, argv=argv)
-    if executor:
-        cfg.executor.kind = executor  # type: ignore[assignment]
+        if write:
+            cfg = _resolve_data(cfg, echo)
+            if run.config.is_file():
+                existing = load_run_config(run.root)
+                if to_dict(existing) != to_dict(cfg):
+                    raise ConfigError(f"--run-dir {run.root}: holds a run with a different config; resume it with "
+                                      f"--resume {run.root} or choose another directory")
+                echo(f"{run.root} exists with the same config: resuming")
+            else:
+                from .store import make_run_dir
+
+                make_run_dir(run.root, cfg.run.group_shared)
+                write_config(cfg, run.root, argv=argv)
+        kind = executor or recorded_executor(run) or cfg.executor.kind
+    cfg.executor.kind = kind  # type: ignore[assignment]  # validated: one of EXECUTORS
     return cfg, run
 
 
-def make_executor(cfg: Config, run: RunDir, echo: Callable[[str], None]) -> object:
+def make_executor(cfg: Config, run: RunDir, echo: Echo, resuming: bool = False) -> object:
+    """The executor for ``cfg.executor.kind`` (each implements :class:`easlurm.orchestrate.base.Executor`)."""
     from .orchestrate.local import DebugExecutor, LocalExecutor
     from .orchestrate.slurm import SlurmExecutor
 
@@ -91,7 +138,7 @@ def make_executor(cfg: Config, run: RunDir, echo: Callable[[str], None]) -> obje
         return LocalExecutor(cfg, run, echo)
     if kind == "debug":
         return DebugExecutor(cfg, run, echo)
-    return SlurmExecutor(cfg, run, echo)
+    return SlurmExecutor(cfg, run, echo, resuming=resuming)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,30 +148,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", help="YAML config (configs/rrdb.yaml, configs/srresnet.yaml, configs/tiny.yaml)")
     ap.add_argument("--run-dir", help="run directory (default: run.root/<run.name>-<timestamp>)")
     ap.add_argument("--resume", metavar="RUN_DIR", help="continue an existing run directory")
-    ap.add_argument("--executor", choices=["slurm", "local", "debug"], help="override executor.kind")
+    ap.add_argument("--executor", choices=EXECUTORS, help="override the executor (default: the run's own)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field, e.g. --set adam.lr=2e-4 (repeatable)")
-    ap.add_argument("--dry-run", action="store_true", help="print the plan and the sbatch scripts; submit nothing")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and the job scripts; submit nothing")
     ap.add_argument("--detach", action="store_true", help="slurm: exit after submitting the whole chain")
     args = ap.parse_args(argv)
     echo = print
     try:
-        if args.dry_run:
-            return _dry_run(args, echo)
-        cfg, run = prepare_run(args.config, args.run_dir, args.resume, args.overrides, args.executor,
-                               ["python", "-m", "easlurm.launch", *argv], echo)
-        from .orchestrate.plan import build_plan
+        from .orchestrate.plan import build_plan, pending_stages
 
+        cfg, run = prepare_run(args.config, args.run_dir, args.resume, args.overrides, args.executor,
+                               ["python", "-m", "easlurm.launch", *argv], echo, write=not args.dry_run)
         plan = build_plan(cfg, run)
-        echo(f"run directory: {run.root}  (executor: {cfg.executor.kind})")
-        t0 = time.monotonic()
-        executor = make_executor(cfg, run, echo)
-        if cfg.executor.kind == "slurm":
+        executor = make_executor(cfg, run, echo, resuming=bool(args.resume))
+        if args.dry_run:
+            echo(executor.describe(pending_stages(plan)).rstrip())  # type: ignore[attr-defined]
+            echo(f"# dry run: nothing was submitted or written (executor {cfg.executor.kind})")
+            return 0
+        from .leases import held
+
+        with held(run.root / ".launcher", "launcher", cfg.executor.lease_s):
+            record_launch(run, cfg.executor.kind, ["python", "-m", "easlurm.launch", *argv])
+            echo(f"run directory: {run.root}  (executor: {cfg.executor.kind})")
+            t0 = time.monotonic()
             executor.run(plan, detach=args.detach)  # type: ignore[attr-defined]
-            if args.detach:
-                return 0
-        else:
-            executor.run(plan)  # type: ignore[attr-defined]
+        if args.detach:
+            return 0
         echo(f"finished in {time.monotonic() - t0:.0f} s")
         _print_results(run, echo)
     except EaslurmError as exc:
@@ -133,27 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _dry_run(args: argparse.Namespace, echo: Callable[[str], None]) -> int:
-    from .orchestrate.plan import build_plan, pending_stages
-    from .orchestrate.slurm import describe
-
-    if args.resume:
-        run = RunDir(args.resume)
-        cfg = load_run_config(run.root)
-    else:
-        if not args.config:
-            raise ConfigError("--config is required (or --resume RUN_DIR)")
-        cfg = load_config(args.config, args.overrides)
-        run = RunDir(args.run_dir or Path(cfg.run.root) / f"{cfg.run.name}-DRYRUN")
-    if args.executor:
-        cfg.executor.kind = args.executor
-    stages = pending_stages(build_plan(cfg, run), run)
-    echo(describe(cfg, run, stages).rstrip())
-    echo(f"# dry run: nothing was submitted or written (executor {cfg.executor.kind})")
-    return 0
-
-
-def _print_results(run: RunDir, echo: Callable[[str], None]) -> None:
+def _print_results(run: RunDir, echo: Echo) -> None:
     md = run.eval / "results.md"
     if md.is_file():
         echo("")

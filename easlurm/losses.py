@@ -89,6 +89,12 @@ def _bce(logits: torch.Tensor, target_real: bool) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
+def needs_real_logits(kind: str) -> bool:
+    """Whether the generator-side GAN loss of ``kind`` needs the discriminator's logits on HR images."""
+    _check_kind(kind)
+    return kind == "relativistic"
+
+
 def gan_g_loss(kind: str, d_fake: torch.Tensor, d_real: torch.Tensor | None = None) -> torch.Tensor:
     """Generator adversarial loss from discriminator logits.
 

@@ -12,8 +12,9 @@ import io
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
@@ -151,9 +152,21 @@ def load_checkpoint(path: str | os.PathLike[str], sha256: str | None = None,
 # their checksums change together. New files are staged in DIR/.staging/ with meta.json written there last; once the
 # staged meta exists the checkpoint is committed and is rolled forward into DIR (by this call, or by the next reader
 # after a crash). A staging folder without meta.json is an interrupted write and is discarded.
+#
+# A checkpoint may also *reference* a file committed by another (finished, never again modified) checkpoint instead
+# of copying it: meta.json then lists the file under ``refs`` as a path relative to DIR, with the target's sha256
+# and size. Stage outputs are write-once, so a reference stays valid for the life of the run (DESIGN.md §3).
 
 STAGING = ".staging"
 META = "meta.json"
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A committed file: where it really is, its sha256 and its size in bytes."""
+    path: Path
+    sha256: str
+    size: int | None
 
 
 def recover_checkpoint_dir(folder: str | os.PathLike[str]) -> None:
@@ -173,28 +186,44 @@ def recover_checkpoint_dir(folder: str | os.PathLike[str]) -> None:
     staging.rmdir()
 
 
-def commit_checkpoint(folder: str | os.PathLike[str], files: dict[str, bytes], meta: dict[str, Any]) -> dict[str, Any]:
-    """Atomically replace ``files`` and ``meta.json`` in ``folder``; return the meta written.
+def commit_checkpoint(folder: str | os.PathLike[str], files: Mapping[str, bytes], meta: Mapping[str, Any],
+                      refs: Mapping[str, FileRef] | None = None) -> dict[str, Any]:
+    """Atomically replace ``files`` (and references ``refs``) and ``meta.json`` in ``folder``; return the meta.
 
-    ``meta["sha256"]`` is set to the checksum of every file in ``files``; other files already listed there keep
-    their entries, so a partial update (e.g. only G.pt) stays verifiable.
+    ``meta["sha256"]``/``meta["size"]`` are set for every file in ``files`` and ``refs``; ``meta["refs"]`` maps a
+    referenced name to its path relative to ``folder``. Entries already listed keep theirs unless replaced, so a
+    partial update (e.g. only G.pt) stays verifiable. A name given as a file replaces an earlier reference.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     recover_checkpoint_dir(folder)
+    refs = dict(refs or {})
+    clash = sorted(set(files) & set(refs))
+    if clash:
+        raise ValueError(f"{folder}: {clash} given both as file and as reference")
+    old = read_json(folder / META) if (folder / META).is_file() else {}
     staging = folder / STAGING
     staging.mkdir()
-    old = read_json(folder / META).get("sha256", {}) if (folder / META).is_file() else {}
-    meta = dict(meta)
-    meta["sha256"] = {**old, **{name: sha256_bytes(data) for name, data in files.items()}}
+    out = dict(meta)
+    out["sha256"] = {**old.get("sha256", {}), **{n: sha256_bytes(d) for n, d in files.items()},
+                     **{n: r.sha256 for n, r in refs.items()}}
+    out["size"] = {**old.get("size", {}), **{n: len(d) for n, d in files.items()},
+                   **{n: r.size for n, r in refs.items() if r.size is not None}}
+    old_refs = {n: p for n, p in old.get("refs", {}).items() if n not in files}
+    new_refs = {n: Path(os.path.relpath(Path(r.path).absolute(), folder.absolute())).as_posix()
+                for n, r in refs.items()}
+    if old_refs or new_refs:
+        out["refs"] = {**old_refs, **new_refs}
+    else:
+        out.pop("refs", None)
     for name, data in files.items():
         with open(staging / name, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-    atomic_write_json(staging / META, meta)  # the commit point
+    atomic_write_json(staging / META, out)  # the commit point
     recover_checkpoint_dir(folder)
-    return meta
+    return out
 
 
 def read_checkpoint_meta(folder: str | os.PathLike[str], recover: bool = False) -> dict[str, Any] | None:
@@ -211,35 +240,86 @@ def read_checkpoint_meta(folder: str | os.PathLike[str], recover: bool = False) 
         recover_checkpoint_dir(folder)
     if not (folder / META).is_file():
         return None
-    return read_json(folder / META)
+    meta = read_json(folder / META)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{folder / META}: expected a JSON object")
+    return meta
 
 
-def load_verified(folder: str | os.PathLike[str], name: str, meta: dict[str, Any] | None = None,
+def file_ref(folder: str | os.PathLike[str], name: str, meta: Mapping[str, Any]) -> FileRef:
+    """Where ``name`` of the checkpoint in ``folder`` really is (its own file or a referenced one), with its
+    recorded sha256 and size. Raises :class:`CheckpointError` when meta.json does not list it."""
+    folder = Path(folder)
+    expected = meta.get("sha256", {}).get(name)
+    if expected is None:
+        raise CheckpointError(f"{folder / name}: not listed in {folder / META}")
+    rel = meta.get("refs", {}).get(name)
+    path = Path(os.path.normpath(folder / rel)) if rel else folder / name
+    return FileRef(path, expected, meta.get("size", {}).get(name))
+
+
+def load_verified(folder: str | os.PathLike[str], name: str, meta: Mapping[str, Any] | None = None,
                   map_location: str | torch.device = "cpu") -> Any:
-    """Load ``folder/name`` after checking it against the sha256 recorded in the folder's meta.json."""
+    """Load ``folder/name`` (or the file it references) after checking it against the sha256 in meta.json."""
     folder = Path(folder)
     meta = meta if meta is not None else read_checkpoint_meta(folder)
     if meta is None:
         raise CheckpointError(f"{folder}: no meta.json (not a checkpoint folder, or never written)")
-    expected = meta.get("sha256", {}).get(name)
-    if expected is None:
-        raise CheckpointError(f"{folder / name}: not listed in {folder / META}")
-    return load_checkpoint(folder / name, sha256=expected, map_location=map_location)
+    ref = file_ref(folder, name, meta)
+    return load_checkpoint(ref.path, sha256=ref.sha256, map_location=map_location)
+
+
+def checkpoint_intact(folder: str | os.PathLike[str], meta: Mapping[str, Any], *, full: bool = False,
+                      skip: Iterable[str] = ()) -> bool:
+    """True when every file meta.json lists exists with its recorded size (``full``: and its sha256).
+
+    The size check is what launchers and done checks use (cheap on a shared filesystem); every reader verifies the
+    sha256 anyway when it loads a file. ``skip``: names not to check (e.g. files a prune removed on purpose).
+    """
+    skipped = set(skip)
+    for name in sorted(meta.get("sha256", {})):
+        if name in skipped:
+            continue
+        try:
+            ref = file_ref(folder, name, meta)
+        except CheckpointError:
+            return False
+        try:
+            size = ref.path.stat().st_size
+        except OSError:
+            return False
+        if ref.size is not None and size != ref.size:
+            return False
+        if full and sha256_file(ref.path) != ref.sha256:
+            return False
+    return True
 
 
 def verify_checkpoint_dir(folder: str | os.PathLike[str]) -> bool:
-    """True when meta.json exists and every file it lists matches its sha256."""
+    """True when meta.json exists and every file it lists (or references) matches its sha256."""
     try:
         meta = read_checkpoint_meta(folder)
     except CheckpointError:
         return False
-    if meta is None:
-        return False
-    for name, expected in sorted(meta.get("sha256", {}).items()):
-        p = Path(folder) / name
-        if not p.is_file() or sha256_file(p) != expected:
-            return False
-    return True
+    return meta is not None and checkpoint_intact(folder, meta, full=True)
+
+
+def make_run_dir(path: str | os.PathLike[str], group_shared: bool = False) -> Path:
+    """Create a run directory readable by its owner's group only (0750), or shared with the group (2770: group
+    members may write; new files keep the group). A run directory is a trust anchor — jobs unpickle nothing from
+    it, but they do read configs and checkpoints from it — so it is never world-accessible."""
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o2770 if group_shared else 0o750)
+    return root
+
+
+def apply_group_umask(group_shared: bool) -> None:
+    """With a group-shared run, files are written group-writable (umask 007); otherwise the umask is left alone."""
+    if group_shared:
+        global _UMASK
+        os.umask(0o007)
+        _UMASK = 0o007
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -247,7 +327,20 @@ def verify_checkpoint_dir(folder: str | os.PathLike[str]) -> bool:
 
 
 class RunDir:
-    """Paths inside one run directory; creates nothing by itself."""
+    """Paths inside one run directory; creates nothing by itself.
+
+    Every stage writes its outputs once, into folders it owns (DESIGN.md §3-4):
+
+    ========================  ==========================================================================
+    ``pretrain/``             the L1 pretraining stage (when ``model.pretrained`` is null)
+    ``cycles/C/start/I/``     cycle C's start population: written by the init stage (C = 0) or by the EA
+                              phase of cycle C-1; never modified afterwards
+    ``cycles/C/members/I/``   cycle C's trained population: written (and checkpointed) by member I's Adam
+                              phase of cycle C; final once its meta.json says ``done``
+    ``cycles/C/ea/``          the EA phase of cycle C (its records, lineage, generation checkpoints)
+    ``fusion/``, ``eval/``    the fusion and evaluation stages
+    ========================  ==========================================================================
+    """
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root).resolve()
@@ -260,6 +353,11 @@ class RunDir:
         return self.root / "config.yaml"
 
     @property
+    def record(self) -> Path:
+        """``run.json``: how the run was launched (executor kind, command, easlurm version)."""
+        return self.root / "run.json"
+
+    @property
     def state(self) -> Path:
         return self.root / "state.json"
 
@@ -270,7 +368,12 @@ class RunDir:
     def cycle(self, c: int) -> Path:
         return self.root / "cycles" / f"{c:03d}"
 
+    def start(self, c: int, i: int) -> Path:
+        """Slot ``i`` of cycle ``c``'s start population."""
+        return self.cycle(c) / "start" / f"{i:02d}"
+
     def member(self, c: int, i: int) -> Path:
+        """Slot ``i`` of cycle ``c``'s trained population."""
         return self.cycle(c) / "members" / f"{i:02d}"
 
     def ea(self, c: int) -> Path:
@@ -291,3 +394,11 @@ class RunDir:
     @property
     def slurm(self) -> Path:
         return self.root / "slurm"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def rel(self, path: str | os.PathLike[str]) -> str:
+        """``path`` relative to the run root, POSIX style (how run files name each other)."""
+        return Path(os.path.normpath(Path(path).absolute())).relative_to(self.root).as_posix()

@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.config is None and args.arch is None:
         ap.error("the architecture is needed: --config RUN/config.yaml or --arch msrresnet|rrdbnet")
     try:
-        from .train.member import pick_device
+        from .runtime import pick_device
 
         model, scale = build_model(args.model, config=args.config, arch=args.arch, num_feat=args.num_feat,
                                    num_block=args.num_block, num_grow_ch=args.num_grow_ch, scale=args.scale)

@@ -1,6 +1,6 @@
 """``python -m easlurm.evo --run RUN --cycle C [--device DEV]``: the EA phase of cycle C (see easlurm.evo.job).
 
-Prints one JSON line (cycle, skipped, hypervolume before/after) on success. Progress goes to stdout through
+Prints one JSON line (cycle, hypervolume before/after, distinct genomes) on success. Progress goes to stdout through
 ``logging``; a bad input (missing or unfinished member, bad config) prints one ``easlurm.evo: error: …`` line on
 stderr and exits with status 2.
 """
@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     except EaslurmError as exc:
         print("easlurm.evo: error: " + str(exc).replace("\n", " "), file=sys.stderr)
         return 2
-    print(json.dumps({k: result.get(k) for k in ("cycle", "next_cycle", "skipped", "hypervolume_initial",
-                                                  "hypervolume_final")}))
+    print(json.dumps({"cycle": result.cycle, "hypervolume_initial": result.hypervolume_initial,
+                      "hypervolume_final": result.hypervolume_final, "distinct_final": result.distinct_final}))
     return 0
 
 

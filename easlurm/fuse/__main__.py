@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     except EaslurmError as exc:
         print("easlurm.fuse: error: " + str(exc).replace("\n", " "), file=sys.stderr)
         return 2
-    print(json.dumps({"iteration": meta.get("iteration"), "done": meta.get("done"),
+    print(json.dumps({"iteration": meta.iteration, "done": meta.done,
                       "fused": str(RunDir(args.run).fusion / "fused.pt")}))
     return 0
 

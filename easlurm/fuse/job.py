@@ -1,45 +1,36 @@
-"""The fusion job (DESIGN.md §2 "Fusion", §4): the N final experts in, one plain backbone out.
+"""The fusion job (DESIGN.md §2 "Fusion", §4): the final population in, one plain backbone out.
 
-``run_fusion(RUN)`` reads the final population ``RUN/cycles/<run.cycles>/members/*/G.pt`` (written by the EA job of
-the last cycle), wraps every conv of the backbone into a dynamic conv over the N experts
-(:func:`easlurm.fuse.dynamic.make_dynamic`, attention branch kernel ``fusion.att_kernel``, width
-``fusion.att_channels``) and trains **only the attention branches** for ``fusion.iters`` iterations with Adam
-(``fusion.lr``, betas (0.9, 0.999)) on random training patches (the same data pipeline as a member's Adam phase,
-batch ``fusion.batch_size``):
+``run_fusion(RUN)`` reads the final population (:func:`easlurm.population.final_members`). Identical experts (slots
+that hold the same genome, e.g. after MOEA/D copied one child into several slots) enter once: fusing K copies of one
+kernel is the same as fusing it once with the copies' attention summed. Every conv of the backbone is wrapped into a
+dynamic conv over the distinct experts (:func:`easlurm.fuse.dynamic.make_dynamic`, attention kernel
+``fusion.att_kernel``, width ``fusion.att_channels``) and **only the attention branches** are trained for
+``fusion.iters`` iterations with Adam (``fusion.lr``, ``fusion.betas``; both learning rates multiplied by
+``fusion.gamma`` from each of the iterations ``fusion.milestones`` on), on random training patches (batch
+``fusion.batch_size``):
 
     L_fuse = fusion.l1_weight · L1(sr, hr) + loss.perceptual_weight · Perceptual(sr, hr)
              + loss.gan_weight · GAN_G(D, sr, hr)                     (GAN type ``loss.gan_type``)
 
-One discriminator, warm-started from member ``fusion.discriminator_from``'s ``D.pt`` (negative = from the end), takes
-one step per iteration on (hr, sr.detach()) with Adam (``discriminator.lr`` / ``discriminator.betas``, fresh
-moments). All images are NCHW RGB float in [0, 1].
+One discriminator, warm-started from final member ``fusion.discriminator_from``'s ``D.pt``, takes one step per
+iteration on (hr, sr.detach()) with Adam (``fusion.d_lr``, null → ``fusion.lr`` as in the reference). All images
+are NCHW RGB float in [0, 1]. The loop (:mod:`easlurm.train.loop`) checkpoints ``RUN/fusion/`` every
+``fusion.checkpoint_every`` iterations, at the end and on preemption: ``attention.pt`` (attention parameters only),
+``D.pt``, ``optim.pt``, ``rng.pt``, ``meta.json`` (:class:`FusionMeta`).
 
-Checkpoints go to ``RUN/fusion/`` through :func:`easlurm.store.commit_checkpoint` every ``fusion.checkpoint_every``
-iterations, at the end and on preemption (SIGUSR2/SIGTERM, as for members):
-
-- ``attention.pt`` — only the attention-branch parameters (state-dict keys containing ``.attention.``; the frozen
-  expert kernels are re-read from the members, never duplicated here);
-- ``D.pt``, ``optim.pt`` (``{"att": …, "d": …}`` Adam states), ``rng.pt``;
-- ``meta.json`` — iteration, sample index, the experts' G.pt sha256 (a resume refuses other experts), sha256s.
-
-After training, each layer's softmax vector is averaged over a fixed validation set — the first ``data.val_images``
-entries (sorted ids) of the val shards, the centre crop of half the height and width of each LR image, one image per
-forward — renormalised to sum to 1 in float64, and the experts are merged layer by layer
-(:func:`easlurm.fuse.merge.merge_from_dynamic`). The same commit then adds:
-
-- ``attention.json`` — ``{layer name: [K weights]}`` in module order (the exact numbers the merge used);
-- ``fused.pt`` — the plain backbone state dict, loadable with ``strict=True`` by ``factory.build_generator(cfg)``;
-
-and sets ``done: true``. Rerunning a finished, verified job is a no-op (a finished job whose outputs fail their
-checksums redoes only the averaging and merge). TensorBoard: the loss terms every ``min(adam.log_every,
-fusion.checkpoint_every)`` iterations under ``RUN/tb/fusion``, plus each layer's averaged attention (step = layer
-index in module order) and a text table of it.
+Then each layer's softmax vector is averaged over a fixed set of **training** LR images
+(:func:`averaging_crops`: the first ``fusion.average_images`` entries of ``fusion.average_set``, default
+``data.train``; the centre crop of half the height and width) — never over an evaluation set — renormalised in
+float64, and the experts are merged layer by layer. The same commit adds ``attention.json`` (per layer, the weights
+of every *slot*: a distinct expert's weight split evenly over the slots that share it, so the numbers read per
+member) and ``fused.pt`` (the plain backbone, loadable with ``strict=True``), with ``done: true``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -47,49 +38,83 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .. import factory
+from .. import factory, losses, rng
 from ..config import Config, load_run_config
 from ..errors import CheckpointError, ConfigError
-from ..store import (
-    RunDir, commit_checkpoint, load_verified, read_checkpoint_meta, torch_bytes, verify_checkpoint_dir,
-)
-from ..train import rng
-from ..train.member import (
-    _check_finite, batches, cpu_state, optimizer_state_cpu, pick_device, restore_training_state,
-)
+from ..leases import held
+from ..population import final_cycle, final_members, load_member_file
+from ..runtime import cpu_state, optimizer_state_cpu, pick_device, tb_writer
+from ..store import RunDir, checkpoint_intact, commit_checkpoint, load_verified, read_checkpoint_meta, torch_bytes
+from ..train.loop import Cadence, run_loop
+from ..train.member import batches, load_optimizers
 from ..train.preempt import Preemption
 from .dynamic import attention_parameters, average_attention, dynamic_layers, make_dynamic
 from .merge import merge_from_dynamic
 
-__all__ = ["ATTENTION_KEY", "run_fusion", "load_experts", "build_fusion_model", "attention_state",
-           "validation_crops", "fusion_step"]
+__all__ = ["ATTENTION_KEY", "FusionMeta", "run_fusion", "is_done", "progress", "distinct_experts", "build_fusion_model",
+           "attention_state", "averaging_crops", "fusion_step"]
 
 log = logging.getLogger("easlurm.fuse")
 
 ATTENTION_KEY = ".attention."
-_SEED_TAG = 0xF05E  # separates the fusion stage's seeds from the members' (cycle, slot) seeds
+SEED_TAG = 0xF05E  # separates the fusion stage's seeds from the members' (cycle, slot) seeds
 
 
-def _final_cycle(cfg: Config) -> int:
-    return cfg.run.cycles
+@dataclass
+class FusionMeta:
+    """``RUN/fusion/meta.json`` (the store adds sha256/size)."""
+    iteration: int
+    iters_target: int
+    experts_sha256: list[str]          # distinct experts' G.pt sha256, in the order of the dynamic model
+    slot_expert: list[int]             # final slot → index into experts_sha256
+    experts_cycle: int
+    discriminator_from: int
+    done: bool = False
+    val_ids: list[str] = field(default_factory=list)
+    attention_layers: int = 0
+    kind: str = "fusion"
+    schema: int = 1
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: Path) -> FusionMeta:
+        if d.get("schema") != 1 or d.get("kind") != "fusion":
+            raise CheckpointError(f"{where}: not a fusion record of this easlurm version")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def load_experts(cfg: Config, run: RunDir) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, Any]]]:
-    """The N final generators (CPU state dicts, checksum-verified) and their meta.json records, slot order.
+def _read_meta(run: RunDir, recover: bool = False) -> tuple[FusionMeta, dict[str, Any]] | None:
+    raw = read_checkpoint_meta(run.fusion, recover=recover)
+    return None if raw is None else (FusionMeta.from_dict(raw, run.fusion / "meta.json"), raw)
 
-    Raises :class:`CheckpointError` naming the first missing or corrupt member folder.
-    """
-    cycle = _final_cycle(cfg)
-    states, metas = [], []
-    for i in range(cfg.population.size):
-        folder = run.member(cycle, i)
-        meta = read_checkpoint_meta(folder)
-        if meta is None:
-            raise CheckpointError(f"{folder}: final member {i} not found (the final population, cycle {cycle}, is "
-                                  f"written by the EA job of cycle {cycle - 1})")
-        states.append(load_verified(folder, "G.pt", meta))
-        metas.append(meta)
-    return states, metas
+
+def is_done(run_dir: str | Path) -> bool:
+    """Whether fusion finished: record done, ``fused.pt`` listed and every file intact (size check)."""
+    run = RunDir(run_dir)
+    try:
+        got = _read_meta(run)
+    except CheckpointError:
+        return False
+    return (got is not None and got[0].done and "fused.pt" in got[1].get("sha256", {})
+            and checkpoint_intact(run.fusion, got[1]))
+
+
+def progress(run_dir: str | Path) -> int:
+    """Committed fusion iterations."""
+    try:
+        got = _read_meta(RunDir(run_dir))
+    except CheckpointError:
+        return 0
+    return 0 if got is None else got[0].iteration
+
+
+def distinct_experts(shas: list[str]) -> tuple[list[int], list[int]]:
+    """(indices of the first slot holding each distinct genome, slot → distinct index), by G.pt sha256."""
+    first: dict[str, int] = {}
+    for slot, sha in enumerate(shas):
+        first.setdefault(sha, len(first))
+    unique = [shas.index(sha) for sha in first]
+    return unique, [first[sha] for sha in shas]
 
 
 def build_fusion_model(cfg: Config, expert_states: list[dict[str, torch.Tensor]]) -> nn.Module:
@@ -100,7 +125,7 @@ def build_fusion_model(cfg: Config, expert_states: list[dict[str, torch.Tensor]]
         try:
             g.load_state_dict(sd, strict=True)
         except RuntimeError as exc:
-            raise CheckpointError(f"final member {i}: G.pt does not fit model {cfg.model.arch} "
+            raise CheckpointError(f"expert {i}: G.pt does not fit model {cfg.model.arch} "
                                   f"({str(exc).splitlines()[0]})") from exc
         experts.append(g)
     return make_dynamic(experts, cfg.fusion.att_kernel, cfg.fusion.att_channels)
@@ -113,8 +138,7 @@ def attention_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _load_attention_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     own = {k: v for k, v in model.state_dict().items() if ATTENTION_KEY in k}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
         raise CheckpointError(f"{source}: attention parameters do not match the dynamic model "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
@@ -126,19 +150,32 @@ def _load_attention_state(model: nn.Module, state: dict[str, torch.Tensor], sour
             v.copy_(state[k])
 
 
-def validation_crops(cfg: Config) -> tuple[list[str], Iterator[torch.Tensor]]:
-    """The averaging set: ids and (lazily) 1×3×h×w LR centre crops (half height and width), RGB in [0, 1].
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
-    The first ``data.val_images`` entries (sorted ids) of the val shards. Raises :class:`ConfigError` when no
-    val shards are configured.
+
+def averaging_crops(cfg: Config) -> tuple[list[str], Iterator[torch.Tensor]]:
+    """The attention-averaging set: ids and (lazily) 1×3×h×w LR centre crops (half height and width), RGB in [0, 1].
+
+    The first ``fusion.average_images`` entries (sorted ids) of ``fusion.average_set`` (null → ``data.train``).
+    Raises :class:`ConfigError` when that folder is an evaluation set (``data.val`` or an ``eval.sets`` path):
+    weights fitted on the images they are scored on would flatter the fused model.
     """
     from ..data.dataset import ShardReader, to_tensor
 
-    val = factory.data_dirs(cfg)[1]
-    if val is None:
-        raise ConfigError("data.val: fusion needs validation shards to average the attention over (set data.val)")
-    reader = ShardReader(val, scale=cfg.data.scale)
-    ids = list(reader.ids)[: cfg.data.val_images]
+    dirs = factory.data_dirs(cfg)
+    src = Path(cfg.fusion.average_set) if cfg.fusion.average_set else dirs.train
+    evaluation = ([("data.val", dirs.val)] if dirs.val is not None else []) + \
+        [(f"eval.sets.{k}", Path(v)) for k, v in sorted(cfg.eval.sets.items())]
+    for name, path in evaluation:
+        if _same_folder(src, path):
+            raise ConfigError(f"fusion.average_set: {src} is also {name}; average the attention over training "
+                              f"images (the reference uses 100 DIV2K training images), never an evaluation set")
+    reader = ShardReader(src, scale=cfg.data.scale)
+    ids = list(reader.ids)[: cfg.fusion.average_images]
 
     def crops() -> Iterator[torch.Tensor]:
         try:
@@ -154,36 +191,127 @@ def validation_crops(cfg: Config) -> tuple[list[str], Iterator[torch.Tensor]]:
 
 
 def fusion_step(cfg: Config, model: nn.Module, d: nn.Module, perceptual: nn.Module, opt_att: torch.optim.Optimizer,
-                opt_d: torch.optim.Optimizer, lr: torch.Tensor, hr: torch.Tensor, iteration: int = 0
-                ) -> dict[str, float]:
-    """One attention update on L_fuse and one discriminator update; returns the loss values (floats)."""
-    from .. import losses
-
+                opt_d: torch.optim.Optimizer, lr: torch.Tensor, hr: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One attention update on L_fuse and one discriminator update; returns the losses (0-d device tensors)."""
     kind = cfg.loss.gan_type
     d.requires_grad_(False)  # the generator-side loss must not leave gradients in D
     sr = model(lr)
     l1 = losses.l1_loss(sr, hr)
     perc = perceptual(sr, hr)
-    d_fake = d(sr)
-    d_real = d(hr).detach() if kind == "relativistic" else None
-    gan = losses.gan_g_loss(kind, d_fake, d_real)
+    d_real = d(hr).detach() if losses.needs_real_logits(kind) else None
+    gan = losses.gan_g_loss(kind, d(sr), d_real)
     total = cfg.fusion.l1_weight * l1 + cfg.loss.perceptual_weight * perc + cfg.loss.gan_weight * gan
-    _check_finite("fusion", iteration, l1=l1, perceptual=perc, gan=gan)
     opt_att.zero_grad(set_to_none=True)
     total.backward()
     opt_att.step()
     opt_att.zero_grad(set_to_none=True)
 
     d.requires_grad_(True)
-    sr_d = sr.detach()
-    l_d = losses.gan_d_loss(kind, d(hr), d(sr_d))
-    _check_finite("fusion", iteration, discriminator=l_d)
+    l_d = losses.gan_d_loss(kind, d(hr), d(sr.detach()))
     opt_d.zero_grad(set_to_none=True)
     l_d.backward()
     opt_d.step()
     opt_d.zero_grad(set_to_none=True)
-    return {"l1": float(l1.detach()), "perceptual": float(perc.detach()), "gan": float(gan.detach()),
-            "total": float(total.detach()), "d": float(l_d.detach())}
+    return {"l1": l1.detach(), "perceptual": perc.detach(), "gan": gan.detach(), "total": total.detach(),
+            "d": l_d.detach()}
+
+
+class _FusionTrainee:
+    where = "fusion"
+
+    def __init__(self, cfg: Config, model: nn.Module, d: nn.Module, perceptual: nn.Module,
+                 opt_att: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
+                 data: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device):
+        self.cfg, self.model, self.d, self.perceptual = cfg, model, d, perceptual
+        self.opt_att, self.opt_d, self.data, self.device = opt_att, opt_d, data, device
+        f = cfg.fusion
+        self.base = (f.lr, f.d_lr or f.lr)
+
+    def step(self, iteration: int) -> dict[str, torch.Tensor]:
+        # MultiStep schedule as a pure function of the iteration, so a resumed run needs no scheduler state.
+        decay = self.cfg.fusion.gamma ** sum(1 for m in self.cfg.fusion.milestones if m <= iteration)
+        for opt, base in zip((self.opt_att, self.opt_d), self.base):
+            for group in opt.param_groups:
+                group["lr"] = base * decay
+        lr, hr = next(self.data)
+        return fusion_step(self.cfg, self.model, self.d, self.perceptual, self.opt_att, self.opt_d,
+                           lr.to(self.device, non_blocking=True), hr.to(self.device, non_blocking=True))
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"fusion": self.model, "D": self.d}
+
+    def checkpoint_files(self) -> dict[str, bytes]:
+        return {"attention.pt": torch_bytes(attention_state(self.model)), "D.pt": torch_bytes(cpu_state(self.d)),
+                "optim.pt": torch_bytes({"att": optimizer_state_cpu(self.opt_att),
+                                         "d": optimizer_state_cpu(self.opt_d)})}
+
+    def sample_image(self) -> torch.Tensor | None:
+        return None
+
+
+def run_fusion(run_dir: str | Path, device: str | None = None) -> FusionMeta:
+    """Train (or resume, or skip) the fusion stage of a run; return its record (preemption as for members)."""
+    run = RunDir(run_dir)
+    cfg = load_run_config(run.root)
+    with Preemption() as pre, held(run.fusion, "fusion", cfg.executor.lease_s) as lease:
+        got = _read_meta(run, recover=True)  # the fusion stage owns RUN/fusion
+        if got is not None and got[0].done and checkpoint_intact(run.fusion, got[1], full=True):
+            log.info("fusion already complete (%s)", run.fusion / "fused.pt")
+            return got[0]
+        finals = final_members(cfg, run)
+        shas = [m.files["sha256"]["G.pt"] for _, m in finals]
+        unique, slot_expert = distinct_experts(shas)
+        expert_sha = [shas[k] for k in unique]
+        target, batch = cfg.fusion.iters, cfg.fusion.batch_size
+        d_slot = cfg.fusion.discriminator_from % cfg.population.size
+        if got is not None and got[0].experts_sha256 != expert_sha:
+            raise CheckpointError(f"{run.fusion}: the fusion checkpoint was made from other experts than the current "
+                                  f"final population (cycle {final_cycle(cfg)}); delete {run.fusion} to fuse again")
+        dev = pick_device(device)
+        torch.manual_seed(rng.derive_seed(cfg.run.seed, SEED_TAG))
+        model = build_fusion_model(cfg, [load_member_file(finals[k][0], finals[k][1], "G.pt") for k in unique])
+        d = factory.build_discriminator(cfg)
+        if got is None:
+            d.load_state_dict(load_member_file(finals[d_slot][0], finals[d_slot][1], "D.pt"))
+            meta = FusionMeta(0, target, expert_sha, slot_expert, final_cycle(cfg), d_slot)
+            saved = None
+        else:
+            meta, raw = got
+            _load_attention_state(model, load_verified(run.fusion, "attention.pt", raw), run.fusion / "attention.pt")
+            d.load_state_dict(load_verified(run.fusion, "D.pt", raw))
+            saved = load_verified(run.fusion, "optim.pt", raw)
+        model.to(dev).train()
+        d.to(dev).train()
+        f = cfg.fusion
+        opt_att = torch.optim.Adam(attention_parameters(model), lr=f.lr, betas=(f.betas[0], f.betas[1]))
+        opt_d = torch.optim.Adam(d.parameters(), lr=f.d_lr or f.lr, betas=(f.betas[0], f.betas[1]))
+        load_optimizers(saved, {"att": opt_att, "d": opt_d})
+        it0 = meta.iteration
+        perceptual = factory.build_perceptual(cfg).to(dev)
+        if got is not None:
+            rng.restore(load_verified(run.fusion, "rng.pt", got[1]))
+        tb = tb_writer(run.tb / "fusion", purge_step=it0)
+        record = meta
+
+        def commit(done: int, files: dict[str, bytes]) -> None:
+            nonlocal record
+            lease.check()
+            record = dataclasses.replace(record, iteration=done)
+            commit_checkpoint(run.fusion, files, dataclasses.asdict(record))
+
+        try:
+            if it0 < target:
+                data = batches(factory.data_dirs(cfg).train, cfg, batch,
+                               rng.derive_seed(cfg.run.seed, SEED_TAG, 0xDA7A), start_index=it0 * batch,
+                               total=target * batch, num_workers=cfg.data.num_workers)
+                trainee = _FusionTrainee(cfg, model, d, perceptual, opt_att, opt_d, data, dev)
+                run_loop(trainee, start=it0, cadence=Cadence(target, f.checkpoint_every, f.log_every), commit=commit,
+                         tb=tb, preempt=pre,
+                         extra_scalars=lambda: {"lr/attention": float(opt_att.param_groups[0]["lr"])})
+            lease.check()
+            return _finish(cfg, run, model, record, tb)
+        finally:
+            tb.close()
 
 
 def _normalised(averages: dict[str, np.ndarray]) -> dict[str, list[float]]:
@@ -196,120 +324,33 @@ def _normalised(averages: dict[str, np.ndarray]) -> dict[str, list[float]]:
     return out
 
 
-def run_fusion(run_dir: str | Path, device: str | None = None) -> dict[str, Any]:
-    """Train (or resume, or skip) the fusion stage of a run; return the fusion folder's meta.json.
-
-    Preemption (SIGUSR2/SIGTERM) checkpoints after the current iteration and hands the signal on, as for members.
-    """
-    with Preemption() as pre:
-        return _run_fusion(run_dir, device, pre)
+def _per_slot(averages: dict[str, list[float]], slot_expert: list[int]) -> dict[str, list[float]]:
+    """Each distinct expert's weight split evenly over the slots that share its genome."""
+    share = [slot_expert.count(k) for k in slot_expert]
+    return {name: [w[k] / c for k, c in zip(slot_expert, share)] for name, w in averages.items()}
 
 
-def _run_fusion(run_dir: str | Path, device: str | None, pre: Preemption) -> dict[str, Any]:
-    run = RunDir(run_dir)
-    cfg = load_run_config(run.root)
-    folder = run.fusion
-    meta = read_checkpoint_meta(folder, recover=True)  # the fusion job owns RUN/fusion
-    if meta is not None and meta.get("done") and verify_checkpoint_dir(folder):
-        log.info("fusion already complete (%s)", folder / "fused.pt")
-        return meta
-
-    expert_states, expert_metas = load_experts(cfg, run)
-    expert_sha = [m["sha256"]["G.pt"] for m in expert_metas]
-    n = cfg.population.size
-    d_slot = cfg.fusion.discriminator_from % n
-    target = cfg.fusion.iters
-    batch = cfg.fusion.batch_size
-
-    if meta is not None and meta.get("experts_sha256") != expert_sha:
-        raise CheckpointError(f"{folder}: the fusion checkpoint was made from other experts than the current "
-                              f"final population (cycle {_final_cycle(cfg)}); delete {folder} to fuse again")
-
-    dev = pick_device(device)
-    torch.manual_seed(rng.derive_seed(cfg.run.seed, _SEED_TAG))
-    model = build_fusion_model(cfg, expert_states)
-    del expert_states
-    d = factory.build_discriminator(cfg)
-    if meta is None:
-        d_folder = run.member(_final_cycle(cfg), d_slot)
-        d.load_state_dict(load_verified(d_folder, "D.pt", expert_metas[d_slot]))
-        meta = {"kind": "fusion", "iteration": 0, "sample_index": 0, "iters_target": target,
-                "experts_sha256": expert_sha, "experts_cycle": _final_cycle(cfg), "discriminator_from": d_slot,
-                "num_experts": n, "done": False}
-        meta = commit_checkpoint(folder, {"attention.pt": torch_bytes(attention_state(model)),
-                                          "D.pt": torch_bytes(cpu_state(d)),
-                                          "optim.pt": torch_bytes({"att": None, "d": None})}, meta)
-    else:
-        _load_attention_state(model, load_verified(folder, "attention.pt", meta), folder / "attention.pt")
-        d.load_state_dict(load_verified(folder, "D.pt", meta))
-    model.to(dev).train()
-    d.to(dev).train()
-    opt_att = torch.optim.Adam(attention_parameters(model), lr=cfg.fusion.lr, betas=(0.9, 0.999))
-    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.discriminator.lr, betas=tuple(cfg.discriminator.betas))
-    restore_training_state(folder, meta, {"att": opt_att, "d": opt_d})
-
-    it0 = int(meta["iteration"])
-    from torch.utils.tensorboard import SummaryWriter
-
-    tb = SummaryWriter(log_dir=str(run.tb / "fusion"), purge_step=it0)
-
-    def checkpoint(it: int) -> dict[str, Any]:
-        files = {"attention.pt": torch_bytes(attention_state(model)), "D.pt": torch_bytes(cpu_state(d)),
-                 "optim.pt": torch_bytes({"att": optimizer_state_cpu(opt_att), "d": optimizer_state_cpu(opt_d)}),
-                 "rng.pt": torch_bytes(rng.capture())}
-        return commit_checkpoint(folder, files, {**meta, "iteration": it, "sample_index": it * batch})
-
-    try:
-        if it0 < target:
-            perceptual = factory.build_perceptual(cfg).to(dev)
-            data = batches(factory.data_dirs(cfg)[0], cfg, batch, rng.derive_seed(cfg.run.seed, _SEED_TAG, 0xDA7A),
-                           start_index=it0 * batch, total=target * batch, num_workers=cfg.data.num_workers)
-            t_last, it_last = time.perf_counter(), it0
-            log_every = max(1, min(cfg.adam.log_every, cfg.fusion.checkpoint_every))
-            for it in range(it0, target):
-                lr_b, hr_b = next(data)
-                res = fusion_step(cfg, model, d, perceptual, opt_att, opt_d, lr_b.to(dev), hr_b.to(dev), it)
-                done = it + 1
-                if done % log_every == 0 or done == target:
-                    now = time.perf_counter()
-                    for k, v in res.items():
-                        tb.add_scalar(f"loss/{k}", v, done)
-                    tb.add_scalar("speed/iters_per_s", (done - it_last) / max(now - t_last, 1e-9), done)
-                    t_last, it_last = now, done
-                if done % cfg.fusion.checkpoint_every == 0 or done == target or pre.requested:
-                    tb.flush()
-                    meta = checkpoint(done)
-                    log.info("fusion iteration %d/%d: %s", done, target,
-                             ", ".join(f"{k} {v:.4g}" for k, v in res.items()))
-                if pre.requested:
-                    tb.close()
-                    pre.finish()
-        meta = _finish(cfg, run, model, meta, tb)
-    finally:
-        tb.close()
-    return meta
-
-
-def _finish(cfg: Config, run: RunDir, model: nn.Module, meta: dict[str, Any], tb: Any) -> dict[str, Any]:
-    """Average the attention over the validation crops, merge, self-check, and commit the outputs."""
-    ids, crops = validation_crops(cfg)
+def _finish(cfg: Config, run: RunDir, model: nn.Module, meta: FusionMeta, tb: Any) -> FusionMeta:
+    """Average the attention over the training crops, merge, self-check, and commit the outputs."""
+    ids, crops = averaging_crops(cfg)
     if not ids:
-        raise ConfigError(f"data.val: {factory.data_dirs(cfg)[1]} holds no images to average the attention over")
+        raise ConfigError("fusion.average_set: holds no images to average the attention over")
     averages = _normalised(average_attention(model, crops))
     merged = {k: v.detach().cpu().clone() for k, v in merge_from_dynamic(model, averages).items()}
     backbone = factory.build_generator(cfg)
     backbone.load_state_dict(merged, strict=True)  # a fused.pt that does not load must never be written
     layer_names = [name for name, _ in dynamic_layers(model)]
+    per_slot = _per_slot(averages, meta.slot_expert)
     for step_k, name in enumerate(layer_names):
-        for k, w in enumerate(averages[name]):
-            tb.add_scalar(f"attention/expert_{k:02d}", w, step_k)
-    tb.add_text("attention", "\n".join(f"    {name}: " + ", ".join(f"{w:.4f}" for w in averages[name])
+        for k, w in enumerate(per_slot[name]):
+            tb.add_scalar(f"attention/member_{k:02d}", w, step_k)
+    tb.add_text("attention", "\n".join(f"    {name}: " + ", ".join(f"{w:.4f}" for w in per_slot[name])
                                        for name in layer_names), 0)
     tb.flush()
-    files = {"attention.json": (json.dumps(averages, indent=2) + "\n").encode("utf-8"),
+    files = {"attention.json": (json.dumps(per_slot, indent=2) + "\n").encode("utf-8"),
              "fused.pt": torch_bytes(merged)}
-    meta = commit_checkpoint(run.fusion, files, {**meta, "done": True, "val_ids": ids,
-                                                 "attention_layers": len(layer_names)})
-    log.info("fusion done: %s (%d layers averaged over %d validation crops)", run.fusion / "fused.pt",
-             len(layer_names), len(ids))
+    meta = dataclasses.replace(meta, done=True, val_ids=ids, attention_layers=len(layer_names))
+    commit_checkpoint(run.fusion, files, dataclasses.asdict(meta))
+    log.info("fusion done: %s (%d layers, %d distinct experts, averaged over %d training crops)",
+             run.fusion / "fused.pt", len(layer_names), len(meta.experts_sha256), len(ids))
     return meta

@@ -43,15 +43,23 @@ def _listing(keys: list[str]) -> str:
     return f"{len(keys)}: {', '.join(keys[:_SHOW])}{more}"
 
 
-def extract_state_dict(obj: Any, source: str = "<checkpoint>") -> tuple[dict[str, torch.Tensor], str]:
+def extract_state_dict(obj: Any, source: str = "<checkpoint>", key: str | None = None
+                       ) -> tuple[dict[str, torch.Tensor], str]:
     """Pick the generator state dict out of a loaded checkpoint object.
 
-    Returns ``(state_dict, where)`` with ``where`` one of ``"params_ema"``, ``"params"``, ``"bare"``.
-    Renames DataParallel and original-ESRGAN keys. Raises :class:`CheckpointError` naming ``source``.
+    ``key``: the entry to use (``"params"`` — what the reference EA-Adam code loads — or ``"params_ema"``); a
+    checkpoint without it is an error, except a bare state dict (no such entries at all), which is used as is.
+    ``None``: ``params_ema`` when present, else ``params``, else bare. Returns ``(state_dict, where)`` with ``where``
+    one of ``"params_ema"``, ``"params"``, ``"bare"``. Renames DataParallel and original-ESRGAN keys. Raises
+    :class:`CheckpointError` naming ``source``.
     """
     if not isinstance(obj, dict):
         raise CheckpointError(f"{source}: expected a dict, got {type(obj).__name__}")
-    where = next((k for k in _PREFERRED_KEYS if k in obj), "bare")
+    present = [k for k in _PREFERRED_KEYS if k in obj]
+    if key is not None and present and key not in obj:
+        raise CheckpointError(f"{source}: has no {key!r} entry (it has {', '.join(present)}; set "
+                              f"model.pretrained_key accordingly)")
+    where = key if key is not None and key in obj else next(iter(present), "bare")
     state = obj[where] if where != "bare" else obj
     if not isinstance(state, dict) or not state:
         raise CheckpointError(f"{source}: {where!r} is not a non-empty state dict")
@@ -71,14 +79,15 @@ def extract_state_dict(obj: Any, source: str = "<checkpoint>") -> tuple[dict[str
     return state, where
 
 
-def load_generator_weights(model: nn.Module, path: str | os.PathLike[str]) -> str:
-    """Load a BasicSR checkpoint at ``path`` into ``model`` strictly; return which entry was used.
+def load_generator_weights(model: nn.Module, path: str | os.PathLike[str], key: str | None = None) -> str:
+    """Load a BasicSR checkpoint at ``path`` into ``model`` strictly; return which entry was used (``key`` as in
+    :func:`extract_state_dict`).
 
     Raises :class:`CheckpointError` naming the file when it is missing/unreadable, when keys are missing or
     unexpected (first few of each plus counts), or when a tensor's shape differs (naming the key).
     """
     p = Path(path)
-    state, where = extract_state_dict(load_checkpoint(p), str(p))
+    state, where = extract_state_dict(load_checkpoint(p), str(p), key)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

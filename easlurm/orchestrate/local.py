@@ -3,42 +3,27 @@ executor (stage functions called in-process, one after another — for tests and
 
 Unlike submitit's LocalExecutor, which starts every job at once on the same GPUs, the local executor starts at most
 ``executor.local.max_parallel`` tasks and gives task k the GPU ``local.gpus[k % len(gpus)]`` via
-``CUDA_VISIBLE_DEVICES``. A failed task is retried up to ``executor.max_retries`` times (it resumes from its own
-checkpoint); then the run stops with :class:`StageFailed` naming the task and its log.
+``CUDA_VISIBLE_DEVICES``. Each task is ``python -m easlurm.orchestrate.runner RUN STAGE INDEX`` (inside the
+container when one is configured), logging to ``RUN/logs/<stage>/task-II.log``. A failed task is retried up to
+``executor.max_retries`` times (it resumes from its own checkpoint; the count is per task); then the run stops with
+:class:`~easlurm.orchestrate.base.StageFailed` carrying the stage's own error message and the log path.
 """
 from __future__ import annotations
 
-import importlib
 import os
+import shlex
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 from ..config import Config
-from ..errors import EaslurmError
+from ..errors import ConfigError
 from ..store import RunDir
 from . import container
-from .plan import Stage, pending_stages, task_done
-
-DoneFn = Callable[[Stage, int, RunDir], bool]
-
-
-class StageFailed(EaslurmError):
-    """A task failed after all retries; the message names the stage, the task, the job id and the log path."""
-
-    def __init__(self, stage: Stage, index: int, detail: str, log: Path | None = None, job_id: str | None = None):
-        self.stage, self.index, self.log, self.job_id = stage, index, log, job_id
-        where = f" (job {job_id})" if job_id else ""
-        logs = f"; log: {log}" if log else ""
-        super().__init__(f"stage {stage.key}, {stage.tasks[index].label}{where} failed: {detail}{logs}")
-
-
-def log_path(run: RunDir, stage: Stage, index: int) -> Path:
-    """``RUN/logs/<stage>/<task>.log`` (one file per task, appended to on every attempt)."""
-    return run.root / "logs" / stage.key.replace("/", "-") / f"task-{index:02d}.log"
+from .base import Echo, StageFailed, read_error, run_task
+from .plan import Stage, pending_stages, task_log
 
 
 @dataclass
@@ -47,14 +32,16 @@ class _Running:
     proc: subprocess.Popen[bytes]
     log: TextIO
     attempt: int
+    started: float
 
 
 class LocalExecutor:
     """Runs pending stages in order; the tasks of one stage side by side up to the concurrency cap."""
 
-    def __init__(self, cfg: Config, run: RunDir, echo: Callable[[str], None] = print, done: DoneFn = task_done,
-                 python: str | None = None):
-        self.cfg, self.run_dir, self.echo, self.done = cfg, run, echo, done
+    kind = "local"
+
+    def __init__(self, cfg: Config, run: RunDir, echo: Echo = print, python: str | None = None):
+        self.cfg, self.run_dir, self.echo = cfg, run, echo
         self.cap = cfg.executor.local.max_parallel
         self.gpus = list(cfg.executor.local.gpus)
         # Inside a container the image's python runs; outside, the interpreter running the launcher.
@@ -62,9 +49,24 @@ class LocalExecutor:
         self.started = 0          # tasks started so far: the round-robin GPU counter
         self.launched: list[tuple[str, int, str | None]] = []  # (stage key, task index, CUDA_VISIBLE_DEVICES)
 
-    def run(self, plan: list[Stage]) -> None:
-        for stage in pending_stages(plan, self.run_dir) if self.done is task_done else plan:
+    def command(self, stage: Stage, index: int) -> list[str]:
+        """The process that runs task ``index`` of ``stage``."""
+        argv = [self.python, "-m", "easlurm.orchestrate.runner", str(self.run_dir.root), stage.key, str(index)]
+        return container.wrap(self.cfg, self.run_dir.root, argv)
+
+    def run(self, plan: list[Stage], *, detach: bool = False) -> None:
+        if detach:
+            raise ConfigError("--detach: the local executor runs in the foreground (use executor.kind: slurm)")
+        for stage in pending_stages(plan):
             self.run_stage(stage)
+
+    def describe(self, plan: list[Stage]) -> str:
+        out = [f"# easlurm plan for {self.run_dir.root} ({len(plan)} stage(s) to run, local executor, up to "
+               f"{self.cap} task(s) at once)"]
+        for s in plan:
+            for i, t in enumerate(s.tasks):
+                out.append(f"{s.key:<10} {t.label:<18} {' '.join(shlex.quote(w) for w in self.command(s, i))}")
+        return "\n".join(out) + "\n"
 
     def _env(self) -> tuple[dict[str, str], str | None]:
         env = dict(os.environ)
@@ -78,10 +80,10 @@ class LocalExecutor:
         return env, gpu
 
     def _start(self, stage: Stage, index: int, attempt: int) -> _Running:
-        path = log_path(self.run_dir, stage, index)
+        path = task_log(self.run_dir, stage, index)
         path.parent.mkdir(parents=True, exist_ok=True)
         log = open(path, "a", encoding="utf-8")
-        argv = container.wrap(self.cfg, self.run_dir.root, stage.tasks[index].argv(self.python))
+        argv = self.command(stage, index)
         env, gpu = self._env()
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt {attempt + 1}: {' '.join(argv)}"
                   f"{f' (CUDA_VISIBLE_DEVICES={gpu})' if gpu is not None else ''}\n")
@@ -89,10 +91,10 @@ class LocalExecutor:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
         self.launched.append((stage.key, index, gpu))
         self.started += 1
-        return _Running(index, proc, log, attempt)
+        return _Running(index, proc, log, attempt, time.time())
 
     def run_stage(self, stage: Stage) -> None:
-        todo = [i for i in range(len(stage.tasks)) if not self.done(stage, i, self.run_dir)]
+        todo = [i for i, t in enumerate(stage.tasks) if not t.is_done()]
         if not todo:
             return
         self.echo(f"[local] {stage.key}: {len(todo)} task(s), up to {self.cap} at once")
@@ -100,6 +102,7 @@ class LocalExecutor:
         running: list[_Running] = []
         failure: StageFailed | None = None
         t0 = time.monotonic()
+        finished = 0
         try:
             while queue or running:
                 while queue and len(running) < self.cap and failure is None:
@@ -112,16 +115,23 @@ class LocalExecutor:
                         continue
                     running.remove(r)
                     r.log.close()
-                    if rc == 0 and self.done(stage, r.index, self.run_dir):
+                    if rc == 0 and stage.tasks[r.index].is_done():
+                        finished += 1
+                        elapsed = time.monotonic() - t0
+                        eta = elapsed / finished * (len(todo) - finished)
+                        self.echo(f"[local] {stage.key} {stage.tasks[r.index].label}: done ({finished}/{len(todo)}"
+                                  f", {elapsed:.0f} s{f', ETA {eta:.0f} s' if finished < len(todo) else ''})")
                         continue
                     detail = f"exit code {rc}" if rc != 0 else "exited 0 but its outputs are missing"
+                    error = read_error(self.run_dir, stage, r.index, since=r.started)
                     if r.attempt < self.cfg.executor.max_retries and failure is None:
-                        self.echo(f"[local] {stage.key} {stage.tasks[r.index].label}: {detail}; retrying "
+                        self.echo(f"[local] {stage.key} {stage.tasks[r.index].label}: {detail}"
+                                  f"{f' ({error.splitlines()[0]})' if error else ''}; retrying "
                                   f"({r.attempt + 1}/{self.cfg.executor.max_retries})")
                         queue.append((r.index, r.attempt + 1))
                     elif failure is None:
                         failure = StageFailed(stage, r.index, f"{detail} after {r.attempt + 1} attempt(s)",
-                                              log_path(self.run_dir, stage, r.index))
+                                              task_log(self.run_dir, stage, r.index), error=error)
                         queue.clear()
                 if failure is not None and not running:
                     break
@@ -135,30 +145,33 @@ class LocalExecutor:
         self.echo(f"[local] {stage.key}: done in {time.monotonic() - t0:.1f} s")
 
 
-def stage_main(module: str) -> Callable[[list[str]], int | None]:
-    """The ``main(argv)`` of a stage CLI module (``pkg/__main__.py`` or a plain module)."""
-    mod = importlib.import_module(module)
-    main = getattr(mod, "main", None)
-    if main is None:
-        main = importlib.import_module(f"{module}.__main__").main
-    return main
-
-
 class DebugExecutor:
-    """Calls each task's ``main(args)`` in this process, in order (no concurrency, no retries)."""
+    """Calls each unfinished task's stage function in this process, in order (no concurrency, no retries)."""
 
-    def __init__(self, cfg: Config, run: RunDir, echo: Callable[[str], None] = print):
+    kind = "debug"
+
+    def __init__(self, cfg: Config, run: RunDir, echo: Echo = print):
         self.cfg, self.run_dir, self.echo = cfg, run, echo
         self.calls: list[tuple[str, int]] = []
 
-    def run(self, plan: list[Stage]) -> None:
-        for stage in pending_stages(plan, self.run_dir):
+    def run(self, plan: list[Stage], *, detach: bool = False) -> None:
+        if detach:
+            raise ConfigError("--detach: the debug executor runs in the foreground (use executor.kind: slurm)")
+        for stage in pending_stages(plan):
             for i, task in enumerate(stage.tasks):
-                if task_done(stage, i, self.run_dir):
+                if task.is_done():
                     continue
                 self.echo(f"[debug] {stage.key} {task.label}")
-                main = stage_main(task.module)
                 self.calls.append((stage.key, i))
-                rc = main(list(task.args))
-                if rc not in (0, None) or not task_done(stage, i, self.run_dir):
-                    raise StageFailed(stage, i, f"main() returned {rc}")
+                try:
+                    run_task(self.run_dir, stage, i)
+                except Exception as exc:
+                    raise StageFailed(stage, i, "raised", error=f"{type(exc).__name__}: {exc}") from exc
+                if not task.is_done():
+                    raise StageFailed(stage, i, "returned but its outputs are missing")
+
+    def describe(self, plan: list[Stage]) -> str:
+        return "\n".join(f"{s.key:<10} {t.label:<18} {t.describe()}" for s in plan for t in s.tasks) + "\n"
+
+
+__all__ = ["LocalExecutor", "DebugExecutor", "StageFailed"]

@@ -1,38 +1,69 @@
-"""The plan of a run: its stages in order, the processes of each stage, and how to tell a stage is finished.
+"""The plan of a run: its stages in order, the typed calls of each stage, and each call's own "done" check.
 
-    [pretrain] → adam/000 (array of N) → ea/000 → adam/001 → ea/001 → … → fuse → eval
+    [pretrain] → init → adam/000 (array of N) → ea/000 → adam/001 → … → ea/C-1 → [adam/C (final)] → fuse → eval
 
-Every task is a stage CLI (``python -m easlurm.train …``), so any stage can also be run by hand. Whether a task is
-done is read from the run directory only — the files are the truth; job ids in ``state.json`` are bookkeeping — so
-"resume" is simply "run whatever is not done".
+A :class:`Task` is a stage function plus its keyword arguments (``easlurm.train.member:train_member(run_dir, cycle,
+member)``), and names the stage module's ``is_done`` — the same check the stage makes when it restarts — so the
+launcher, ``status`` and the stage agree on what is finished. Whether a task is done is read from the run directory
+only (the files are the truth; job ids in ``state.json`` are bookkeeping), so "resume" is "run whatever is not done".
+Executors call :meth:`Task.call` in-process (debug, inside a Slurm job) or start ``python -m
+easlurm.orchestrate.runner RUN STAGE INDEX`` (local executor), which rebuilds the plan and makes the same call.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from ..config import Config
-from ..store import RunDir, read_checkpoint_meta, read_json, verify_checkpoint_dir
-from ..errors import CheckpointError
+from ..population import adam_cycles
+from ..store import RunDir
 
-STAGE_KINDS = ("pretrain", "adam", "ea", "fuse", "eval")
+STAGE_KINDS = ("pretrain", "init", "adam", "ea", "fuse", "eval")
+
+
+def resolve(ref: str) -> Callable[..., Any]:
+    """``"package.module:function"`` → the function."""
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
 class Task:
-    """One process: ``python -m <module> <args…>``; ``label`` names it in logs and reports (e.g. member 02)."""
-    module: str
-    args: tuple[str, ...]
+    """One stage call: ``fn(**kwargs)``; ``done`` names the stage's completion check (same kwargs);
+    ``label`` names the task in logs and reports (e.g. ``member 02``); ``progress_fn`` names the stage's count of
+    committed iterations/generations (a failed task that progressed gets its retries back)."""
+    fn: str
+    kwargs: tuple[tuple[str, Any], ...]
+    done: str
     label: str
+    progress_fn: str | None = None
 
-    def argv(self, python: str = "python") -> list[str]:
-        return [python, "-m", self.module, *self.args]
+    def progress(self) -> int:
+        """How far the task got (committed iterations or generations; 0 when the stage does not say)."""
+        return int(resolve(self.progress_fn)(**self.arguments)) if self.progress_fn else 0
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        return dict(self.kwargs)
+
+    def call(self) -> Any:
+        return resolve(self.fn)(**self.arguments)
+
+    def is_done(self) -> bool:
+        return bool(resolve(self.done)(**self.arguments))
+
+    def describe(self) -> str:
+        """``module:function(k=v, …)`` (for logs and the dry run)."""
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs if k != "run_dir")
+        return f"{self.fn}({args})"
 
 
 @dataclass
 class Stage:
     """A group of tasks that may run at once (an Adam phase is a Slurm array); stages run strictly in order."""
-    key: str                      # "pretrain", "adam/003", "ea/003", "fuse", "eval"
+    key: str                      # "pretrain", "init", "adam/003", "ea/003", "fuse", "eval"
     kind: str                     # one of STAGE_KINDS (selects executor.slurm.<kind> resources)
     cycle: int | None
     tasks: list[Task] = field(default_factory=list)
@@ -42,73 +73,66 @@ class Stage:
         return self.kind == "adam"
 
 
+def _task(fn: str, done: str, label: str, progress: str | None = None, **kwargs: Any) -> Task:
+    return Task(fn, tuple(kwargs.items()), done, label, progress)
+
+
 def build_plan(cfg: Config, run: RunDir) -> list[Stage]:
     """All stages of the run described by ``cfg`` (done or not)."""
     r = str(run.root)
     stages: list[Stage] = []
     if not cfg.model.pretrained:
-        stages.append(Stage("pretrain", "pretrain", None, [Task("easlurm.train", ("--run", r, "--pretrain"),
-                                                                "pretrain")]))
-    for c in range(cfg.run.cycles):
+        stages.append(Stage("pretrain", "pretrain", None, [
+            _task("easlurm.train.pretrain:pretrain", "easlurm.train.pretrain:is_done", "pretrain",
+                  "easlurm.train.pretrain:progress", run_dir=r)]))
+    stages.append(Stage("init", "init", None, [
+        _task("easlurm.train.init:init_population", "easlurm.train.init:is_done", "start population", run_dir=r)]))
+    for c in adam_cycles(cfg):
         stages.append(Stage(f"adam/{c:03d}", "adam", c, [
-            Task("easlurm.train", ("--run", r, "--cycle", str(c), "--member", str(i)), f"member {i:02d}")
+            _task("easlurm.train.member:train_member", "easlurm.train.member:is_done", f"member {i:02d}",
+                  "easlurm.train.member:progress", run_dir=r, cycle=c, member=i)
             for i in range(cfg.population.size)]))
-        stages.append(Stage(f"ea/{c:03d}", "ea", c, [Task("easlurm.evo", ("--run", r, "--cycle", str(c)),
-                                                          f"ea cycle {c}")]))
-    stages.append(Stage("fuse", "fuse", None, [Task("easlurm.fuse", ("--run", r), "fusion")]))
-    stages.append(Stage("eval", "eval", None, [Task("easlurm.evaluate", ("--run", r), "evaluation")]))
+        if c < cfg.run.cycles:
+            stages.append(Stage(f"ea/{c:03d}", "ea", c, [
+                _task("easlurm.evo.job:run_ea", "easlurm.evo.job:is_done", f"ea cycle {c}",
+                      "easlurm.evo.job:progress", run_dir=r, cycle=c)]))
+    stages.append(Stage("fuse", "fuse", None, [
+        _task("easlurm.fuse.job:run_fusion", "easlurm.fuse.job:is_done", "fusion", "easlurm.fuse.job:progress",
+              run_dir=r)]))
+    stages.append(Stage("eval", "eval", None, [
+        _task("easlurm.evaluate:evaluate_run", "easlurm.evaluate:is_done", "evaluation", run_dir=r)]))
     return stages
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Completion checks (cheap: meta flags and checksums of small files; big checkpoints are verified by the jobs)
+def find_task(plan: list[Stage], key: str, index: int) -> tuple[Stage, Task]:
+    """The stage with ``key`` and its task ``index`` (KeyError/IndexError naming them otherwise)."""
+    for s in plan:
+        if s.key == key:
+            if not 0 <= index < len(s.tasks):
+                raise IndexError(f"stage {key} has tasks 0..{len(s.tasks) - 1}, not {index}")
+            return s, s.tasks[index]
+    raise KeyError(f"no stage {key!r} in the plan (stages: {', '.join(s.key for s in plan)})")
 
 
-def _meta_done(folder: Path) -> bool:
-    try:
-        meta = read_checkpoint_meta(folder)
-    except CheckpointError:
-        return False
-    return bool(meta and (meta.get("done") or meta.get("frozen")))
+def task_done(stage: Stage, index: int, run: RunDir | None = None) -> bool:
+    """Whether task ``index`` of ``stage`` has finished, judged by the stage's own check."""
+    return stage.tasks[index].is_done()
 
 
-def _ea_done(run: RunDir, c: int) -> bool:
-    done = run.ea(c) / "done.json"
-    if not done.is_file():
-        return False
-    try:
-        read_json(done)
-    except CheckpointError:
-        return False
-    return True
+def stage_done(stage: Stage, run: RunDir | None = None) -> bool:
+    return all(t.is_done() for t in stage.tasks)
 
 
-def task_done(stage: Stage, index: int, run: RunDir) -> bool:
-    """Whether task ``index`` of ``stage`` has finished, judged from the run directory alone."""
-    if stage.kind == "pretrain":
-        return _meta_done(run.pretrain)
-    if stage.kind == "adam":
-        assert stage.cycle is not None
-        return _meta_done(run.member(stage.cycle, index))
-    if stage.kind == "ea":
-        assert stage.cycle is not None
-        return _ea_done(run, stage.cycle)
-    if stage.kind == "fuse":
-        return (run.fusion / "fused.pt").is_file() and _meta_done(run.fusion)
-    if stage.kind == "eval":
-        return (run.eval / "results.csv").is_file() and (run.eval / "results.md").is_file()
-    raise ValueError(f"unknown stage kind {stage.kind!r}")
+def pending_stages(plan: list[Stage], run: RunDir | None = None) -> list[Stage]:
+    """The stages that still have unfinished tasks, in order."""
+    return [s for s in plan if not stage_done(s)]
 
 
-def stage_done(stage: Stage, run: RunDir) -> bool:
-    return all(task_done(stage, i, run) for i in range(len(stage.tasks)))
+def stage_slug(stage: Stage) -> str:
+    """``adam/003`` → ``adam-003`` (folder and file names)."""
+    return stage.key.replace("/", "-")
 
 
-def pending_stages(plan: list[Stage], run: RunDir) -> list[Stage]:
-    """The stages still to run, in order (everything from the first unfinished stage on, minus finished ones)."""
-    return [s for s in plan if not stage_done(s, run)]
-
-
-def member_verified(run: RunDir, c: int, i: int) -> bool:
-    """Stronger check used by ``status``: the member's files all match their recorded sha256."""
-    return verify_checkpoint_dir(run.member(c, i))
+def task_log(run: RunDir, stage: Stage, index: int) -> Path:
+    """``RUN/logs/<stage>/task-II.log``: a task's output under the local executor (appended on every attempt)."""
+    return run.logs / stage_slug(stage) / f"task-{index:02d}.log"

@@ -1,319 +1,241 @@
-"""The Slurm executor: each Adam phase one job array, each other stage one job, chained with ``afterok``.
+"""The Slurm executor: submit the plan as afterok-chained sbatch jobs, follow it, resubmit what failed.
 
-The whole remaining chain is submitted at once (or ``executor.window`` cycles ahead), so the scheduler starts each
-phase the moment the previous one ends — no polling gap. Jobs go through submitit: the task function
-(:class:`StageCall`) is checkpointable, so on submitit's pre-timeout/preemption signal (USR2) the trainer commits a
-checkpoint at its next iteration and submitit requeues the task, which resumes from it.
+Stage completion comes from the run directory (each stage's ``is_done``), job states from
+:mod:`easlurm.orchestrate.slurm_state` (sacct when it works, else squeue/scontrol — clusters without accounting and
+with a short ``MinJobAge`` included), and every choice — wait, adopt, resubmit, give up — from the pure
+:func:`easlurm.orchestrate.decide.decide`. Scripts are rendered by :mod:`easlurm.orchestrate.sbatch`.
 
-Following a run does not rely on submitit's ``result()``, which blocks forever on a cluster without accounting:
-stage completion comes from the run directory, job states from :mod:`easlurm.orchestrate.slurm_state` (sacct when it
-works, else squeue/scontrol). When a stage fails, the launcher waits until none of its jobs is active any more,
-then resubmits the unfinished remainder, up to ``executor.max_retries`` times.
+Chaining: a stage's submission depends (``afterok``) on the latest jobs of the unfinished tasks of the stage before
+it, task by task (``afterok:123_0:123_2:456``), so a member resubmitted alone does not have to wait for the rest of
+its array to be resubmitted. When a task is resubmitted, the queued jobs of later stages (whose dependency can no
+longer be satisfied) are cancelled by the launcher and submitted again behind the new job. ``executor.window``
+bounds how many cycles are queued at once while following (``--detach`` queues everything).
+
+Bookkeeping goes to ``RUN/state.json``: every submission (time, reason, stage, job id → task, dependency) and the
+jobs this launcher cancelled.
 """
 from __future__ import annotations
 
-import shlex
-import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from ..config import Config, StageResources
-from ..errors import EaslurmError
+from ..config import Config
 from ..store import RunDir, atomic_write_json, read_json
-from . import container, slurm_state
-from .local import StageFailed, stage_main
-from .plan import Stage, pending_stages, stage_done, task_done
+from . import slurm_state
+from .base import Echo, StageFailed, read_error
+from .decide import QUERY_FAILED, Decision, Policy, TaskView, Verdict, decide, is_held
+from .plan import Stage, pending_stages
+from .sbatch import Submission, log_path, render, scancel, submit
 
 _MAX_QUERY_FAILURES = 30
-_FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 
 
-def _checkpointable_base() -> type:
-    from submitit.helpers import Checkpointable
-
-    return Checkpointable
-
-
-class SubmissionError(EaslurmError):
-    """sbatch refused a stage (no controller, bad partition/account, …); the message carries sbatch's error."""
-
-
-class StageCall(_checkpointable_base()):  # type: ignore[misc]
-    """Runs one stage CLI inside the Slurm task: ``StageCall()(module, args)``.
-
-    ``checkpoint()`` (inherited) resubmits the same call: the stage resumes from the files it committed.
-    """
-
-    def __call__(self, module: str, args: Sequence[str]) -> int:
-        rc = stage_main(module)(list(args))
-        if rc not in (0, None):
-            raise RuntimeError(f"python -m {module} {' '.join(map(shlex.quote, args))} exited with {rc}")
-        return 0
-
-
-def job_name(cfg: Config, stage: Stage) -> str:
-    return f"easlurm-{cfg.run.name}-{stage.key.replace('/', '-')}"
-
-
-def sbatch_parameters(cfg: Config, stage: Stage, dependency: str | None) -> dict[str, Any]:
-    """submitit ``SlurmExecutor.update_parameters`` arguments for ``stage`` (resources from ``executor.slurm``)."""
-    s = cfg.executor.slurm
-    res: StageResources = getattr(s, stage.kind)
-    params: dict[str, Any] = {
-        "job_name": job_name(cfg, stage),
-        "time": res.time_min,
-        "cpus_per_task": res.cpus,
-        "mem": f"{res.mem_gb}GB",
-        "ntasks_per_node": 1,
-        "array_parallelism": s.array_parallelism,
-        "use_srun": False,  # one process per task; srun would only add a step and a second signal path
-    }
-    if res.gpus:
-        params["gpus_per_node"] = res.gpus
-    for key in ("partition", "account", "qos"):
-        if getattr(s, key):
-            params[key] = getattr(s, key)
-    extra: dict[str, Any] = dict(res.extra)
-    if dependency:
-        extra["dependency"] = dependency
-        extra["kill-on-invalid-dep"] = "yes"
-    if extra:
-        params["additional_parameters"] = extra
-    return params
-
-
-def log_path(run: RunDir, stage: Stage, job_id: str) -> Path:
-    """submitit's stderr log of one job (array task ids look like ``123_4``)."""
-    return stage_folder(run, stage) / f"{job_id}_0_log.err"
-
-
-def stage_folder(run: RunDir, stage: Stage) -> Path:
-    return run.slurm / stage.key.replace("/", "-")
+@dataclass
+class _Book:
+    """What this launcher remembers beyond state.json: retries, progress at submission, hold start times."""
+    retries: dict[tuple[str, int], int] = field(default_factory=dict)
+    progress_at_submit: dict[tuple[str, int], int] = field(default_factory=dict)
+    held_since: dict[str, float] = field(default_factory=dict)
 
 
 class SlurmExecutor:
     """Submits and follows the plan on Slurm; job ids are recorded in ``RUN/state.json``."""
 
-    def __init__(self, cfg: Config, run: RunDir, echo: Callable[[str], None] = print, python: str | None = None):
-        self.cfg, self.run_dir, self.echo = cfg, run, echo
+    kind = "slurm"
+
+    def __init__(self, cfg: Config, run: RunDir, echo: Echo = print, python: str | None = None,
+                 resuming: bool = False):
+        self.cfg, self.run_dir, self.echo, self.resuming = cfg, run, echo, resuming
         self.python = python or ("python" if cfg.container.image else sys.executable)
-        self.retries = 0
-        self.task_of: dict[str, int] = {}  # job id → task index in its stage (arrays may hold a subset)
-        for sub in self.load_state()["submissions"]:
-            self.task_of.update(sub.get("tasks", {}))
+        self.policy = Policy(cfg.executor.max_retries, cfg.executor.hold_timeout_min * 60)
+        self.book = _Book()
+        self.decisions: list[tuple[str, int, Decision]] = []  # the latest round's, for reports and tests
 
     # -------------------------------------------------------------------------------------------- bookkeeping
     def load_state(self) -> dict[str, Any]:
         p = self.run_dir.state
-        return read_json(p) if p.is_file() else {"submissions": []}
+        state = read_json(p) if p.is_file() else {}
+        state.setdefault("submissions", [])
+        state.setdefault("cancelled", [])
+        return state
 
-    def _record(self, submitted: dict[str, list[str]], reason: str, tasks: dict[str, int]) -> None:
-        state = self.load_state()
-        state["submissions"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "reason": reason,
-                                     "stages": submitted, "tasks": tasks})
+    def _save(self, state: dict[str, Any]) -> None:
         atomic_write_json(self.run_dir.state, state)
 
-    def latest_jobs(self) -> dict[str, list[str]]:
-        """Stage key → job ids of its most recent submission."""
-        latest: dict[str, list[str]] = {}
+    def latest(self) -> dict[tuple[str, int], tuple[str, list[str]]]:
+        """(stage key, task index) → (latest job id, that submission's dependency)."""
+        out: dict[tuple[str, int], tuple[str, list[str]]] = {}
         for sub in self.load_state()["submissions"]:
-            latest.update(sub["stages"])
-        return latest
-
-    # -------------------------------------------------------------------------------------------- submission
-    def _executor(self, stage: Stage, dependency: str | None) -> Any:
-        import submitit
-
-        ex = submitit.SlurmExecutor(folder=stage_folder(self.run_dir, stage),
-                                    python=container.python_command(self.cfg, self.run_dir.root, self.python))
-        ex.update_parameters(**sbatch_parameters(self.cfg, stage, dependency))
-        return ex
-
-    def submit(self, stages: list[Stage], after: str | None = None, reason: str = "launch") -> dict[str, list[str]]:
-        """Submit ``stages`` as one afterok chain (first one after job ``after``); return stage → job ids."""
-        submitted: dict[str, list[str]] = {}
-        prev = after
-        for stage in stages:
-            todo = [i for i in range(len(stage.tasks)) if not task_done(stage, i, self.run_dir)]
-            if not todo:
-                continue
-            ex = self._executor(stage, f"afterok:{prev}" if prev else None)
-            try:
-                ids = self._submit_stage(ex, stage, todo)
-            except Exception as exc:  # submitit raises FailedJobError (sbatch's stderr) or OSError (no sbatch)
-                if submitted:
-                    self._record(submitted, reason + " (partial)",
-                                 {j: self.task_of[j] for v in submitted.values() for j in v})
-                raise SubmissionError(f"submitting stage {stage.key} failed: {str(exc).strip()[:500]}") from exc
-            prev = ids[0].split("_")[0]
-            submitted[stage.key] = ids
-            self.task_of.update({j: i for j, i in zip(ids, todo)})
-            self.echo(f"[slurm] {stage.key}: submitted {prev}"
-                      f"{f' (array of {len(ids)})' if stage.is_array else ''}"
-                      f"{f' after {after}' if after and stage is stages[0] else ''}")
-            after = None
-        if submitted:
-            self._record(submitted, reason, {j: self.task_of[j] for ids in submitted.values() for j in ids})
-        return submitted
-
-    @staticmethod
-    def _submit_stage(ex: Any, stage: Stage, todo: list[int]) -> list[str]:
-        """Submit one stage (an array of the unfinished members, or one job); return its job ids."""
-        if stage.is_array:
-            jobs = ex.map_array(StageCall(), [stage.tasks[i].module for i in todo],
-                                [list(stage.tasks[i].args) for i in todo])
-            return [j.job_id for j in jobs]
-        return [ex.submit(StageCall(), stage.tasks[0].module, list(stage.tasks[0].args)).job_id]
-
-    def _window(self, stages: list[Stage], first_cycle: int | None) -> list[Stage]:
-        """``stages`` cut to ``executor.window`` cycles counted from ``first_cycle`` (the oldest unfinished one);
-        fusion and evaluation join once the window reaches past the last cycle. 0 → no cut."""
-        w = self.cfg.executor.window
-        if not w or first_cycle is None:
-            return stages
-        last = first_cycle + w - 1
-        out = []
-        for s in stages:
-            if s.cycle is not None and s.cycle > last:
-                break
-            if s.cycle is None and s.kind != "pretrain" and last < self.cfg.run.cycles - 1:
-                break
-            out.append(s)
+            for job, index in sub.get("tasks", {}).items():
+                out[(sub["stage"], int(index))] = (job, list(sub.get("dependency", [])))
         return out
 
-    # -------------------------------------------------------------------------------------------- following
-    def _states(self, jobs: dict[str, list[str]]) -> dict[str, str]:
-        ids = sorted({j for ids in jobs.values() for j in ids})
-        return slurm_state.job_states(ids) if ids else {}
+    # -------------------------------------------------------------------------------------------- one round
+    def _infos(self, jobs: list[str]) -> dict[str, slurm_state.JobInfo] | None:
+        try:
+            return slurm_state.job_infos(sorted(set(jobs))) if jobs else {}
+        except slurm_state.SlurmQueryError as exc:
+            self.echo(f"[slurm] job state query failed: {exc}")
+            return None
 
-    def _active(self, jobs: dict[str, list[str]], states: dict[str, str]) -> list[str]:
-        return [j for ids in jobs.values() for j in ids if not slurm_state.is_terminal(states.get(j, "UNKNOWN"))]
+    def _view(self, stage: Stage, i: int, latest: dict[tuple[str, int], tuple[str, list[str]]],
+              infos: dict[str, slurm_state.JobInfo] | None, cancelled: set[str], adopting: bool) -> TaskView:
+        task = stage.tasks[i]
+        if task.is_done():
+            return TaskView(done=True)
+        key = (stage.key, i)
+        if key not in latest:
+            return TaskView(done=False)
+        job, deps = latest[key]
+        if infos is None:
+            return TaskView(done=False, job=job, state=QUERY_FAILED)
+        info = infos.get(job, slurm_state.JobInfo("UNKNOWN"))
+        now = time.monotonic()
+        if is_held(TaskView(done=False, job=job, state=info.state, reason=info.reason)):
+            self.book.held_since.setdefault(job, now)
+        dep_failed = any(infos.get(d, slurm_state.JobInfo("UNKNOWN")).state != "COMPLETED" for d in deps)
+        progress = task.progress()
+        return TaskView(done=False, job=job, state=info.state, reason=info.reason, exit_code=info.exit_code,
+                        cancelled_by_us=job in cancelled or (info.state == "CANCELLED" and dep_failed),
+                        held_for_s=now - self.book.held_since.get(job, now),
+                        retries=self.book.retries.get(key, 0),
+                        progressed=progress > self.book.progress_at_submit.get(key, progress),
+                        adopting=adopting, resuming=self.resuming)
 
-    def run(self, plan: list[Stage], detach: bool = False) -> None:
+    def round(self, plan: list[Stage], *, adopting: bool = False, window: bool = True) -> bool:
+        """Look at every unfinished task once, act, and return whether the run is complete.
+
+        Raises :class:`StageFailed` when a task is given up on (after cancelling this run's queued jobs).
+        """
+        pending = pending_stages(plan)
+        if not pending:
+            return True
+        state = self.load_state()
+        latest = self.latest()
+        cancelled = set(state["cancelled"])
+        jobs = [latest[(s.key, i)][0] for s in pending for i in range(len(s.tasks)) if (s.key, i) in latest]
+        deps = [d for s in pending for i in range(len(s.tasks)) for d in latest.get((s.key, i), ("", []))[1]]
+        infos = self._infos(jobs + deps)
+        if infos is None:
+            self._query_failures = getattr(self, "_query_failures", 0) + 1
+            if self._query_failures > _MAX_QUERY_FAILURES:
+                raise slurm_state.SlurmQueryError(f"Slurm did not answer {self._query_failures} times in a row; "
+                                                  f"the jobs keep running — follow them later with --resume")
+        else:
+            self._query_failures = 0
+        self.decisions = []
+        todo: dict[str, list[int]] = {}
+        for s in pending:
+            for i in range(len(s.tasks)):
+                d = decide(self._view(s, i, latest, infos, cancelled, adopting), self.policy)
+                self.decisions.append((s.key, i, d))
+                if d.verdict is Verdict.GIVE_UP:
+                    self._give_up(pending, latest, infos, s, i, d)
+                if d.verdict is Verdict.SUBMIT:
+                    todo.setdefault(s.key, []).append(i)
+                    key = (s.key, i)
+                    if d.spends_retry:
+                        self.book.retries[key] = self.book.retries.get(key, 0) + 1
+                    elif "reset" in d.reason:
+                        self.book.retries[key] = 0
+                if d.verdict is Verdict.ADOPT:
+                    self.echo(f"[slurm] {s.key} {s.tasks[i].label}: adopting {d.reason}")
+        if not todo:
+            return False
+        # A resubmitted task invalidates the dependency of every queued later job: cancel and chain them again.
+        first = min(k for k, s in enumerate(pending) if s.key in todo)
+        stale = [latest[(s.key, i)][0] for s in pending[first + 1:] for i in range(len(s.tasks))
+                 if (s.key, i) in latest and infos is not None
+                 and infos.get(latest[(s.key, i)][0], slurm_state.JobInfo("UNKNOWN")).state in ("PENDING", "HELD")]
+        if stale:
+            scancel(stale)
+            state["cancelled"] = sorted(cancelled | set(stale))
+            self._save(state)
+            for s in pending[first + 1:]:
+                todo[s.key] = sorted(set(todo.get(s.key, [])) | {i for i in range(len(s.tasks))
+                                                                if latest.get((s.key, i), ("",))[0] in stale})
+        self._submit(pending, todo, latest, window)
+        return False
+
+    def _give_up(self, pending: list[Stage], latest: dict[tuple[str, int], tuple[str, list[str]]],
+                 infos: dict[str, slurm_state.JobInfo] | None, stage: Stage, i: int, d: Decision) -> None:
+        queued = [job for (key, _), (job, _) in latest.items() if key in {s.key for s in pending}
+                  and infos is not None and infos.get(job, slurm_state.JobInfo("UNKNOWN")).state == "PENDING"]
+        if queued:
+            scancel(queued)
+            state = self.load_state()
+            state["cancelled"] = sorted(set(state["cancelled"]) | set(queued))
+            self._save(state)
+        job = latest.get((stage.key, i), (None,))[0]
+        raise StageFailed(stage, i, d.reason, log_path(self.run_dir, stage, job) if job else None, job,
+                          error=read_error(self.run_dir, stage, i))
+
+    def _submit(self, pending: list[Stage], todo: dict[str, list[int]],
+                latest: dict[tuple[str, int], tuple[str, list[str]]], window: bool) -> None:
+        """Submit the ``todo`` tasks stage by stage, each stage after the latest jobs of the one before it."""
+        first_cycle = next((s.cycle for s in pending if s.cycle is not None), None)
+        w = self.cfg.executor.window
+        current = dict(latest)
+        state = self.load_state()
+        for k, s in enumerate(pending):
+            if window and w and first_cycle is not None and not self._in_window(s, first_cycle + w - 1):
+                break
+            tasks = todo.get(s.key)
+            if not tasks:
+                continue
+            before = pending[k - 1] if k > 0 else None
+            dependency = sorted({current[(before.key, j)][0] for j in range(len(before.tasks))
+                                 if (before.key, j) in current and not before.tasks[j].is_done()}) if before else []
+            sub = Submission(s, tuple(sorted(tasks)), tuple(dependency))
+            ids = submit(self.cfg, self.run_dir, sub, self.python)
+            for job, t in zip(ids, sub.tasks):
+                current[(s.key, t)] = (job, dependency)
+                self.book.progress_at_submit[(s.key, t)] = s.tasks[t].progress()
+            state["submissions"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": s.key,
+                                         "tasks": dict(zip(ids, sub.tasks)), "dependency": dependency})
+            self._save(state)
+            after = f" after {', '.join(dependency[:3])}{' …' if len(dependency) > 3 else ''}" if dependency else ""
+            self.echo(f"[slurm] {s.key}: submitted {ids[0].split('_')[0]}"
+                      f"{f' (array of {len(ids)})' if s.is_array else ''}{after}")
+
+    def _in_window(self, s: Stage, last_cycle: int) -> bool:
+        if s.cycle is not None:
+            return s.cycle <= last_cycle
+        return s.kind in ("pretrain", "init") or last_cycle >= self.cfg.run.cycles
+
+    # -------------------------------------------------------------------------------------------- the executor
+    def run(self, plan: list[Stage], *, detach: bool = False) -> None:
         """Submit what is not done (adopting still-active jobs of an earlier launcher) and, unless ``detach``,
         follow until the run is complete."""
-        pending = pending_stages(plan, self.run_dir)
-        if not pending:
+        if self.round(plan, adopting=True, window=not detach):
             self.echo("[slurm] nothing to do: every stage's outputs exist and verify")
             return
-        jobs = {k: v for k, v in self.latest_jobs().items() if k in {s.key for s in pending}}
-        states = self._states(jobs)
-        adopted = {k: v for k, v in jobs.items() if any(not slurm_state.is_terminal(states.get(j, "UNKNOWN"))
-                                                         for j in v)}
-        if adopted:
-            self.echo(f"[slurm] adopting active jobs of an earlier launch: {', '.join(sorted(adopted))}")
-        self._submit_remaining(plan, adopted, reason="launch" if not jobs else "resume", detach=detach)
         if detach:
             self.echo(f"[slurm] detached; follow with: python -m easlurm.status {self.run_dir.root}")
             return
         self.follow(plan)
 
-    def _submit_remaining(self, plan: list[Stage], adopted: dict[str, list[str]], reason: str,
-                          detach: bool = False) -> None:
-        """Submit the pending stages after the last adopted (still active) one, chained after it."""
-        pending = pending_stages(plan, self.run_dir)
-        last = max((k for k, s in enumerate(pending) if s.key in adopted), default=-1)
-        rest = pending[last + 1:]
-        if not detach:
-            first_cycle = next((s.cycle for s in pending if s.cycle is not None), None)
-            rest = self._window(rest, first_cycle)
-        after = adopted[pending[last].key][0].split("_")[0] if last >= 0 else None
-        self.submit(rest, after=after, reason=reason)
-
     def follow(self, plan: list[Stage]) -> None:
-        """Poll until every stage is done; resubmit failed remainders; raise :class:`StageFailed` when out of
-        retries."""
-        poll = self.cfg.executor.poll_s
-        query_failures = 0
-        while True:
-            pending = pending_stages(plan, self.run_dir)
-            if not pending:
-                self.echo("[slurm] run complete")
-                return
-            jobs = {k: v for k, v in self.latest_jobs().items() if k in {s.key for s in pending}}
-            try:
-                states = self._states(jobs)
-                query_failures = 0
-            except slurm_state.SlurmQueryError as exc:
-                # A controller restart or a slow sacct is no reason to abandon a run that keeps running.
-                query_failures += 1
-                if query_failures > _MAX_QUERY_FAILURES:
-                    raise
-                self.echo(f"[slurm] job state query failed ({exc}); retrying ({query_failures})")
-                time.sleep(poll)
-                continue
-            # Files first: a job may have finished between the listing above and the state query.
-            pending = pending_stages(plan, self.run_dir)
-            if not pending:
-                continue
-            active = self._active(jobs, states)
-            failed = [(s, j, states.get(j)) for s in pending for j in jobs.get(s.key, [])
-                      if states.get(j) in _FAILED]
-            if not active:
-                if not failed and all(s.key in jobs for s in pending):
-                    # Terminal without failure but outputs missing (e.g. an EA job that exited 0 early).
-                    failed = [(s, jobs[s.key][0], states.get(jobs[s.key][0])) for s in pending[:1]]
-                unsubmitted = [s for s in pending if s.key not in jobs]
-                if failed:
-                    stage, job, state = failed[0]
-                    if self.retries >= self.cfg.executor.max_retries:
-                        index = self.task_of.get(job, 0)
-                        raise StageFailed(stage, index, f"Slurm state {state}; no retries left "
-                                          f"({self.retries}/{self.cfg.executor.max_retries})",
-                                          log_path(self.run_dir, stage, job), job)
-                    self.retries += 1
-                    self.echo(f"[slurm] {stage.key} job {job} ended {state}; resubmitting the unfinished "
-                              f"remainder (retry {self.retries}/{self.cfg.executor.max_retries})")
-                    self._submit_remaining(plan, {}, reason=f"retry {self.retries} after {job} {state}")
-                elif unsubmitted:  # the window moved on
-                    self._submit_remaining(plan, {}, reason="window")
-            elif failed:
-                # Later stages wait on the failed one with afterok and will never start: cancel them now instead
-                # of relying on the scheduler. Never touch the failed stage itself (its other tasks keep running,
-                # and a requeued task of it is PENDING too).
-                order = [s.key for s in pending]
-                first_failed = min(order.index(s.key) for s, _, _ in failed)
-                later = [j for key in order[first_failed + 1:] for j in jobs.get(key, [])
-                         if states.get(j) == "PENDING"]
-                if later:
-                    subprocess.run(["scancel", *later], capture_output=True, timeout=30)
-            elif self.cfg.executor.window:
-                # Keep `window` cycles queued: chain the stages that entered the window after the last submitted.
-                first = next((s.cycle for s in pending if s.cycle is not None), None)
-                missing = [s for s in self._window(pending, first) if s.key not in jobs]
-                submitted = [s for s in pending if s.key in jobs]
-                if missing and submitted:
-                    self._submit_remaining(plan, {submitted[-1].key: jobs[submitted[-1].key]}, reason="window")
-            time.sleep(poll)
+        """Poll until every stage is done, acting on every round; raise :class:`StageFailed` on a give-up."""
+        while not self.round(plan):
+            time.sleep(self.cfg.executor.poll_s)
+        self.echo("[slurm] run complete")
+
+    def describe(self, plan: list[Stage]) -> str:
+        """The dry-run text: the plan, then the exact sbatch script of every stage (nothing is submitted).
+        Dependencies on jobs that do not exist yet are shown as ``afterok:<stage key>``."""
+        out = [f"# easlurm plan for {self.run_dir.root} ({len(plan)} stage(s) to run)"]
+        for s in plan:
+            out.append(f"#   {s.key:<10} {len(s.tasks)} task(s): " + "; ".join(t.describe() for t in s.tasks[:2])
+                       + (" …" if len(s.tasks) > 2 else ""))
+        prev: str | None = None
+        for s in plan:
+            sub = Submission(s, tuple(range(len(s.tasks))), (f"<{prev}>",) if prev else ())
+            out += ["", f"# ---- sbatch script: {s.key} ----", render(self.cfg, self.run_dir, sub, self.python).rstrip()]
+            prev = s.key
+        return "\n".join(out) + "\n"
 
 
-def describe(cfg: Config, run: RunDir, stages: list[Stage], python: str | None = None) -> str:
-    """The ``--dry-run`` text: the plan, then the exact sbatch script of every stage (nothing is submitted).
-
-    Dependencies on jobs that do not exist yet are shown as ``afterok:<stage key>``.
-    """
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    py = python or ("python" if cfg.container.image else sys.executable)
-    out = [f"# easlurm plan for {run.root} ({len(stages)} stage(s) to run)"]
-    for s in stages:
-        out.append(f"#   {s.key:<10} {len(s.tasks)} task(s): " + "; ".join(
-            " ".join(shlex.quote(w) for w in container.wrap(cfg, run.root, t.argv(py))) for t in s.tasks[:2])
-            + (" …" if len(s.tasks) > 2 else ""))
-    prev: str | None = None
-    for s in stages:
-        params = sbatch_parameters(cfg, s, f"afterok:<{prev}>" if prev else None)
-        additional = params.pop("additional_parameters", None)
-        command = " ".join([container.python_command(cfg, run.root, py), "-u", "-m", "submitit.core._submit",
-                            shlex.quote(str(stage_folder(run, s)))])
-        text = _make_sbatch_string(command=command, folder=stage_folder(run, s), map_count=(
-            len(s.tasks) if s.is_array else None), additional_parameters=additional,
-            stderr_to_stdout=False, **params)
-        out += ["", f"# ---- sbatch script: {s.key} ----", text.rstrip()]
-        prev = s.key
-    return "\n".join(out) + "\n"
-
-
-__all__ = ["SlurmExecutor", "StageCall", "StageFailed", "describe", "sbatch_parameters", "EaslurmError"]
+__all__ = ["SlurmExecutor"]

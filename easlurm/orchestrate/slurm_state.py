@@ -34,6 +34,8 @@ __all__ = [
     "SlurmQueryError",
     "accounting_available",
     "is_terminal",
+    "JobInfo",
+    "job_infos",
     "job_states",
     "normalise_state",
 ]
@@ -51,6 +53,7 @@ STATES = frozenset(
         "NODE_FAIL",
         "OUT_OF_MEMORY",
         "REQUEUED",
+        "HELD",
         "UNKNOWN",
     }
 )
@@ -85,9 +88,9 @@ _RAW_TO_STATE = {
     "BOOT_FAIL": "NODE_FAIL",
     "OUT_OF_MEMORY": "OUT_OF_MEMORY",
     "REQUEUED": "REQUEUED",
-    "REQUEUE_HOLD": "REQUEUED",
+    "REQUEUE_HOLD": "HELD",
     "REQUEUE_FED": "REQUEUED",
-    "SPECIAL_EXIT": "REQUEUED",
+    "SPECIAL_EXIT": "HELD",
 }
 
 # Which state an array reports when its tasks disagree: any live task keeps it live; among finished tasks the
@@ -96,6 +99,7 @@ _ARRAY_PRECEDENCE = (
     "RUNNING",
     "PENDING",
     "REQUEUED",
+    "HELD",
     "UNKNOWN",
     "FAILED",
     "OUT_OF_MEMORY",
@@ -159,12 +163,30 @@ def accounting_available(*, timeout_s: float = DEFAULT_TIMEOUT_S, refresh: bool 
     return False
 
 
+@dataclass(frozen=True)
+class JobInfo:
+    """What Slurm says about one job: normalised state, its reason while waiting, its exit status when ended."""
+    state: str
+    reason: str = ""
+    exit_code: int | None = None
+
+
 def job_states(
     job_ids: Sequence[str],
     *,
     use_sacct: bool | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> dict[str, str]:
+    """State of each job in ``job_ids`` (see :func:`job_infos`; the same, states only)."""
+    return {k: v.state for k, v in job_infos(job_ids, use_sacct=use_sacct, timeout_s=timeout_s).items()}
+
+
+def job_infos(
+    job_ids: Sequence[str],
+    *,
+    use_sacct: bool | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> dict[str, JobInfo]:
     """State of each job in ``job_ids``, normalised to :data:`STATES`.
 
     Args:
@@ -200,11 +222,11 @@ def job_states(
             # With sacct's answer in hand a silent controller costs only freshness, not correctness.
             if not sacct_ok:
                 raise
-    result: dict[str, str] = {}
+    result: dict[str, JobInfo] = {}
     for job_id in ids:
         found = _resolve(job_id, rows)
         result.update(found)
-        result.setdefault(job_id, "UNKNOWN")
+        result.setdefault(job_id, JobInfo("UNKNOWN"))
     return result
 
 
@@ -223,6 +245,8 @@ class _Row:
     task_id: str | None   # the task index for an array task, else None
     raw_id: str           # Slurm's own numeric job id of this row (pending tasks share the array's)
     state: str            # normalised
+    reason: str = ""      # Slurm's reason for a waiting job ("JobHeldAdmin", "Resources", …); "None" → ""
+    exit_code: int | None = None  # the job's exit status when Slurm reports one (ExitCode=rc:signal)
 
     @property
     def key(self) -> str:
@@ -269,7 +293,8 @@ def _sacct_rows(ids: Sequence[str], timeout_s: float) -> list[_Row]:
     rows: list[_Row] = []
     for chunk in _chunks(ids):
         # --allocations drops job steps (123.batch); an explicit --jobs list makes sacct search from the epoch.
-        argv = ["sacct", "--noheader", "--parsable2", "--allocations", "--format=JobID,JobIDRaw,State",
+        argv = ["sacct", "--noheader", "--parsable2", "--allocations",
+                "--format=JobID,JobIDRaw,State,Reason,ExitCode",
                 f"--jobs={','.join(chunk)}"]
         proc = _run(argv, timeout_s)
         if proc.returncode != 0:
@@ -286,7 +311,8 @@ def _squeue_rows(ids: Sequence[str], timeout_s: float) -> list[_Row]:
     rows: list[_Row] = []
     for chunk in _chunks(ids):
         # --array gives each pending task its own line; --states=all keeps finished jobs (until MinJobAge).
-        argv = ["squeue", "--noheader", "--states=all", "--array", "--format=%i|%A|%T", f"--jobs={','.join(chunk)}"]
+        argv = ["squeue", "--noheader", "--states=all", "--array", "--format=%i|%A|%T|%r|",
+                f"--jobs={','.join(chunk)}"]
         proc = _run(argv, timeout_s)
         if proc.returncode != 0:
             # A single id slurmctld has forgotten is an error to squeue; to us it just means "not here".
@@ -297,7 +323,7 @@ def _squeue_rows(ids: Sequence[str], timeout_s: float) -> list[_Row]:
     return rows
 
 
-_SCONTROL_FIELDS = re.compile(r"(?:^|\s)(JobId|ArrayJobId|ArrayTaskId|JobState)=(\S*)")
+_SCONTROL_FIELDS = re.compile(r"(?:^|\s)(JobId|ArrayJobId|ArrayTaskId|JobState|Reason|ExitCode)=(\S*)")
 
 
 def _scontrol_rows(job_id: str, timeout_s: float) -> list[_Row]:
@@ -320,34 +346,45 @@ def _scontrol_rows(job_id: str, timeout_s: float) -> list[_Row]:
             label = f"{fields['ArrayJobId']}_{task}" if task.isdigit() else f"{fields['ArrayJobId']}_[{task}]"
         else:
             label = raw
-        rows.extend(_rows_from_fields(label, raw, state))
+        rows.extend(_rows_from_fields(label, raw, state, fields.get("Reason", ""), fields.get("ExitCode", "")))
     return rows
 
 
 def _parse_table(text: str) -> list[_Row]:
-    """Rows from ``JOBID|RAWID|STATE`` lines (sacct --parsable2 and squeue --format alike)."""
+    """Rows from ``JOBID|RAWID|STATE|REASON|EXITCODE`` lines (sacct --parsable2 and squeue --format alike)."""
     rows: list[_Row] = []
     for line in text.splitlines():
         parts = line.strip().split("|")
-        if len(parts) != 3:
+        if len(parts) != 5:
             continue
         rows.extend(_rows_from_fields(*parts))
     return rows
+
+
+def _exit_code(text: str) -> int | None:
+    """``"2:0"`` → 2; a signal death ``"0:9"`` → 128 + 9; empty or unparsable → None."""
+    rc, _, sig = text.strip().partition(":")
+    if not rc.isdigit():
+        return None
+    return 128 + int(sig) if sig.isdigit() and int(sig) and not int(rc) else int(rc)
 
 
 _TASK_RE = re.compile(r"(\d+)_(\d+)")
 _RANGE_RE = re.compile(r"(\d+)_\[([^\]]*)\]")
 
 
-def _rows_from_fields(label: str, raw_id: str, raw_state: str) -> list[_Row]:
+def _rows_from_fields(label: str, raw_id: str, raw_state: str, raw_reason: str = "", raw_exit: str = ""
+                      ) -> list[_Row]:
     state = normalise_state(raw_state)
     label, raw_id = label.strip(), raw_id.strip()
+    reason = "" if raw_reason.strip() in ("", "None", "(null)") else raw_reason.strip()
+    extra = {"reason": reason, "exit_code": _exit_code(raw_exit)}
     if m := _TASK_RE.fullmatch(label):
-        return [_Row(m.group(1), m.group(2), raw_id, state)]
+        return [_Row(m.group(1), m.group(2), raw_id, state, **extra)]
     if m := _RANGE_RE.fullmatch(label):
-        return [_Row(m.group(1), task, raw_id, state) for task in _expand_tasks(m.group(2))]
+        return [_Row(m.group(1), task, raw_id, state, **extra) for task in _expand_tasks(m.group(2))]
     if label.isdigit():
-        return [_Row(None, None, label, state)]
+        return [_Row(None, None, label, state, **extra)]
     return []  # heterogeneous components ("12+0") and steps are not asked for
 
 
@@ -374,23 +411,27 @@ def _rows_by_key(rows: Iterable[_Row]) -> dict[str, _Row]:
     return {row.key: row for row in rows}
 
 
-def _resolve(job_id: str, rows: dict[str, _Row]) -> dict[str, str]:
+def _info(row: _Row) -> JobInfo:
+    return JobInfo(row.state, row.reason, row.exit_code)
+
+
+def _resolve(job_id: str, rows: dict[str, _Row]) -> dict[str, JobInfo]:
     """The entries for one requested id from the merged rows; empty when no row matches it."""
     if "_" in job_id:
         row = rows.get(job_id)
-        return {job_id: row.state} if row is not None else {}
-    tasks = {key: row.state for key, row in rows.items() if row.array_id == job_id}
+        return {job_id: _info(row)} if row is not None else {}
+    tasks = {key: _info(row) for key, row in rows.items() if row.array_id == job_id}
     if tasks:
         ordered = dict(sorted(tasks.items(), key=lambda kv: int(kv[0].split("_")[1])))
-        ordered[job_id] = _array_state(ordered.values())
+        ordered[job_id] = JobInfo(_array_state(i.state for i in ordered.values()))
         return ordered
     row = rows.get(job_id)
     if row is not None:
-        return {job_id: row.state}
+        return {job_id: _info(row)}
     # An array task asked for by its own numeric id (squeue prints it as A_T).
     for row in rows.values():
         if row.raw_id == job_id and row.array_id is not None:
-            return {job_id: row.state}
+            return {job_id: _info(row)}
     return {}
 
 

@@ -1,4 +1,9 @@
-"""``python -m easlurm.train --run RUN (--pretrain | --cycle C --member I) [--device DEV]``."""
+"""``python -m easlurm.train --run RUN (--pretrain | --init | --cycle C --member I) [--device DEV]``.
+
+A thin CLI over the stage functions (:func:`easlurm.train.pretrain.pretrain`,
+:func:`easlurm.train.init.init_population`, :func:`easlurm.train.member.train_member`): prints one JSON line on
+success; a bad input prints one ``easlurm.train: error: …`` line on stderr and exits with status 2.
+"""
 from __future__ import annotations
 
 import argparse
@@ -11,9 +16,11 @@ from ..errors import EaslurmError
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m easlurm.train", description=__doc__)
     ap.add_argument("--run", required=True, help="run directory (holds config.yaml)")
-    ap.add_argument("--pretrain", action="store_true", help="run the L1 pretraining stage")
-    ap.add_argument("--cycle", type=int, help="cycle index (0-based)")
-    ap.add_argument("--member", type=int, help="population slot (0-based)")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--pretrain", action="store_true", help="run the L1 pretraining stage")
+    what.add_argument("--init", action="store_true", help="write cycle 0's start population")
+    what.add_argument("--cycle", type=int, help="cycle index (0-based) of the Adam phase")
+    ap.add_argument("--member", type=int, help="population slot (0-based), with --cycle")
     ap.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     args = ap.parse_args(argv)
     try:
@@ -21,16 +28,22 @@ def main(argv: list[str] | None = None) -> int:
             from .pretrain import pretrain
 
             meta = pretrain(args.run, device=args.device)
+            out = {k: meta[k] for k in ("kind", "iteration", "done")}
+        elif args.init:
+            from .init import init_population
+
+            out = {"kind": "start", "slots": len(init_population(args.run))}
         else:
-            if args.cycle is None or args.member is None:
-                ap.error("--cycle and --member are required (or --pretrain)")
+            if args.member is None:
+                ap.error("--member is required with --cycle")
             from .member import train_member
 
-            meta = train_member(args.run, args.cycle, args.member, device=args.device)
+            m = train_member(args.run, args.cycle, args.member, device=args.device)
+            out = {"kind": m.kind, "cycle": m.cycle, "slot": m.slot, "iteration": m.iteration, "done": m.done}
     except EaslurmError as exc:
         print(f"easlurm.train: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({k: meta[k] for k in ("kind", "iteration", "done") if k in meta}))
+    print(json.dumps(out))
     return 0
 
 

@@ -1,0 +1,142 @@
+"""The EA's objectives: f = (mean L1, mean perceptual loss) of a generator on the fixed fitness tiles.
+
+Both are minimised and computed without gradients, in eval mode, on the generator's unclamped SR output (exactly
+what the Adam phase trains on) against the HR tile. No GAN term: discriminators play no part in the EA phase.
+Images are NCHW RGB float32 in [0, 1] throughout.
+
+Averaging (``ea.objective_mean``): ``images`` — the mean over fitness images of each image's mean over its tiles
+(every image counts the same, whatever its tile count; the reference's per-image averaging) — or ``tiles``, the
+plain mean over all tiles. Batches never straddle two images, so both are exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from .. import factory
+from ..config import Config
+from ..errors import ConfigError
+
+__all__ = ["OBJECTIVE_NAMES", "FitnessSet", "Objectives"]
+
+OBJECTIVE_NAMES = ("l1", "perceptual")
+_CACHE_BYTES = 1 << 30  # HR feature cache limit (1 GiB): RRDB's conv1_2 maps of 800 tiles would not fit
+
+
+@dataclass
+class FitnessSet:
+    """The fixed fitness tiles, in memory: ``lr`` T×3×(t/s)×(t/s), ``hr`` T×3×t×t, float32 RGB in [0, 1];
+    ``image`` (length T) the index of each tile's source image — tiles of one image are contiguous."""
+
+    lr: torch.Tensor
+    hr: torch.Tensor
+    image: list[int]
+    rows: list[dict[str, Any]]
+    source_sha256: dict[str, str]
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> FitnessSet:
+        """Tiles of ``data.fitness_tile`` HR px from the first ``data.fitness_images`` sorted ids of the fitness
+        shards, at most ``data.fitness_max_tiles`` per image (:class:`easlurm.data.dataset.TileDataset`)."""
+        from ..data.dataset import TileDataset
+
+        ds = TileDataset(factory.data_dirs(cfg).fitness, cfg.data.fitness_tile, cfg.data.scale,
+                         cfg.data.fitness_max_tiles, max_images=cfg.data.fitness_images)
+        pairs = [ds[k] for k in range(len(ds))]
+        order = {eid: k for k, eid in enumerate(ds.image_ids)}
+        image = [order[eid] for eid, _, _ in ds.tiles]
+        return cls(torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]), image,
+                   ds.manifest_rows(), ds.source_hashes())
+
+    def __len__(self) -> int:
+        return int(self.hr.shape[0])
+
+    def to(self, device: torch.device | str) -> FitnessSet:
+        return FitnessSet(self.lr.to(device), self.hr.to(device), self.image, self.rows, self.source_sha256)
+
+    def groups(self) -> list[tuple[int, int]]:
+        """``[start, end)`` tile ranges of each image, in order."""
+        out: list[tuple[int, int]] = []
+        for k, img in enumerate(self.image):
+            if out and self.image[out[-1][0]] == img:
+                out[-1] = (out[-1][0], k + 1)
+            else:
+                out.append((k, k + 1))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready record of the tiles (id, y, x, size in HR px) and the sha256 of their source images."""
+        return {"tiles": self.rows, "source_sha256": dict(sorted(self.source_sha256.items())),
+                "count": len(self), "images": len(set(self.image))}
+
+
+class Objectives:
+    """``f(genome) = (mean L1, mean perceptual loss)`` over a :class:`FitnessSet` (both minimised, floats).
+
+    ``model`` is the backbone whose parameters the genome replaces (via ``torch.func.functional_call``, so the model
+    itself is never modified); ``perceptual`` maps (sr, hr) NCHW RGB [0, 1] to a scalar mean loss. Both are put in
+    eval mode. ``mean``: ``images`` (per-image means, then their mean) or ``tiles``. Sums are float64. A diverged
+    genome gives NaN/inf, which the caller must reject. ``calls`` counts evaluations.
+    """
+
+    def __init__(self, model: nn.Module, perceptual: nn.Module, fitness: FitnessSet, batch: int,
+                 mean: str = "images") -> None:
+        if batch < 1:
+            raise ConfigError(f"ea.eval_batch: must be >= 1, got {batch}")
+        if mean not in ("images", "tiles"):
+            raise ConfigError(f"ea.objective_mean: must be images or tiles, got {mean!r}")
+        self.model = model.eval()
+        self.perceptual = perceptual.eval()
+        self.fitness = fitness
+        self.batch = int(batch)
+        self.mean = mean
+        self.calls = 0
+        self.batches = [(s, min(s + self.batch, e)) for s, e in fitness.groups() for s in range(s, e, self.batch)]
+        self._targets: list[dict[str, torch.Tensor]] | None = None
+        self._targets_tried = False
+
+    def _target_cache(self) -> list[dict[str, torch.Tensor]] | None:
+        """The fitness set's HR features per batch, computed once: they are the same for every genome and are most
+        of an evaluation's cost. Skipped (recomputed per call) when they would exceed ``_CACHE_BYTES``."""
+        if self._targets_tried:
+            return self._targets
+        self._targets_tried = True
+        target_fn = getattr(self.perceptual, "target_features", None)
+        if target_fn is None:
+            return None
+        hr_all = self.fitness.hr
+        s0, e0 = self.batches[0]
+        first = target_fn(hr_all[s0:e0])
+        per_tile = sum(t[:1].numel() * t.element_size() for t in first.values())
+        if per_tile * len(self.fitness) > _CACHE_BYTES:
+            return None
+        self._targets = [first] + [target_fn(hr_all[s:e]) for s, e in self.batches[1:]]
+        return self._targets
+
+    @torch.no_grad()
+    def __call__(self, genome: Mapping[str, torch.Tensor]) -> tuple[float, float]:
+        self.calls += 1
+        lr_all, hr_all = self.fitness.lr, self.fitness.hr
+        targets = self._target_cache()
+        dev = hr_all.device
+        n_img = len(self.fitness.groups())
+        l1 = torch.zeros(n_img, dtype=torch.float64, device=dev)
+        perc = torch.zeros(n_img, dtype=torch.float64, device=dev)
+        count = torch.zeros(n_img, dtype=torch.float64, device=dev)
+        image_of = {s: k for k, (s0, e0) in enumerate(self.fitness.groups()) for s in range(s0, e0)}
+        for k, (s, e) in enumerate(self.batches):
+            lr, hr = lr_all[s:e], hr_all[s:e]
+            sr = torch.func.functional_call(self.model, dict(genome), (lr,))
+            b = e - s
+            img = image_of[s]
+            l1[img] += (sr - hr).abs().mean().double() * b
+            p = self.perceptual(sr, target=targets[k]) if targets is not None else self.perceptual(sr, hr)
+            perc[img] += p.double() * b
+            count[img] += b
+        if self.mean == "images":
+            return float((l1 / count).mean()), float((perc / count).mean())
+        total = count.sum()
+        return float(l1.sum() / total), float(perc.sum() / total)

@@ -1,0 +1,46 @@
+"""``python -m easlurm.orchestrate.runner RUN STAGE INDEX``: run one task of a run's plan in this process.
+
+What the local executor starts for every task (and what a person can run by hand to redo one task): it rebuilds the
+plan from ``RUN/config.yaml``, finds the task and calls its stage function with its typed arguments. A failure is
+recorded for the launcher (:func:`easlurm.orchestrate.base.record_error`) and printed as one
+``easlurm: error: …`` line on stderr; the exit status is 2 for an easlurm error, 1 for anything else.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..config import load_run_config
+from ..errors import EaslurmError
+from ..store import RunDir, apply_group_umask
+from .base import run_task
+from .plan import build_plan, find_task
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m easlurm.orchestrate.runner", description=__doc__.split("\n")[0])
+    ap.add_argument("run", help="run directory")
+    ap.add_argument("stage", help="stage key, e.g. adam/003")
+    ap.add_argument("index", type=int, help="task index in the stage (the member for an Adam phase)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(name)s: %(message)s")
+    run = RunDir(args.run)
+    try:
+        cfg = load_run_config(run.root)
+        apply_group_umask(cfg.run.group_shared)
+        stage, task = find_task(build_plan(cfg, run), args.stage, args.index)
+    except (EaslurmError, KeyError, IndexError) as exc:
+        print(f"easlurm: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"[task] {stage.key} {task.label}: {task.describe()}", flush=True)
+    try:
+        run_task(run, stage, args.index)
+    except EaslurmError as exc:
+        print(f"easlurm: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

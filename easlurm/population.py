@@ -1,0 +1,211 @@
+"""The population's records: preferences, per-slot roles, phase lengths and the member ``meta.json`` (one owner).
+
+Every member folder — a cycle's start population (``cycles/C/start/I``) and its trained population
+(``cycles/C/members/I``) — is a checkpoint folder (:mod:`easlurm.store`) whose ``meta.json`` is a
+:class:`MemberMeta`. This module is the only reader and writer of that record: stages call :func:`read_member` and
+:func:`write_member`, never ``json`` on it.
+
+Cycles: ``run.cycles`` EA phases (0 … cycles-1) and one Adam phase per cycle, plus — with ``adam.final_phase`` —
+a last Adam phase in cycle ``run.cycles`` after the last EA phase (the reference's final 10 epochs). The final
+population, which fusion and evaluation read, is that last phase's trained population, or the last EA phase's
+output without a final phase.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .config import Config
+from .errors import CheckpointError
+from .store import FileRef, RunDir, checkpoint_intact, commit_checkpoint, file_ref, load_verified, read_checkpoint_meta
+
+#: Version of the member ``meta.json`` schema this code reads and writes.
+MEMBER_SCHEMA = 1
+#: Keys of meta.json that belong to the store (checksums, sizes, references), not to the member record.
+_STORE_KEYS = ("sha256", "size", "refs")
+
+
+def preferences(n: int) -> list[tuple[float, float]]:
+    """(w_dist, w_perc) of members 0..n-1, uniform on the simplex from (1, 0) to (0, 1)."""
+    return [(1.0 - i / (n - 1), i / (n - 1)) for i in range(n)] if n > 1 else [(1.0, 0.0)]
+
+
+def slot_mode(cfg: Config, slot: int) -> str:
+    """``trained`` (Adam-trained, EA may replace), ``ea_only`` (never Adam-trained, EA may replace) or ``frozen``
+    (never trained nor replaced) — only slot 0 can differ from ``trained`` (``population.member0``)."""
+    return cfg.population.member0 if slot == 0 else "trained"
+
+
+def is_adam_trained(cfg: Config, slot: int) -> bool:
+    return slot_mode(cfg, slot) == "trained"
+
+
+def is_replaceable(cfg: Config, slot: int) -> bool:
+    """Whether the EA may put another genome into ``slot``."""
+    return slot_mode(cfg, slot) != "frozen"
+
+
+def adam_cycles(cfg: Config) -> list[int]:
+    """Cycles that have an Adam phase: 0 … run.cycles-1, plus run.cycles with ``adam.final_phase``."""
+    return list(range(cfg.run.cycles + (1 if cfg.adam.final_phase else 0)))
+
+
+def phase_iters(cfg: Config, cycle: int) -> int:
+    """Generator updates of cycle ``cycle``'s Adam phase (first and final phases may differ, DESIGN.md §2)."""
+    a = cfg.adam
+    if cycle == 0 and a.first_phase_iters is not None:
+        return a.first_phase_iters
+    if cycle == cfg.run.cycles and a.final_phase_iters is not None:
+        return a.final_phase_iters
+    return a.iters_per_cycle
+
+
+def final_cycle(cfg: Config) -> int:
+    """The cycle whose population fusion and evaluation read (``run.cycles`` in both layouts)."""
+    return cfg.run.cycles
+
+
+def final_folder(cfg: Config, run: RunDir, slot: int) -> Path:
+    """Folder of final member ``slot``: the final Adam phase's output, or the last EA phase's without one."""
+    c = final_cycle(cfg)
+    return run.member(c, slot) if cfg.adam.final_phase else run.start(c, slot)
+
+
+@dataclass
+class MemberMeta:
+    """The record of one member folder (its ``meta.json``; the store adds ``sha256``/``size``/``refs``).
+
+    ``kind``: ``start`` (a cycle's start population, complete when committed) or ``member`` (a trained member,
+    complete when ``done``). ``origin``: where the generator came from — ``pretrain:<sha256>``,
+    ``pretrained:<path>``, ``ea:<child id>`` (an EA child) or ``carried:<path of the member it continues>``.
+    ``ea_objectives``: (mean L1, mean perceptual) measured by the EA phase that wrote a start entry — not the
+    objectives of the member after its Adam phase. ``reset_g_optimizer``: the next Adam phase starts with fresh
+    generator Adam moments (the reference resets them after every EA phase).
+    """
+
+    kind: str
+    cycle: int
+    slot: int
+    preference: tuple[float, float]
+    mode: str
+    origin: str
+    iteration: int = 0
+    iters_target: int = 0
+    sample_index: int = 0
+    done: bool = False
+    ea_objectives: tuple[float, float] | None = None
+    reset_g_optimizer: bool = True
+    trained_from: str | None = None
+    schema: int = MEMBER_SCHEMA
+    files: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("files")
+        d["preference"] = list(self.preference)
+        d["ea_objectives"] = None if self.ea_objectives is None else list(self.ea_objectives)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> MemberMeta:
+        if d.get("schema") != MEMBER_SCHEMA:
+            raise CheckpointError(f"{where}: member record schema {d.get('schema')!r}, this easlurm reads "
+                                  f"{MEMBER_SCHEMA} (a run made by another easlurm version)")
+        names = {f.name for f in dataclasses.fields(cls)} - {"files"}
+        missing = sorted(n for n in names if n not in d and
+                         cls.__dataclass_fields__[n].default is dataclasses.MISSING)  # type: ignore[attr-defined]
+        if missing:
+            raise CheckpointError(f"{where}: member record lacks {', '.join(missing)}")
+        kw = {k: d[k] for k in names if k in d}
+        pref = kw.get("preference")
+        if not (isinstance(pref, (list, tuple)) and len(pref) == 2 and all(isinstance(v, (int, float))
+                                                                           for v in pref)):
+            raise CheckpointError(f"{where}: preference must be [w_dist, w_perc], got {pref!r}")
+        kw["preference"] = (float(pref[0]), float(pref[1]))
+        if kw.get("ea_objectives") is not None:
+            kw["ea_objectives"] = tuple(float(v) for v in kw["ea_objectives"])
+        if kw.get("kind") not in ("start", "member"):
+            raise CheckpointError(f"{where}: kind must be start or member, got {kw.get('kind')!r}")
+        return cls(**kw, files={k: d[k] for k in _STORE_KEYS if k in d})
+
+    @property
+    def store(self) -> dict[str, Any]:
+        """The raw meta.json mapping (member fields + the store's checksums), for :mod:`easlurm.store` calls."""
+        return {**self.to_dict(), **self.files}
+
+    @property
+    def complete(self) -> bool:
+        return self.kind == "start" or self.done
+
+
+def read_member(folder: Path, *, recover: bool = False) -> MemberMeta | None:
+    """The member record in ``folder`` or None when nothing is committed there (``recover``: owner only, see
+    :func:`easlurm.store.read_checkpoint_meta`)."""
+    raw = read_checkpoint_meta(folder, recover=recover)
+    return None if raw is None else MemberMeta.from_dict(raw, str(folder / "meta.json"))
+
+
+def write_member(folder: Path, meta: MemberMeta, files: Mapping[str, bytes] | None = None,
+                 refs: Mapping[str, FileRef] | None = None) -> MemberMeta:
+    """Commit ``files``/``refs`` and the record to ``folder`` (one atomic journal commit); return what is on disk."""
+    raw = commit_checkpoint(folder, dict(files or {}), meta.to_dict(), refs)
+    return MemberMeta.from_dict(raw, str(folder / "meta.json"))
+
+
+def member_file(folder: Path, meta: MemberMeta, name: str) -> FileRef:
+    """Where ``name`` of a member really lives (its own file or a referenced one)."""
+    return file_ref(folder, name, meta.store)
+
+
+def load_member_file(folder: Path, meta: MemberMeta, name: str) -> Any:
+    """Load ``name`` of a member after checking its sha256 (``torch.load(weights_only=True)``)."""
+    return load_verified(folder, name, meta.store)
+
+
+def member_complete(folder: Path, kind: str) -> bool:
+    """Cheap completion check used by the stages' ``is_done``: a committed record of ``kind`` that is complete and
+    whose files exist with their recorded sizes (readers verify sha256 when they load)."""
+    try:
+        meta = read_member(folder)
+    except CheckpointError:
+        return False
+    return (meta is not None and meta.kind == kind and meta.complete
+            and checkpoint_intact(folder, meta.store))
+
+
+def require_member(folder: Path, kind: str, needed: tuple[str, ...], hint: str) -> MemberMeta:
+    """The complete record in ``folder`` listing ``needed`` files, or one :class:`CheckpointError` naming the
+    folder and ``hint`` (which stage writes it)."""
+    meta = read_member(folder)
+    if meta is None:
+        raise CheckpointError(f"{folder}: not found ({hint})")
+    if meta.kind != kind or not meta.complete:
+        raise CheckpointError(f"{folder}: not complete ({hint}; iteration {meta.iteration} of "
+                              f"{meta.iters_target})")
+    missing = [f for f in needed if f not in meta.files.get("sha256", {})]
+    if missing:
+        raise CheckpointError(f"{folder / 'meta.json'}: lists no {', '.join(missing)}")
+    if not checkpoint_intact(folder, meta.store):
+        raise CheckpointError(f"{folder}: a file it lists is missing or has the wrong size (corrupt, pruned or "
+                              f"replaced)")
+    return meta
+
+
+def final_members(cfg: Config, run: RunDir) -> list[tuple[Path, MemberMeta]]:
+    """The final population, slot order, each checked complete. Raises :class:`CheckpointError` naming the first
+    missing member and the stage that writes it."""
+    c = final_cycle(cfg)
+    kind = "member" if cfg.adam.final_phase else "start"
+    hint = (f"written by the final Adam phase, cycle {c}" if cfg.adam.final_phase
+            else f"written by the EA phase of cycle {c - 1}")
+    return [(f, require_member(f, kind, ("G.pt",), hint))
+            for f in (final_folder(cfg, run, i) for i in range(cfg.population.size))]
+
+
+__all__ = [
+    "MEMBER_SCHEMA", "MemberMeta", "preferences", "slot_mode", "is_adam_trained", "is_replaceable", "adam_cycles",
+    "phase_iters", "final_cycle", "final_folder", "read_member", "write_member", "member_file", "load_member_file",
+    "member_complete", "require_member", "final_members",
+]

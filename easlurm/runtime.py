@@ -1,0 +1,82 @@
+"""What every compute stage needs around its math: the device, CPU copies of states, finiteness checks, TensorBoard.
+
+Kept apart from the stages so that training, the EA, fusion and evaluation share one implementation and none of
+them imports another stage.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+import torch.nn as nn
+
+from .errors import TrainingError
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """``requested`` or CUDA when available, else CPU."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_state(module_or_state: nn.Module | Mapping[str, Any]) -> dict[str, Any]:
+    """A state dict with every tensor copied to CPU (checkpoints are device-independent)."""
+    sd = module_or_state.state_dict() if isinstance(module_or_state, nn.Module) else module_or_state
+    return {k: (v.detach().cpu().clone() if torch.is_tensor(v) else v) for k, v in sd.items()}
+
+
+def optimizer_state_cpu(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """An optimizer's state dict with its tensors on CPU."""
+    sd = opt.state_dict()
+    return {"state": {k: {n: (t.cpu() if torch.is_tensor(t) else t) for n, t in s.items()}
+                      for k, s in sd["state"].items()},
+            "param_groups": sd["param_groups"]}
+
+
+def check_finite_losses(where: str, iteration: int, **terms: torch.Tensor) -> None:
+    """Raise :class:`TrainingError` naming the first non-finite loss term (one host sync per call)."""
+    values = list(terms.values())
+    if bool(torch.stack([torch.isfinite(v.detach()).all() for v in values]).all()):
+        return
+    for name, value in terms.items():
+        if not torch.isfinite(value.detach()).all():
+            raise TrainingError(f"{where}: {name} loss is {float(value)} at iteration {iteration}; stopped, the "
+                                f"last checkpoint is kept")
+
+
+def nonfinite_parameters(modules: Mapping[str, nn.Module]) -> list[str]:
+    """``module.parameter`` names holding NaN/Inf (empty when all finite; one host sync when they are)."""
+    named = [(f"{m}.{n}", p) for m, mod in modules.items() for n, p in mod.named_parameters()]
+    if not named:
+        return []
+    flags = torch.stack([torch.isfinite(p.detach()).all() for _, p in named])
+    if bool(flags.all()):
+        return []
+    return [name for (name, _), ok in zip(named, flags.tolist()) if not ok]
+
+
+def check_finite_weights(where: str, iteration: int, modules: Mapping[str, nn.Module]) -> None:
+    """Refuse to go on (and so to commit) when any weight is NaN/Inf: a poisoned checkpoint would make every
+    retry fail the same way. The error names the stage/member, the iteration and the first bad tensors."""
+    bad = nonfinite_parameters(modules)
+    if bad:
+        raise TrainingError(f"{where}: non-finite weights at iteration {iteration} in {', '.join(bad[:3])}"
+                            f"{' …' if len(bad) > 3 else ''}; not committed, the last checkpoint is kept")
+
+
+def tb_writer(folder: Path, purge_step: int | None = None) -> Any:
+    """A TensorBoard ``SummaryWriter`` on ``folder``; ``purge_step`` drops events a resumed run will rewrite."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(folder), purge_step=purge_step)
+
+
+def parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
+    """Trainable parameters of ``modules``, in order."""
+    return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+
+__all__ = ["pick_device", "cpu_state", "optimizer_state_cpu", "check_finite_losses", "nonfinite_parameters",
+           "check_finite_weights", "tb_writer", "parameters"]

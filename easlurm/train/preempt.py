@@ -1,9 +1,10 @@
-"""Preemption: SIGUSR2 (submitit's pre-timeout signal) and SIGTERM become "checkpoint at the next iteration".
+"""Preemption: SIGUSR2 (the pre-timeout signal) and SIGTERM become "checkpoint at the next iteration, then stop".
 
 Training must not save from inside a signal handler (an optimizer step may be half applied), so the handler only
-records the signal; the loop checkpoints at the next iteration boundary and then calls :meth:`Preemption.finish`,
-which hands the signal to whatever handler was installed before (submitit's, which requeues the Slurm task) or, with
-no such handler, exits with 128 + signal number like a killed process would.
+records the signal; the loop commits a checkpoint at the next iteration boundary and then calls
+:meth:`Preemption.finish`, which ends the process with 128 + signal number (140 for SIGUSR2, 143 for SIGTERM), like
+a killed process would. Under Slurm the batch shell (easlurm.orchestrate.sbatch) reads 140 as "checkpoint committed
+before the time limit" and requeues the job, which continues from that checkpoint.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ _SIGNALS = tuple(s for s in (getattr(signal, "SIGUSR2", None), signal.SIGTERM) i
 
 
 class Preempted(SystemExit):
-    """Raised after the preemption checkpoint when no earlier handler takes over."""
+    """Raised after the preemption checkpoint: the process exits with 128 + the signal number."""
 
 
 class Preemption:
@@ -24,11 +25,10 @@ class Preemption:
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self._frame: FrameType | None = None
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
-        self.signum, self._frame = signum, frame
+        self.signum = signum
 
     @property
     def requested(self) -> bool:
@@ -38,21 +38,20 @@ class Preemption:
         try:
             for s in _SIGNALS:
                 self._previous[s] = signal.signal(s, self._handler)
-        except ValueError:  # not the main thread (e.g. the debug executor's worker thread)
+        except ValueError:  # not the main thread (e.g. a worker thread in tests)
             self._previous.clear()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         for s, h in self._previous.items():
             signal.signal(s, h)
+        self._previous.clear()
 
     def finish(self) -> None:
-        """Hand the recorded signal on (after the caller checkpointed)."""
+        """Stop after the caller committed its checkpoint: restore the handlers and exit with 128 + signal."""
         assert self.signum is not None
-        signum, prev = self.signum, self._previous.get(self.signum)
+        signum = self.signum
         self.__exit__()
-        self._previous.clear()
-        if callable(prev):
-            prev(signum, self._frame)
         sys.stdout.flush()
+        print(f"[easlurm] stopped by signal {signum} after committing a checkpoint", file=sys.stderr, flush=True)
         raise Preempted(128 + signum)

@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = build_plan(cfg, run)
         executor = make_executor(cfg, run, echo, resuming=bool(args.resume))
         if args.dry_run:
-            echo(executor.describe(pending_stages(plan)).rstrip())  # type: ignore[attr-defined]
+            todo = pending_stages(plan) if run.config.is_file() else plan  # a new run: everything
+            echo(executor.describe(todo).rstrip())  # type: ignore[attr-defined]
             echo(f"# dry run: nothing was submitted or written (executor {cfg.executor.kind})")
             return 0
         from .leases import held

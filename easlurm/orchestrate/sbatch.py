@@ -131,8 +131,9 @@ def render(cfg: Config, run: RunDir, sub: Submission, python: str = "python") ->
 
 
 def clean_env() -> dict[str, str]:
-    """os.environ without the SLURM_* variables a launcher running inside a job would otherwise pass on."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
+    """os.environ without the SLURM_*/SBATCH_* variables of a job the launcher may itself run in (they would leak
+    into the new job), keeping SLURM_CONF (which cluster to talk to)."""
+    return {k: v for k, v in os.environ.items() if k == "SLURM_CONF" or not k.startswith(("SLURM_", "SBATCH_"))}
 
 
 def submit(cfg: Config, run: RunDir, sub: Submission, python: str = "python") -> list[str]:

@@ -3,7 +3,8 @@
 #
 # Usage:
 #   tests/slurm/cluster.sh install
-#   tests/slurm/cluster.sh start  [--no-accounting] [--state DIR] [--port-base N] [--db-port N] [--timeout S]
+#   tests/slurm/cluster.sh start  [--no-accounting] [--min-job-age S] [--state DIR] [--port-base N] [--db-port N]
+#                                 [--timeout S]
 #   tests/slurm/cluster.sh stop   [--state DIR]
 #   tests/slurm/cluster.sh status [--state DIR]
 #   tests/slurm/cluster.sh env    [--state DIR]          # eval "$(tests/slurm/cluster.sh env)"
@@ -26,6 +27,8 @@
 #   --state DIR      state dir (default /tmp/easlurm-slurm); everything lives in it: etc/ (configs), log/, run/
 #                    (pid files, sockets), munge/, ctld/ (StateSaveLocation), spool/, gpu/, db/ (MariaDB datadir).
 #   --no-accounting  no slurmdbd / MariaDB.
+#   --min-job-age S  slurmctld forgets finished jobs after S seconds (default 86400, a lab setting; production
+#                    clusters keep Slurm's default 300 or less — the production-like test cluster uses a short one).
 #   --port-base N    slurmctld listens on N, slurmd on N+1, slurmdbd on N+2 (default 6817). Two clusters at once need
 #                    different state dirs and port bases (the tests run a second one at 6827).
 #   --db-port N      MariaDB TCP port on 127.0.0.1 (default 3307).
@@ -42,12 +45,15 @@ ACCOUNTING=1
 PORT_BASE=6817
 DB_PORT=3307
 TIMEOUT=60
+MIN_JOB_AGE=86400
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --no-accounting) ACCOUNTING=0 ;;
+        --min-job-age) [[ $# -ge 2 ]] || die "--min-job-age needs seconds"; MIN_JOB_AGE="$2"; shift ;;
+        --min-job-age=*) MIN_JOB_AGE="${1#*=}" ;;
         --state) [[ $# -ge 2 ]] || die "--state needs a directory"; STATE="$2"; shift ;;
         --state=*) STATE="${1#*=}" ;;
         --port-base) [[ $# -ge 2 ]] || die "--port-base needs a number"; PORT_BASE="$2"; shift ;;
@@ -90,7 +96,7 @@ unset SLURM_JOB_ID SLURM_JOBID SLURM_ARRAY_JOB_ID SLURM_CLUSTERS 2>/dev/null || 
 
 need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root (daemons and jobs run as root)"; }
 
-mode_string() { echo "accounting=$ACCOUNTING port_base=$PORT_BASE db_port=$DB_PORT"; }
+mode_string() { echo "accounting=$ACCOUNTING port_base=$PORT_BASE db_port=$DB_PORT min_job_age=$MIN_JOB_AGE"; }
 
 pid_of() { # pid_of NAME -> pid from its pid file if that pid is alive and runs NAME, else nothing
     local name="$1" file="$RUN/$1.pid" pid comm state
@@ -202,7 +208,7 @@ DefMemPerCPU=1000
 SchedulerParameters=batch_sched_delay=0
 DependencyParameters=kill_invalid_depend
 SlurmdParameters=config_overrides
-MinJobAge=86400
+MinJobAge=$MIN_JOB_AGE
 MaxJobCount=100000
 MaxArraySize=20001
 ReturnToService=2

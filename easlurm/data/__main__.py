@@ -6,6 +6,8 @@
     python -m easlurm.data verify DIR
 
 Bad input (an unreadable image, a size mismatch, ...) prints one line naming the file on stderr and exits 2.
+``build`` reports progress (images done, rate, ETA) on stderr: a bar on a terminal; in a log file or pipe at most one
+line per 10 % of the images and 30 s (:mod:`easlurm.progress`).
 """
 from __future__ import annotations
 

@@ -146,7 +146,7 @@ def test_source_smaller_than_a_tile_is_refused(photos: tuple[Path, dict]) -> Non
 
 
 def test_per_image_mean_weights_and_batches(photos: tuple[Path, dict]) -> None:
-    root, images = photos
+    root, _ = photos
     fit = FitnessTiles(root / "whole", T, S, images=3, choice="reference", max_tiles=50)  # 50, 42, 72 tiles
     _, hr, idx = fit.load()
     loss = hr.double().mean(dim=(1, 2, 3))  # a per-tile "loss": the tile's mean value

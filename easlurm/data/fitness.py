@@ -239,7 +239,7 @@ class FitnessTiles(Dataset):
 
     def tiles_per_image(self) -> list[int]:
         """How many tiles each of the N images contributes."""
-        return torch.bincount(self.image_index, minlength=len(self.sources)).tolist()
+        return [int(c) for c in torch.bincount(self.image_index, minlength=len(self.sources)).tolist()]
 
     def tile_weights(self, mean: str = "image") -> torch.Tensor:
         """Per-tile weights (float64, sum 1): objective = Σ weight_t · loss_t for per-tile losses ``loss_t``.

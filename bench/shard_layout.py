@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import resource
 import statistics
 import sys
 import tempfile
@@ -30,11 +31,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from loader import _load, machine, throughput  # noqa: E402  (bench/ is sys.path[0])
+from loader import _load, machine  # noqa: E402  (bench/ is sys.path[0])
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from easlurm.data.dataset import RandomPatchDataset  # noqa: E402
+from easlurm.data.dataset import RandomPatchDataset, infinite_loader  # noqa: E402
 from easlurm.data.samples import sample_image  # noqa: E402
 from easlurm.data.shards import _crop_starts, build_shards  # noqa: E402
 
@@ -77,6 +78,20 @@ def coverage(sub: int, step: int) -> tuple[int, int, float]:
     return int(counts.min()), int(counts.max()), float(counts.mean())
 
 
+def patch_weights(sub: int, step: int, patch: int, scale: int = 4) -> tuple[int, int, float]:
+    """(min, max, mean) number of sub-images from which each patch position of one image can be drawn.
+
+    RandomPatchDataset draws an entry uniformly, then a position in it; with whole-image entries every position
+    of an image has weight 1 (as in the reference's loader), with sub-images a position's weight is the number
+    of sub-images that contain the whole patch."""
+    def per_axis(length: int) -> np.ndarray:
+        pos = np.arange(0, length - patch + 1, scale)
+        return sum(((c <= pos) & (pos <= c + sub - patch)).astype(np.int64) for c in _crop_starts(length, sub, step))
+
+    m = np.outer(per_axis(H), per_axis(W))
+    return int(m.min()), int(m.max()), float(m.mean())
+
+
 def build(src: Path, out: Path, **kwargs: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     m = build_shards(src, out, 4, show_progress=False, **kwargs)
@@ -84,14 +99,35 @@ def build(src: Path, out: Path, **kwargs: Any) -> dict[str, Any]:
             "shards": m["counts"]["shards"]}
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process and of its finished, reaped children (loader workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def measure(ds: RandomPatchDataset, samples: int, batch: int, workers: int) -> tuple[float, float]:
+    """(steady-state samples/s, CPU µs per sample). The CPU time covers the whole run, worker start-up included
+    (the same for both layouts); unlike wall time it hardly changes when other jobs share the cores."""
+    cpu0 = _cpu_s()
+    it = infinite_loader(ds, batch, 0, workers, stop_index=samples)
+    next(it)  # worker start-up and first batch: not part of the steady state
+    t0 = time.perf_counter()
+    n = 0
+    for lr, _hr in it:  # exhausting the loader joins its workers, so their CPU time is in RUSAGE_CHILDREN
+        n += lr.shape[0]
+    secs = time.perf_counter() - t0
+    del it
+    return n / secs, (_cpu_s() - cpu0) / samples * 1e6
+
+
 def rates(dirs: dict[str, Path], workers: int, samples: int, reps: int, patch: int, batch: int
-          ) -> dict[str, list[float]]:
-    """Interleaved repetitions of the steady-state samples/s of each layout (same sample indices everywhere)."""
-    out: dict[str, list[float]] = {name: [] for name in dirs}
+          ) -> dict[str, list[tuple[float, float]]]:
+    """Interleaved repetitions of (samples/s, CPU µs/sample) of each layout (same sample indices everywhere)."""
+    out: dict[str, list[tuple[float, float]]] = {name: [] for name in dirs}
     for _ in range(reps):
         for name, d in dirs.items():
             ds = RandomPatchDataset(d, patch, 4, samples, seed=0)
-            out[name].append(throughput(ds, samples, batch, workers)[0])
+            out[name].append(measure(ds, samples, batch, workers))
     return out
 
 
@@ -130,10 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         measured = {0: rates({**dirs, **{k: work / k.replace(" ", "-") for k in variants}}, 0, args.samples,
                              args.reps, args.patch, args.batch_size),
                     2: rates(dirs, 2, args.samples, args.reps, args.patch, args.batch_size)}
-        chunk_rows = [{**v, "rate": statistics.median(measured[0][k])} for k, v in variants.items()]
+    # Medians over the repetitions: rate[workers][layout] in samples/s, cpu[...] in CPU µs per sample.
+    rate = {k: {n: statistics.median(v[0] for v in runs) for n, runs in rs.items()} for k, rs in measured.items()}
+    cpu = {k: {n: statistics.median(v[1] for v in runs) for n, runs in rs.items()} for k, rs in measured.items()}
     cov = coverage(args.sub_image, args.sub_step)
+    pw = patch_weights(args.sub_image, args.sub_step, args.patch)
     w, s = layouts["whole"], layouts["sub"]
-    med = {k: {name: statistics.median(v) for name, v in rs.items()} for k, rs in measured.items()}
     lines = [
         "## Shard layout: whole images vs sub-images",
         "",
@@ -143,32 +181,42 @@ def main(argv: list[str] | None = None) -> int:
         f"- load average before / after (other processes share the cores): {load_before} / {_load()}",
         f"- data: {args.images} HR images of {W}x{H} px (mosaics of the shipped sample photos at native "
         f"resolution, {png_bytes / 1e6:.0f} MB as PNG), bicubic x4 LR, uncompressed 64 px chunks unless stated;"
-        f" {args.patch} px HR patches, batch {args.batch_size}, the same {args.samples} sample indices per run,"
-        f" first batch untimed, median of {args.reps} interleaved runs; files in the page cache (built just before)",
+        f" {args.patch} px HR patches through RandomPatchDataset + infinite_loader, batch {args.batch_size}, the"
+        f" same {args.samples} sample indices per run, median of {args.reps} interleaved runs; files in the page"
+        " cache (built just before)",
+        "- samples/s: wall clock, first batch untimed; CPU µs/sample: user + system time of the loader process and"
+        " its workers over the whole run (worker start-up included), which other jobs on the cores barely move",
         f"- sub-images: `--sub-image {args.sub_image} --sub-step {args.sub_step}`: each pixel is in "
-        f"{cov[0]}–{cov[1]} sub-images (mean {cov[2]:.2f})",
+        f"{cov[0]}–{cov[1]} sub-images (mean {cov[2]:.2f}); a {args.patch} px patch position is drawn with weight"
+        f" {pw[0]}–{pw[1]} (mean {pw[2]:.2f}) relative to the whole-image layout, where every position of an image"
+        " weighs the same (as in the reference's loader)",
         "",
-        "| layout | entries | shard files | disk MB | build s | samples/s, 0 workers | samples/s, 2 workers |",
+        "| layout | entries | shard files | disk MB | build s | samples/s (CPU µs/sample), 0 workers |"
+        " samples/s (CPU µs/sample), 2 workers |",
         "|---|---:|---:|---:|---:|---:|---:|",
-        f"| whole images | {w['entries']} | {w['shards']} | {w['bytes'] / 1e6:.1f} | {w['secs']:.1f} |"
-        f" {med[0]['whole']:.0f} | {med[2]['whole']:.0f} |",
-        f"| sub-images {args.sub_image}/{args.sub_step} | {s['entries']} | {s['shards']} | {s['bytes'] / 1e6:.1f} |"
-        f" {s['secs']:.1f} | {med[0]['sub']:.0f} | {med[2]['sub']:.0f} |",
+    ]
+    for name, label, info in (("whole", "whole images", w),
+                              ("sub", f"sub-images {args.sub_image}/{args.sub_step}", s)):
+        lines.append(f"| {label} | {info['entries']} | {info['shards']} | {info['bytes'] / 1e6:.1f} |"
+                     f" {info['secs']:.1f} | {rate[0][name]:.0f} ({cpu[0][name]:.0f}) |"
+                     f" {rate[2][name]:.0f} ({cpu[2][name]:.0f}) |")
+    lines += [
         f"| **sub / whole** | | | **{s['bytes'] / w['bytes']:.2f}x** | **{s['secs'] / w['secs']:.2f}x** |"
-        f" **{med[0]['sub'] / med[0]['whole']:.2f}x** | **{med[2]['sub'] / med[2]['whole']:.2f}x** |",
+        f" **{rate[0]['sub'] / rate[0]['whole']:.2f}x ({cpu[0]['sub'] / cpu[0]['whole']:.2f}x)** |"
+        f" **{rate[2]['sub'] / rate[2]['whole']:.2f}x ({cpu[2]['sub'] / cpu[2]['whole']:.2f}x)** |",
         "",
-        "All runs (samples/s): " + "; ".join(
-            f"{n}, {k} workers: {', '.join(f'{v:.0f}' for v in measured[k][n])}" for k in (0, 2)
+        "All runs (samples/s / CPU µs per sample): " + "; ".join(
+            f"{n}, {k} workers: {', '.join(f'{v[0]:.0f}/{v[1]:.0f}' for v in measured[k][n])}" for k in (0, 2)
             for n in measured[k]),
     ]
-    if chunk_rows:
-        base = next((r for r in chunk_rows if r["chunk"] == 64 and r["compression"] == "none"), chunk_rows[0])
+    if variants:
         lines += ["", f"Whole-image layout, HDF5 chunk side (num_workers 0, median of {args.reps}, interleaved with"
                   " the runs above):", "",
-                  "| HR chunk px | compression | disk MB | build s | samples/s | vs 64 px |",
-                  "|---:|---|---:|---:|---:|---:|"]
-        lines += [f"| {r['chunk']} | {r['compression']} | {r['bytes'] / 1e6:.1f} | {r['secs']:.1f} |"
-                  f" {r['rate']:.0f} | {r['rate'] / base['rate']:.2f}x |" for r in chunk_rows]
+                  "| HR chunk px | compression | disk MB | build s | samples/s | CPU µs/sample | CPU vs 64 px |",
+                  "|---:|---|---:|---:|---:|---:|---:|"]
+        base = cpu[0].get("chunk 64 none", cpu[0]["whole"])
+        lines += [f"| {v['chunk']} | {v['compression']} | {v['bytes'] / 1e6:.1f} | {v['secs']:.1f} |"
+                  f" {rate[0][k]:.0f} | {cpu[0][k]:.0f} | {cpu[0][k] / base:.2f}x |" for k, v in variants.items()]
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out is not None:

@@ -15,6 +15,7 @@ over one iterable (``with Progress(total, "eval") as p: ... p.update()``). ``ena
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -51,6 +52,15 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
+def _size_known(stream: TextIO) -> bool:
+    """Whether the terminal reports a size (a pseudo-terminal of size 0x0, e.g. under ``script``, does not)."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return size.columns > 0 and size.lines > 0
+
+
 class Progress:
     """Counts work done out of ``total`` (None: unknown) and reports it on ``stream`` (default: ``sys.stderr``).
 
@@ -78,8 +88,11 @@ class Progress:
         if enabled and _is_terminal(self.stream):
             from tqdm import tqdm  # imported only when a bar is drawn
 
-            self._bar = tqdm(total=total, desc=desc, unit=f" {unit}", file=self.stream, dynamic_ncols=True,
-                             leave=True, mininterval=0.5)
+            # tqdm hides its bar on a terminal that reports size 0x0; give it a fixed size there.
+            known = _size_known(self.stream)
+            self._bar = tqdm(total=total, desc=desc, unit=f" {unit}", file=self.stream, leave=True,
+                             mininterval=0.5, dynamic_ncols=known, ncols=None if known else 100,
+                             nrows=None if known else 24)
         elif enabled:
             self._log = True
 

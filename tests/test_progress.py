@@ -95,3 +95,21 @@ def test_shard_build_is_quiet_when_stderr_is_not_a_terminal(tmp_path: Path, caps
     build_shards(tmp_path / "hr", tmp_path / "out", 4)
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+def test_bar_shows_on_a_pseudo_terminal_that_reports_no_size() -> None:
+    pty = pytest.importorskip("pty")
+    import os
+
+    master, slave = pty.openpty()  # a fresh pty reports 0x0, as under `script` or some batch `--pty` sessions
+    try:
+        with os.fdopen(slave, "w", closefd=False) as stream:
+            assert os.get_terminal_size(slave).columns == 0
+            with Progress(3, "pty", unit="images", stream=stream) as p:
+                for _ in range(3):
+                    p.update()
+        out = os.read(master, 65536).decode("utf-8", "replace")
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert "pty: 100%" in out and "3/3" in out

@@ -17,10 +17,11 @@ Selection is a pure function of the shard manifest and the arguments (no randomn
      ``patches[25:75]`` (0-based tiles 25–74) when an image has more than 100 tiles, else all.
    * ``"first"``: the first K tiles in row-major order (the image's top rows).
 4. **Reading.** A tile is read from the first shard entry, in sorted id order, that contains it (whole-image
-   shards: the entry itself). When no single entry contains it (sub-images cut with ``--sub-step`` ≥ the tile
-   overlap), it is assembled from the overlapping entries in sorted id order: every crop of a source holds the
-   same pixels of the same HR image and of its whole-image LR (see :mod:`easlurm.data.shards`), so the result is
-   identical to tiling the whole image. Pixels no entry covers are an error.
+   shards: the entry itself). When no single entry contains it (sub-images that overlap by less than a tile,
+   e.g. ``--sub-step`` equal to ``--sub-image``), it is assembled from the overlapping entries in sorted id
+   order: every crop of a source holds the same pixels of the same HR image and of its whole-image LR (see
+   :mod:`easlurm.data.shards`), so the result is identical to tiling the whole image. Pixels no entry covers
+   (``--sub-step`` larger than ``--sub-image``) are an error.
 
 **Averaging.** The reference evaluates the fitness set one image per batch (``batch_size_EA: 1``): each
 objective is the mean over that image's tiles, and the population's objective is the sum over images divided by

@@ -68,9 +68,15 @@ class DataConfig:
     scale: int = _f(4, min=2, max=8, doc="upscaling factor")
     patch_size: int = _f(128, min=16, doc="HR training patch size in pixels (LR patch = patch_size / scale)")
     num_workers: int = _f(2, min=0, doc="DataLoader workers per training task")
-    fitness_images: int = _f(16, min=1, doc="images the fitness tiles are drawn from (sorted ids, first N)")
-    fitness_tile: int = _f(128, min=16, doc="HR size of a fitness tile")
-    fitness_max_tiles: int = _f(50, min=1, doc="at most this many tiles per fitness image")
+    fitness_images: int = _f(16, min=1, doc="N: distinct source images of the fitness tiles (sorted by source "
+                             "file name, first N; the sub-images of one photo count once); fewer is an error")
+    fitness_tile: int = _f(128, min=16, doc="HR size of a fitness tile (non-overlapping grid, row-major)")
+    fitness_tile_choice: Literal["reference", "first"] = _f(
+        "reference", doc="reference: an image with more than 2K tiles keeps tiles K//2 … K//2+K-1, else all "
+        "(K=50: tiles 25-74 of >100, as EA-Adam's crop_EA_patch); first: the first K tiles (top rows)")
+    fitness_max_tiles: int = _f(50, min=1, doc="K of fitness_tile_choice (reference: 50)")
+    fitness_mean: Literal["image", "tile"] = _f(
+        "image", doc="image: objectives are the mean of per-image means (reference); tile: the mean over all tiles")
 
 
 @dataclass
@@ -170,8 +176,6 @@ class EAConfig:
                                                        "unlimited (reference)")
     reset_adam: bool = _f(True, doc="reset generator Adam moments after the EA phase (reference)")
     eval_batch: int = _f(16, min=1, doc="fitness tiles per forward pass")
-    objective_mean: Literal["images", "tiles"] = _f(
-        "images", doc="objectives averaged per fitness image, then over images (reference), or over all tiles")
     checkpoint_every: int = _f(10, min=1, doc="generations between EA-phase checkpoints (also on preemption)")
 
 

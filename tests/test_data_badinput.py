@@ -192,3 +192,21 @@ def test_rgb16_tiff_is_refused(tmp_path: Path) -> None:
     tifffile.imwrite(hr_dir / "deep_rgb.tif", np.full((32, 32, 3), 40000, np.uint16), photometric="rgb")
     assert Image.open(hr_dir / "deep_rgb.tif").mode == "RGB"
     _assert_refused(tmp_path, "deep_rgb.tif", hr_dir)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "EPS", "PPM"])
+def test_other_formats_behind_an_image_suffix_are_refused_unopened(tmp_path: Path, fmt: str) -> None:
+    # Pillow decodes all three (EPS through Ghostscript); read_rgb tries only the PNG/JPEG/BMP/TIFF/WebP decoders.
+    hr_dir = _good_folder(tmp_path / "hr")
+    culprit = hr_dir / f"disguised_{fmt.lower()}.png"
+    Image.fromarray(GOOD).save(culprit, format=fmt)
+    with pytest.raises(DataError) as err:
+        read_rgb(culprit)
+    assert str(err.value).startswith(f"{culprit}: not a readable image: not a PNG, JPEG, BMP, TIFF or WebP file")
+    _assert_refused(tmp_path, culprit.name, hr_dir)
+
+
+def test_allowed_format_under_another_allowed_suffix_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "really_a_bmp.png"
+    Image.fromarray(GOOD).save(path, format="BMP")
+    np.testing.assert_array_equal(read_rgb(path), GOOD)

@@ -6,6 +6,8 @@
     python -m easlurm.data verify DIR
 
 Bad input (an unreadable image, a size mismatch, ...) prints one line naming the file on stderr and exits 2.
+``build`` reports progress (images done, rate, ETA) on stderr: a bar on a terminal; in a log file or pipe at most one
+line per 10 % of the images and 30 s (:mod:`easlurm.progress`).
 """
 from __future__ import annotations
 
@@ -33,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--scale", required=True, type=int, help="integer SR factor, e.g. 4")
     b.add_argument("--out", required=True, type=Path, help="output shard folder (replaced atomically)")
     b.add_argument("--shard-size", type=int, default=64, help="entries per shard file (default 64)")
-    b.add_argument("--sub-image", type=int, default=None, help="cut HR images into crops of this many px")
+    b.add_argument("--sub-image", type=int, default=None,
+                   help="cut HR images into crops of this many px (not recommended: 3.6x the disk for no faster "
+                   "reads, see bench/results/shard_layout.md)")
     b.add_argument("--sub-step", type=int, default=None, help="step between crops in px (default: --sub-image)")
     b.add_argument("--min-size", type=int, default=0, help="refuse HR images whose smaller side is below this")
     s = sub.add_parser("samples", help="build train/val shards from the photos shipped in installed wheels")

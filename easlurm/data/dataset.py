@@ -211,7 +211,10 @@ class RandomPatchDataset(Dataset):
 
 
 class TileDataset(Dataset):
-    """Deterministic non-overlapping tiles (the EA phase's fixed fitness set).
+    """Deterministic non-overlapping tiles of whole shard entries (a sub-image entry counts as an image).
+
+    The EA's fitness set is :class:`easlurm.data.fitness.FitnessTiles` (distinct source images, the reference's
+    tile choice); this class keeps the simple per-entry tiling.
 
     Images: the sorted entry ids (or sorted ``ids``), the first ``max_images`` of them. Tiles: ``tile_size`` HR px
     squares at ``y, x`` multiples of ``tile_size`` in row-major order, the first ``max_tiles_per_image`` per image

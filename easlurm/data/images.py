@@ -14,6 +14,9 @@ Policy, per Pillow mode of the decoded file:
 * ``CMYK`` and other colour spaces (``LAB``, ``HSV``) are refused: converting them needs a colour profile.
 * Animated / multi-frame files are refused (which frame would be meant is unclear).
 * Corrupt, truncated or non-image files are refused.
+* Only the decoders in :data:`FORMATS` (PNG, JPEG, BMP, TIFF, WebP) are ever tried, whatever the file's name: a
+  file in another format (GIF, EPS, PDF, …) is refused without running its Pillow plugin, so an EPS file named
+  ``.png`` never starts Ghostscript.
 
 EXIF orientation tags are ignored: pixels are used as stored, so an HR image and its LR partner stay aligned.
 :func:`list_images` lists a flat folder's images (suffixes in :data:`IMAGE_SUFFIXES`, case-insensitive), sorted.
@@ -28,9 +31,11 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "read_rgb", "list_images"]
+__all__ = ["IMAGE_SUFFIXES", "FORMATS", "read_rgb", "list_images"]
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: Pillow format names :func:`read_rgb` opens (the formats of :data:`IMAGE_SUFFIXES`); no other plugin is tried.
+FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
@@ -85,7 +90,7 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     if bits is not None and bits > 8:
         raise DataError(f"{p}: {bits}-bit PNG is not supported; convert it to 8 bits per channel first")
     try:
-        with Image.open(p) as im:
+        with Image.open(p, formats=list(FORMATS)) as im:
             frames = int(getattr(im, "n_frames", 1))
             if frames > 1:
                 raise DataError(f"{p}: multi-frame image ({frames} frames) is not supported")
@@ -108,7 +113,10 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
                                 "save it as 8-bit RGB first")
     except DataError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError as exc:
+        raise DataError(f"{p}: not a readable image: not a PNG, JPEG, BMP, TIFF or WebP file (other formats are "
+                        "not opened; convert it to PNG first)") from exc
+    except Image.DecompressionBombError as exc:
         raise DataError(f"{p}: not a readable image ({exc})") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # Pillow's corrupt-file errors vary by plugin
         raise DataError(f"{p}: corrupt or truncated image ({type(exc).__name__}: {exc})") from exc

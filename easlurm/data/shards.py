@@ -34,6 +34,7 @@ import h5py
 import numpy as np
 
 from ..errors import DataError
+from ..progress import progress
 from ..store import atomic_write_json, sha256_file
 from .bicubic import bicubic_downscale
 from .images import list_images, read_rgb
@@ -184,7 +185,8 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 def build_shards(hr_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], scale: int,
                  lr_dir: str | os.PathLike[str] | None = None, shard_size: int = 64,
                  sub_image: int | None = None, sub_step: int | None = None, min_size: int = 0,
-                 *, chunk: int = DEFAULT_CHUNK, compression: str | None = None) -> dict[str, Any]:
+                 *, chunk: int = DEFAULT_CHUNK, compression: str | None = None,
+                 show_progress: bool = True) -> dict[str, Any]:
     """Build a shard folder from the images in ``hr_dir`` (and their LR partners in ``lr_dir``); return the manifest.
 
     ``scale``: integer SR factor. ``shard_size``: entries per shard file. ``sub_image``/``sub_step``: cut every HR
@@ -192,6 +194,8 @@ def build_shards(hr_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     be multiples of ``scale``; the last row/column of crops is flush with the border); entry ids become
     ``<stem>_s001``, ``<stem>_s002`` … row-major. ``min_size``: an HR image whose smaller side is below it is an
     error. ``chunk``: HDF5 chunk side in HR px (LR uses ``chunk // scale``); ``compression``: None or ``"lzf"``.
+    ``show_progress``: report images done, rate and ETA on stderr (:mod:`easlurm.progress`: a bar on a terminal,
+    else at most one line per 10 % and 30 s).
 
     Raises :class:`DataError` naming the culprit file for unreadable images, missing/ambiguous/mis-sized LR
     partners, duplicate ids, images below ``min_size`` or ``sub_image``; nothing new is left in ``out_dir`` then.
@@ -227,7 +231,7 @@ def build_shards(hr_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     try:
         os.chmod(tmp, _umask_mode(0o777))
         manifest = _build_into(tmp, sorted(stems.items()), lr_pairs, s, shard_size, sub_image, sub_step,
-                               min_size, chunk, compression)
+                               min_size, chunk, compression, f"shards {out.name}" if show_progress else None)
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -237,13 +241,14 @@ def build_shards(hr_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
 
 def _build_into(tmp: Path, sources: list[tuple[str, Path]], lr_pairs: dict[str, Path] | None, s: int,
                 shard_size: int, sub_image: int | None, sub_step: int | None, min_size: int, chunk: int,
-                compression: str | None) -> dict[str, Any]:
+                compression: str | None, progress_desc: str | None) -> dict[str, Any]:
     writer = _ShardWriter(tmp, shard_size, chunk, s, compression)
     entries: list[dict[str, Any]] = []
     seen: dict[str, Path] = {}
     hr_pixels = 0
     try:
-        for stem, hr_path in sources:
+        for stem, hr_path in progress(sources, desc=progress_desc or "", unit="images",
+                                      enabled=progress_desc is not None):
             hr = read_rgb(hr_path)
             h0, w0 = hr.shape[:2]
             if min(h0, w0) < min_size:
@@ -287,7 +292,9 @@ def _build_into(tmp: Path, sources: list[tuple[str, Path]], lr_pairs: dict[str, 
         writer.close()
     shards = []
     total_bytes = 0
-    for name, count in zip(writer.names, writer.counts, strict=True):
+    for name, count in progress(list(zip(writer.names, writer.counts, strict=True)),
+                                desc=f"{progress_desc} sha256" if progress_desc else "", unit="shards",
+                                enabled=progress_desc is not None):
         path = tmp / name
         _fsync_file(path)
         total_bytes += path.stat().st_size

@@ -226,7 +226,7 @@ def _run_ea(run: RunDir, cfg: Config, cycle: int, device: str | None, pre: Preem
         model = factory.build_generator(cfg).to(dev).eval()
         perceptual = factory.build_perceptual(cfg).to(dev).eval()
         fitness = FitnessSet.from_config(cfg)
-        objective = Objectives(model, perceptual, fitness.to(dev), ea.eval_batch, ea.objective_mean)
+        objective = Objectives(model, perceptual, fitness.to(dev), ea.eval_batch, cfg.data.fitness_mean)
         resumed = _load_progress(progress, dev)
         if resumed is None:
             genomes, refs = [], []
@@ -341,11 +341,9 @@ def _write_outputs(run: RunDir, cfg: Config, cycle: int, members: list[tuple[Pat
     hv0 = hypervolume(F0, st.hv_ref)
     record = {
         "cycle": cycle, "selection": ea.selection, "generations": ea.generations, "population": n,
-        "seed": cfg.run.seed, "objectives": list(OBJECTIVE_NAMES), "objective_mean": ea.objective_mean,
+        "seed": cfg.run.seed, "objectives": list(OBJECTIVE_NAMES), "objective_mean": cfg.data.fitness_mean,
         "perceptual": {"net": getattr(perceptual, "net", None), "layers": dict(cfg.loss.perceptual.layers)},
-        "fitness_set": {"tile": cfg.data.fitness_tile, "scale": cfg.data.scale,
-                        "max_tiles_per_image": cfg.data.fitness_max_tiles, "max_images": cfg.data.fitness_images,
-                        **fitness.describe()},
+        "fitness_set": {"tile": cfg.data.fitness_tile, "scale": cfg.data.scale, **fitness.describe()},
         "eval_batch": ea.eval_batch, "initial": F0.tolist(), "final": st.F.tolist(),
         "preferences": [list(m.preference) for _, m in members],
         "z_initial": st.z_initial.to_dict(), "z_final": st.z.to_dict(),

@@ -4,9 +4,10 @@ Both are minimised and computed without gradients, in eval mode, on the generato
 what the Adam phase trains on) against the HR tile. No GAN term: discriminators play no part in the EA phase.
 Images are NCHW RGB float32 in [0, 1] throughout.
 
-Averaging (``ea.objective_mean``): ``images`` — the mean over fitness images of each image's mean over its tiles
-(every image counts the same, whatever its tile count; the reference's per-image averaging) — or ``tiles``, the
-plain mean over all tiles. Batches never straddle two images, so both are exact.
+Averaging (``data.fitness_mean``): ``image`` — the mean over fitness images of each image's mean over its tiles
+(every image counts the same, whatever its tile count; the reference's per-image averaging) — or ``tile``, the
+plain mean over all tiles. Batches never straddle two images, so both are exact. The tiles themselves are chosen by
+:class:`easlurm.data.fitness.FitnessTiles` (N distinct source images, the reference's tile rule).
 """
 from __future__ import annotations
 
@@ -36,26 +37,24 @@ class FitnessSet:
     image: list[int]
     rows: list[dict[str, Any]]
     source_sha256: dict[str, str]
+    info: dict[str, Any] | None = None
 
     @classmethod
     def from_config(cls, cfg: Config) -> FitnessSet:
-        """Tiles of ``data.fitness_tile`` HR px from the first ``data.fitness_images`` sorted ids of the fitness
-        shards, at most ``data.fitness_max_tiles`` per image (:class:`easlurm.data.dataset.TileDataset`)."""
-        from ..data.dataset import TileDataset
+        """The fitness tiles of ``data.fitness_*`` from the fitness shards (:mod:`easlurm.data.fitness`)."""
+        from ..data.fitness import FitnessTiles
 
-        ds = TileDataset(factory.data_dirs(cfg).fitness, cfg.data.fitness_tile, cfg.data.scale,
-                         cfg.data.fitness_max_tiles, max_images=cfg.data.fitness_images)
-        pairs = [ds[k] for k in range(len(ds))]
-        order = {eid: k for k, eid in enumerate(ds.image_ids)}
-        image = [order[eid] for eid, _, _ in ds.tiles]
-        return cls(torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]), image,
-                   ds.manifest_rows(), ds.source_hashes())
+        tiles = FitnessTiles.from_config(cfg.data, factory.data_dirs(cfg).fitness)
+        lr, hr, image_index = tiles.load()
+        return cls(lr, hr, [int(i) for i in image_index.tolist()], tiles.manifest_rows(), tiles.source_hashes(),
+                   tiles.describe())
 
     def __len__(self) -> int:
         return int(self.hr.shape[0])
 
     def to(self, device: torch.device | str) -> FitnessSet:
-        return FitnessSet(self.lr.to(device), self.hr.to(device), self.image, self.rows, self.source_sha256)
+        return FitnessSet(self.lr.to(device), self.hr.to(device), self.image, self.rows, self.source_sha256,
+                          self.info)
 
     def groups(self) -> list[tuple[int, int]]:
         """``[start, end)`` tile ranges of each image, in order."""
@@ -69,7 +68,7 @@ class FitnessSet:
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready record of the tiles (id, y, x, size in HR px) and the sha256 of their source images."""
-        return {"tiles": self.rows, "source_sha256": dict(sorted(self.source_sha256.items())),
+        return {**(self.info or {}), "tiles": self.rows, "source_sha256": dict(sorted(self.source_sha256.items())),
                 "count": len(self), "images": len(set(self.image))}
 
 
@@ -78,16 +77,16 @@ class Objectives:
 
     ``model`` is the backbone whose parameters the genome replaces (via ``torch.func.functional_call``, so the model
     itself is never modified); ``perceptual`` maps (sr, hr) NCHW RGB [0, 1] to a scalar mean loss. Both are put in
-    eval mode. ``mean``: ``images`` (per-image means, then their mean) or ``tiles``. Sums are float64. A diverged
+    eval mode. ``mean``: ``image`` (per-image means, then their mean) or ``tile``. Sums are float64. A diverged
     genome gives NaN/inf, which the caller must reject. ``calls`` counts evaluations.
     """
 
     def __init__(self, model: nn.Module, perceptual: nn.Module, fitness: FitnessSet, batch: int,
-                 mean: str = "images") -> None:
+                 mean: str = "image") -> None:
         if batch < 1:
             raise ConfigError(f"ea.eval_batch: must be >= 1, got {batch}")
-        if mean not in ("images", "tiles"):
-            raise ConfigError(f"ea.objective_mean: must be images or tiles, got {mean!r}")
+        if mean not in ("image", "tile"):
+            raise ConfigError(f"data.fitness_mean: must be image or tile, got {mean!r}")
         self.model = model.eval()
         self.perceptual = perceptual.eval()
         self.fitness = fitness
@@ -136,7 +135,7 @@ class Objectives:
             p = self.perceptual(sr, target=targets[k]) if targets is not None else self.perceptual(sr, hr)
             perc[img] += p.double() * b
             count[img] += b
-        if self.mean == "images":
+        if self.mean == "image":
             return float((l1 / count).mean()), float((perc / count).mean())
         total = count.sum()
         return float(l1.sum() / total), float(perc.sum() / total)

@@ -41,7 +41,9 @@ def test_held_jobs_wait_with_their_reason_then_give_up_after_the_bound(reason):
     v, why, _ = verdict(job="7", state="PENDING", reason=reason, held_for_s=10)
     assert v is Verdict.WAIT and reason in why
     v, why, _ = verdict(job="7", state="PENDING", reason=reason, held_for_s=601)
+    d = decide(TaskView(done=False, job="7", state="PENDING", reason=reason, held_for_s=601), POLICY)
     assert v is Verdict.GIVE_UP and "scontrol release 7" in why and "hold_timeout_min" in why
+    assert not d.cancel_queued  # the queue is left for the admin to release
 
 
 @pytest.mark.parametrize("state", ["HELD"])

@@ -139,7 +139,7 @@ def _cpu_genome(genome: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # Generation checkpoints
 
 
-def _save_progress(folder: Path, st: EAState, F0: np.ndarray, lease: Lease) -> None:
+def _save_progress(folder: Path, st: EAState, F0: np.ndarray, evaluations: int, lease: Lease) -> None:
     unique: list[Genome] = []
     index: list[int] = []
     for gnm in st.genomes:
@@ -151,7 +151,8 @@ def _save_progress(folder: Path, st: EAState, F0: np.ndarray, lease: Lease) -> N
     state = {"generation": st.generation, "F": st.F.tolist(), "F0": F0.tolist(), "refs": st.refs,
              "slots": index, "z": st.z.to_dict(), "z_initial": st.z_initial.to_dict(), "hv_ref": st.hv_ref,
              "children_F": [list(f) for f in st.children_F], "hypervolume": st.hypervolume,
-             "accepted": st.accepted, "rejected": st.rejected, "distinct": st.distinct}
+             "accepted": st.accepted, "rejected": st.rejected, "distinct": st.distinct,
+             "evaluations": evaluations}
     lease.check()
     commit_checkpoint(folder, {"genomes.pt": torch_bytes([_cpu_genome(g) for g in unique]),
                                "rows.jsonl": "".join(json.dumps(r, sort_keys=True) + "\n"
@@ -161,7 +162,7 @@ def _save_progress(folder: Path, st: EAState, F0: np.ndarray, lease: Lease) -> N
     log.info("EA checkpoint after generation %d (%s)", st.generation, folder)
 
 
-def _load_progress(folder: Path, device: torch.device) -> tuple[EAState, np.ndarray] | None:
+def _load_progress(folder: Path, device: torch.device) -> tuple[EAState, np.ndarray, int] | None:
     meta = read_checkpoint_meta(folder, recover=True)
     if meta is None:
         return None
@@ -186,7 +187,7 @@ def _load_progress(folder: Path, device: torch.device) -> tuple[EAState, np.ndar
                  generation=s["generation"], rows=rows, children_F=[tuple(f) for f in s["children_F"]],
                  hypervolume=s["hypervolume"], accepted=s["accepted"], rejected=s["rejected"],
                  distinct=s["distinct"])
-    return st, np.array(s["F0"], dtype=np.float64)
+    return st, np.array(s["F0"], dtype=np.float64), int(s.get("evaluations", 0))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -246,8 +247,9 @@ def _run_ea(run: RunDir, cfg: Config, cycle: int, device: str | None, pre: Preem
                     raise CheckpointError(f"{folder}: generator has non-finite objectives {f.tolist()} on the "
                                           f"fitness set (diverged?)")
             st = EAState.initial(genomes, F0, refs)
+            before = 0
         else:
-            st, F0 = resumed
+            st, F0, before = resumed
             log.info("cycle %d EA phase: resuming after generation %d", cycle, st.generation)
         weights = np.array([m.preference for _, m in members], dtype=np.float64)
         fixed = [j for j in range(n) if slot_mode(cfg, j) == "frozen"]
@@ -269,7 +271,7 @@ def _run_ea(run: RunDir, cfg: Config, cycle: int, device: str | None, pre: Preem
             last = s.generation >= ea.generations
             if not last and (s.generation % ea.checkpoint_every == 0 or pre.requested):
                 tb.flush()
-                _save_progress(progress, s, F0, lease)
+                _save_progress(progress, s, F0, before + objective.calls, lease)
             if pre.requested and not last:
                 tb.close()
                 pre.finish()
@@ -277,7 +279,8 @@ def _run_ea(run: RunDir, cfg: Config, cycle: int, device: str | None, pre: Preem
         try:
             evolve(st, weights, ea, cycle=cycle, run_seed=cfg.run.seed, fixed=fixed, evaluate=objective,
                    on_generation=on_generation)
-            record = _write_outputs(run, cfg, cycle, members, st, F0, fitness, perceptual, objective.calls, lease)
+            record = _write_outputs(run, cfg, cycle, members, st, F0, fitness, perceptual, before + objective.calls,
+                                    lease)
             png = (run.ea(cycle) / "front.png").read_bytes()
             _tb_front(tb, png, step0 + ea.generations)
         finally:

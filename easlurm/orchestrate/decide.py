@@ -8,7 +8,7 @@ Rules (every case has a unit test, tests/test_decide.py):
 * **Queued or running** (PENDING, RUNNING, REQUEUED) → wait; on a fresh launcher these are *adopted*.
 * **Held** — held by an admin or user, REQUEUE_HOLD, SPECIAL_EXIT, or pending for a reason it cannot outgrow (bad
   constraints, a partition that does not exist) → wait, showing Slurm's reason, until held longer than
-  ``executor.hold_timeout_min``; then give up saying how to release it.
+  ``executor.hold_timeout_min``; then stop following (the queue is left as it is) saying how to release it.
 * **Cancelled by a user** (not by this launcher) → give up: the person meant it. ``--resume`` resubmits it.
   Cancelled by this launcher (a queued job whose dependency had failed) → resubmit, no retry spent.
 * **Unknown** — Slurm has forgotten the job (``MinJobAge``, no accounting) — is judged by the files, never assumed
@@ -73,6 +73,7 @@ class Decision:
     verdict: Verdict
     reason: str
     spends_retry: bool = False
+    cancel_queued: bool = True      # on GIVE_UP: cancel this run's queued jobs (they could never start)
 
 
 def is_held(view: TaskView) -> bool:
@@ -92,8 +93,9 @@ def decide(view: TaskView, policy: Policy) -> Decision:
         why = view.reason or state
         if view.held_for_s > policy.hold_timeout_s:
             return Decision(Verdict.GIVE_UP, f"job {job} held ({why}) for {view.held_for_s / 60:.0f} min, longer "
-                                             f"than executor.hold_timeout_min; release it (scontrol release {job}) "
-                                             f"or cancel it, then launch again with --resume")
+                                             f"than executor.hold_timeout_min; the jobs stay queued: release it "
+                                             f"(scontrol release {job}) and follow again with --resume",
+                            cancel_queued=False)
         return Decision(Verdict.WAIT, f"job {job} held: {why}")
     if state in _ACTIVE:
         verb = Verdict.ADOPT if view.adopting else Verdict.WAIT

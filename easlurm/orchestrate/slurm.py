@@ -161,7 +161,7 @@ class SlurmExecutor:
 
     def _give_up(self, pending: list[Stage], latest: dict[tuple[str, int], tuple[str, list[str]]],
                  infos: dict[str, slurm_state.JobInfo] | None, stage: Stage, i: int, d: Decision) -> None:
-        queued = [job for (key, _), (job, _) in latest.items() if key in {s.key for s in pending}
+        queued = [job for (key, _), (job, _) in latest.items() if d.cancel_queued and key in {s.key for s in pending}
                   and infos is not None and infos.get(job, slurm_state.JobInfo("UNKNOWN")).state == "PENDING"]
         if queued:
             scancel(queued)

@@ -4,8 +4,8 @@
 else the one already running in the default state dir, else one started here with accounting (slurmdbd + MariaDB)
 and stopped at the end of the session. It sets ``os.environ["SLURM_CONF"]`` for the whole session.
 
-``slurm_cluster_noacct`` (session): a cluster without accounting, so ``sacct`` says "accounting storage is
-disabled". When ``slurm_cluster`` itself has no accounting it is reused; otherwise a second cluster runs beside it
+``slurm_cluster_noacct`` (session): a production-like cluster: no accounting (``sacct`` says "accounting storage is
+disabled") and a short ``MinJobAge`` (finished jobs are forgotten after 10 s). When ``slurm_cluster`` itself has no accounting it is reused; otherwise a second cluster runs beside it
 in its own state dir on other ports (slurmctld 6827, slurmd 6828) — starting one takes about 3 s, which is cheaper
 and less fragile than restarting the main cluster in the other mode and back. Tests switch to it with
 ``monkeypatch.setenv("SLURM_CONF", str(cluster.conf))``.
@@ -29,6 +29,8 @@ CLUSTER_SH = Path(__file__).resolve().with_name("cluster.sh")
 MAIN_STATE = Path(os.environ.get("EASLURM_SLURM_STATE", "/tmp/easlurm-slurm"))
 NOACCT_STATE = Path(os.environ.get("EASLURM_SLURM_NOACCT_STATE", "/tmp/easlurm-slurm-noacct"))
 NOACCT_PORT_BASE = 6827
+#: The production-like cluster forgets finished jobs after this many seconds (Slurm's default is 300).
+NOACCT_MIN_JOB_AGE = 10
 _BINARIES = ("slurmctld", "slurmd", "sinfo", "squeue", "sacct", "sbatch", "munged")
 
 
@@ -128,7 +130,8 @@ def slurm_cluster_noacct(slurm_cluster: SlurmCluster) -> Iterator[SlurmCluster]:
     if not slurm_cluster.accounting:
         yield slurm_cluster
         return
-    cluster = _start(NOACCT_STATE, "--no-accounting", "--port-base", str(NOACCT_PORT_BASE))
+    cluster = _start(NOACCT_STATE, "--no-accounting", "--min-job-age", str(NOACCT_MIN_JOB_AGE), "--port-base",
+                     str(NOACCT_PORT_BASE))
     if cluster.accounting:
         _stop(cluster)
         pytest.fail(f"{cluster.conf} was expected to run without accounting, but sacct answers", pytrace=False)

@@ -1,4 +1,10 @@
-"""The launcher against the real single-node cluster: arrays, afterok chains, faults, resume, no accounting."""
+"""The launcher against real single-node clusters: arrays, afterok chains, faults, resume, production-like settings.
+
+Two clusters (tests/slurm/conftest.py): the lab one (accounting, jobs remembered for a day) and a production-like
+one (no accounting, ``MinJobAge`` 10 s). Runs that need "the Slurm commands hidden from the job's PATH, as in the
+container" go through a stand-in ``apptainer`` (``fake_container``) that runs the task with a clean environment
+and a PATH holding only a python.
+"""
 from __future__ import annotations
 
 import json
@@ -9,36 +15,58 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
 from easlurm.store import RunDir
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ("executor.poll_s=0.5", "executor.slurm.array_parallelism=3", "ea.generations=1")
 
 
 def _launch(run: Path, env: dict[str, str], *extra: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "easlurm.launch", "--resume", str(run), "--executor", "slurm",
-                           *extra], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "easlurm.launch", "--resume", str(run), *extra],
+                          capture_output=True, text=True, env=env, timeout=timeout)
 
 
-def _submissions(run: Path) -> list[dict]:
+def _submissions(run: Path) -> list[dict[str, Any]]:
     return json.loads((run / "state.json").read_text())["submissions"]
 
 
-def _jobs_per_stage(run: Path) -> dict[str, int]:
+def _jobs_of(run: Path, stage: str) -> list[str]:
+    return [job for sub in _submissions(run) if sub["stage"] == stage for job in sub["tasks"]]
+
+
+def _tasks_per_stage(run: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     for sub in _submissions(run):
-        for key, ids in sub["stages"].items():
-            counts[key] = counts.get(key, 0) + len(ids)
+        counts[sub["stage"]] = counts.get(sub["stage"], 0) + len(sub["tasks"])
     return counts
+
+
+def _wait(cond: Callable[[], Any], timeout: float = 300, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _iteration(folder: Path) -> int:
+    try:
+        return int(json.loads((folder / "meta.json").read_text())["iteration"])
+    except (OSError, ValueError, KeyError):
+        return -1
 
 
 def _scontrol_times(job: str, env: dict[str, str]) -> tuple[float, float]:
     out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, env=env).stdout
+
     def t(name: str) -> float:
         m = re.search(rf"{name}=(\S+)", out)
         assert m, f"{name} missing for {job}: {out[:300]}"
@@ -46,106 +74,213 @@ def _scontrol_times(job: str, env: dict[str, str]) -> tuple[float, float]:
     return t("StartTime"), t("EndTime")
 
 
-def _wait_iteration(folder: Path, at_least: int, timeout: float = 180) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            it = json.loads((folder / "meta.json").read_text())["iteration"]
-            if it >= at_least:
-                return it
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{folder}: iteration {at_least} never reached")
+@pytest.fixture
+def fake_container(tmp_path: Path) -> tuple[str, ...]:
+    """Config overrides that run every task through a stand-in ``apptainer exec``: like the project's image, the
+    command sees a clean environment (``APPTAINERENV_*`` and ``--env`` only) and a PATH without Slurm commands."""
+    bin_dir = tmp_path / "image-bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
+    (bin_dir / "python").chmod(0o755)
+    fake = tmp_path / "apptainer"
+    fake.write_text(f"""#!{sys.executable}
+import os, sys
+args = sys.argv[1:]
+assert args.pop(0) == "exec", sys.argv
+clean, extra = False, {{}}
+while args[0].startswith("--"):
+    opt = args.pop(0)
+    if opt == "--cleanenv":
+        clean = True
+    elif opt == "--env":
+        k, _, v = args.pop(0).partition("=")
+        extra[k] = v
+    elif opt == "--bind":
+        args.pop(0)
+image = args.pop(0)
+env = {{}} if clean else dict(os.environ)
+env.update({{k[len("APPTAINERENV_"):]: v for k, v in os.environ.items() if k.startswith("APPTAINERENV_")}})
+env.update(extra)
+env["PATH"] = {str(bin_dir)!r}
+env.setdefault("HOME", "/root")
+print("fake-apptainer: PATH=" + env["PATH"], file=sys.stderr, flush=True)
+os.execve({str(bin_dir / "python")!r}, ["python", *args[1:]], env) if args[0] == "python" else os.execvpe(
+    args[0], args, env)
+""")
+    fake.chmod(0o755)
+    image = tmp_path / "easlurm.sif"
+    image.write_bytes(b"")
+    return (f"container.image={image}", f"container.binary={fake}", "container.nv=false")
 
 
 def test_end_to_end_arrays_chain_and_results(slurm_cluster, make_run):
-    run = make_run([*FAST, "run.cycles=2"])
+    run = make_run([*FAST, "run.cycles=1"])
     env = slurm_cluster.env()
-    res = _launch(run, env)
+    res = _launch(run, env, "--executor", "slurm")
     assert res.returncode == 0, res.stdout + res.stderr
     assert (run / "eval" / "results.md").is_file() and (run / "fusion" / "fused.pt").is_file()
-    subs = _submissions(run)
-    assert len(subs) == 1, subs  # one chain, submitted at once
-    stages = subs[0]["stages"]
-    assert sorted(stages) == sorted(["pretrain", "adam/000", "ea/000", "adam/001", "ea/001", "fuse", "eval"])
+    assert [s["stage"] for s in _submissions(run)] == ["pretrain", "init", "adam/000", "ea/000", "adam/001",
+                                                        "fuse", "eval"]  # one chain, submitted at once
     for c in ("000", "001"):
-        ids = stages[f"adam/{c}"]
+        ids = _jobs_of(run, f"adam/{c}")
         array = ids[0].split("_")[0]
-        assert ids == [f"{array}_{k}" for k in range(3)]  # one array, tasks _0.._2
-        last_task_end = max(_scontrol_times(j, env)[1] for j in ids)
-        ea_start, ea_end = _scontrol_times(stages[f"ea/{c}"][0], env)
-        assert ea_start >= last_task_end  # the EA job started only after its array ended
-    out = subprocess.run([sys.executable, "-m", "easlurm.status", str(run)], capture_output=True, text=True,
-                         env=env)
-    assert out.returncode == 0 and re.search(r"eval\s+COMPLETED", out.stdout), out.stdout
+        assert ids == [f"{array}_{k}" for k in range(3)]  # one array, tasks _0.._2 = members 0..2
+    last_task_end = max(_scontrol_times(j, env)[1] for j in _jobs_of(run, "adam/000"))
+    ea_start, _ = _scontrol_times(_jobs_of(run, "ea/000")[0], env)
+    assert ea_start >= last_task_end  # the EA job started only after the members ended
+    assert _submissions(run)[3]["dependency"] == _jobs_of(run, "adam/000")
 
 
-def test_scancelled_task_is_retried_and_requeued_task_resumes(slurm_cluster, make_run):
-    """One run, two faults in the same Adam phase: member 1's task is scancelled (the launcher resubmits it) and
-    member 2's task is requeued by Slurm (it continues from its checkpoint, not from iteration 0)."""
-    run = make_run([*FAST, "run.cycles=1", "adam.iters_per_cycle=100", "adam.checkpoint_every=10",
-                    "adam.log_every=100", "adam.image_every=1000"])
+def test_detached_run_cancelled_and_forgotten_by_slurm_resumes_on_slurm(slurm_cluster_noacct, make_run):
+    """Production-like: no accounting, MinJobAge 10 s. The config says local; the run was launched on Slurm."""
+    run = make_run([*FAST, "run.cycles=1", "executor.kind=local"])
+    env = slurm_cluster_noacct.env()
+    res = _launch(run, env, "--executor", "slurm", "--detach")
+    assert res.returncode == 0, res.stdout + res.stderr
+    jobs = [j.split("_")[0] for s in _submissions(run) for j in s["tasks"]]
+    subprocess.run(["scancel", *sorted(set(jobs))], check=True, env=env)
+    # Wait until slurmctld has forgotten every job (no accounting: nobody can say what happened to them).
+    _wait(lambda: subprocess.run(["squeue", "-h", "--states=all", "-j", ",".join(sorted(set(jobs)))],
+                                 capture_output=True, text=True, env=env).stdout.strip() == "", 120,
+          "Slurm to forget the cancelled jobs")
+    res = _launch(run, env)  # no --executor: the run's own (slurm), not the config's (local)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "(executor: slurm)" in res.stdout and (run / "eval" / "results.md").is_file()
+    assert len(_submissions(run)) > 7  # the chain again, resubmitted
+
+
+def test_user_cancel_stops_the_launcher_and_a_requeued_task_resumes(slurm_cluster, make_run):
+    run = make_run([*FAST, "run.cycles=1", "adam.iters_per_cycle=600", "adam.checkpoint_every=10",
+                    "adam.log_every=600", "adam.image_every=1000"])
     env = slurm_cluster.env()
     launcher = subprocess.Popen([sys.executable, "-m", "easlurm.launch", "--resume", str(run), "--executor",
                                  "slurm"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        _wait_iteration(RunDir(run).member(0, 1), 10)
-        tasks = _submissions(run)[0]["stages"]["adam/000"]
-        subprocess.run(["scancel", tasks[1]], check=True, env=env)
-        reached = _wait_iteration(RunDir(run).member(0, 2), 20)
+        reached = _wait(lambda: _iteration(RunDir(run).member(0, 2)) >= 20 and _iteration(RunDir(run).member(0, 2)),
+                        what="member 2 at iteration 20")
+        tasks = _jobs_of(run, "adam/000")
         subprocess.run(["scontrol", "requeue", tasks[2]], check=True, env=env)
-        out, _ = launcher.communicate(timeout=600)
+        log2 = run / "slurm" / "adam-000" / f"{tasks[2]}.out"
+        _wait(lambda: len(re.findall(r"member 02: (?:starting|resuming) at iteration", log2.read_text())) >= 2,
+              what="member 2 to restart after the requeue")
+        subprocess.run(["scancel", tasks[1]], check=True, env=env)
+        out, _ = launcher.communicate(timeout=300)
     finally:
         if launcher.poll() is None:
             launcher.kill()
-    assert launcher.returncode == 0, out
+    assert launcher.returncode == 2, out
+    assert f"job {tasks[1]} was cancelled by a user; not resubmitted" in out
+    starts = [int(m) for m in re.findall(r"member 02: (?:starting|resuming) at iteration (\d+)/150",
+                                         log2.read_text())]
+    assert starts[0] == 0 and starts[1] >= reached >= 20  # the same job ran again, from its checkpoint
+    res = _launch(run, env)  # --resume: the user's cancel is overridden
+    assert res.returncode == 0, res.stdout + res.stderr
     assert (run / "eval" / "results.md").is_file()
-    # scancel: the launcher resubmitted exactly the unfinished member.
-    assert f"job {tasks[1]} ended CANCELLED; resubmitting" in out
-    retry = _submissions(run)[1]
-    assert retry["reason"].startswith("retry 1") and len(retry["stages"]["adam/000"]) == 1
-    assert retry["tasks"][retry["stages"]["adam/000"][0]] == 1
-    # requeue: the same Slurm task ran again and resumed from its last checkpoint.
-    log = (run / "slurm" / "adam-000" / f"{tasks[2]}_0_log.out").read_text()
-    starts = [int(m) for m in re.findall(r"member 2: (?:starting|resuming) at iteration (\d+)/100", log)]
-    assert len(starts) >= 2 and starts[0] == 0 and starts[-1] >= reached >= 20, log[-2000:]
 
 
-def test_killed_launcher_resumes_without_rerunning_finished_stages(slurm_cluster, make_run):
+def test_killed_launcher_resumes_and_adopts_without_rerunning_finished_stages(slurm_cluster, make_run):
     run = make_run([*FAST, "run.cycles=1", "adam.iters_per_cycle=60", "adam.checkpoint_every=10"])
     env = slurm_cluster.env()
     launcher = subprocess.Popen([sys.executable, "-m", "easlurm.launch", "--resume", str(run), "--executor",
                                  "slurm"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
-        _wait_iteration(RunDir(run).member(0, 0), 10)
+        _wait(lambda: _iteration(RunDir(run).member(0, 0)) >= 10, what="member 0 at iteration 10")
     finally:
         launcher.send_signal(signal.SIGKILL)
         launcher.wait()
     res = _launch(run, env)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "adopting active jobs" in res.stdout
-    assert (run / "eval" / "results.md").is_file()
-    counts = _jobs_per_stage(run)
-    assert counts == {"pretrain": 1, "adam/000": 3, "ea/000": 1, "fuse": 1, "eval": 1}
+    assert "adopting" in res.stdout and (run / "eval" / "results.md").is_file()
+    assert _tasks_per_stage(run) == {"pretrain": 1, "init": 1, "adam/000": 3, "ea/000": 1, "adam/001": 3,
+                                     "fuse": 1, "eval": 1}
 
 
-def test_without_accounting_the_run_completes_and_status_is_right(slurm_cluster_noacct, make_run):
-    """Also exercises executor.window: only one cycle is queued ahead; the launcher submits the next as it goes."""
-    run = make_run([*FAST, "run.cycles=2", "executor.window=1"])
-    env = slurm_cluster_noacct.env()
-    sacct = subprocess.run(["sacct", "-n"], capture_output=True, text=True, env=env)
-    assert "accounting storage is disabled" in (sacct.stdout + sacct.stderr).lower()
+def test_held_job_is_shown_with_its_reason_and_the_launcher_stops_waiting(slurm_cluster, make_run):
+    run = make_run([*FAST, "run.cycles=1", "executor.hold_timeout_min=0.1"])
+    env = slurm_cluster.env()
+    res = _launch(run, env, "--executor", "slurm", "--detach")
+    assert res.returncode == 0, res.stdout + res.stderr
+    ea = _jobs_of(run, "ea/000")[0]
+    subprocess.run(["scontrol", "hold", ea], check=True, env=env)
+    res = _launch(run, env, timeout=300)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert f"job {ea} held (JobHeld" in res.stderr and f"scontrol release {ea}" in res.stderr
+    subprocess.run(["scontrol", "release", ea], check=True, env=env)
     res = _launch(run, env)
     assert res.returncode == 0, res.stdout + res.stderr
-    out = subprocess.run([sys.executable, "-m", "easlurm.status", str(run)], capture_output=True, text=True,
-                         env=env)
-    assert out.returncode == 0, out.stderr
-    for key in ("pretrain", "adam/000", "ea/000", "adam/001", "ea/001", "fuse", "eval"):
-        assert re.search(rf"{re.escape(key)}\s+COMPLETED", out.stdout), (key, out.stdout)
-    assert os.path.getsize(run / "eval" / "results.csv") > 0
-    subs = _submissions(run)
-    assert sorted(subs[0]["stages"]) == ["adam/000", "ea/000", "pretrain"]  # the window: cycle 0 only
-    assert all(s["reason"] == "window" for s in subs[1:]) and len(subs) >= 2
-    assert _jobs_per_stage(run) == {"pretrain": 1, "adam/000": 3, "ea/000": 1, "adam/001": 3, "ea/001": 1,
-                                    "fuse": 1, "eval": 1}
+
+
+def test_killed_member_task_retry_takes_the_lease_without_slurm(slurm_cluster_noacct, make_run, fake_container):
+    """kill -9 of a member's process inside its (container-like, Slurm-less) job: the resubmitted task takes the
+    dead holder's lease over without asking Slurm and the run finishes."""
+    run = make_run([*FAST, *fake_container, "run.cycles=1", "adam.iters_per_cycle=120", "adam.checkpoint_every=10",
+                    "executor.lease_s=6"])
+    env = slurm_cluster_noacct.env()
+    launcher = subprocess.Popen([sys.executable, "-m", "easlurm.launch", "--resume", str(run), "--executor",
+                                 "slurm"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        folder = RunDir(run).member(0, 1)
+        _wait(lambda: _iteration(folder) >= 10, what="member 1 at iteration 10")
+        holder = json.loads((folder / ".lease").read_text())
+        os.kill(holder["pid"], signal.SIGKILL)
+        out, _ = launcher.communicate(timeout=600)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 0, out
+    assert "retry 1/2" in out and (run / "eval" / "results.md").is_file()
+    retry = [s for s in _submissions(run) if s["stage"] == "adam/000"][1]
+    assert list(retry["tasks"].values()) == [1]
+    log = (run / "slurm" / "adam-000" / f"{next(iter(retry['tasks']))}.out").read_text()
+    assert "fake-apptainer: PATH=" in log and re.search(r"member 01: resuming at iteration [1-9]\d*/120", log)
+
+
+def _calibrate(make_run: Callable[..., Path]) -> tuple[float, float]:
+    """Seconds per member iteration and per EA generation of the tiny config on this machine, right now."""
+    from easlurm.evo.job import run_ea
+    from easlurm.train.init import init_population
+    from easlurm.train.member import train_member
+    from easlurm.train.pretrain import pretrain
+
+    run = make_run(["run.cycles=1", "adam.iters_per_cycle=40", "adam.checkpoint_every=1000",
+                    "adam.log_every=1000", "adam.image_every=1000", "ea.generations=8"], name="calibration")
+    pretrain(run)
+    init_population(run)
+    t0 = time.perf_counter()
+    train_member(run, 0, 0)
+    t1 = time.perf_counter()
+    for i in (1, 2):
+        train_member(run, 0, i)
+    t2 = time.perf_counter()
+    run_ea(run, 0)
+    t3 = time.perf_counter()
+    return (t2 - t1) / 2 / 40, (t3 - t2) / 8
+
+
+def test_time_limits_checkpoint_and_continue_without_spending_a_retry(slurm_cluster_noacct, make_run,
+                                                                     fake_container):
+    """3-minute limits: the member and the EA stage get the warning signal, commit, are requeued from the host
+    (the task itself has no Slurm commands) and continue from their checkpoints; no retry is spent."""
+    s_iter, s_gen = _calibrate(make_run)
+    work_s = 110.0  # of computing per stage: more than one allocation holds before its warning signal
+    iters, gens = max(200, int(work_s / s_iter)), max(20, int(work_s / s_gen))
+    run = make_run([*FAST, *fake_container, "run.cycles=1", "population.size=2", f"adam.iters_per_cycle={iters}",
+                    "adam.final_phase_iters=4", f"adam.checkpoint_every={10 * iters}", "adam.log_every=50",
+                    "adam.image_every=100000", f"ea.generations={gens}", f"ea.checkpoint_every={10 * gens}",
+                    "executor.slurm.adam.time_min=3", "executor.slurm.adam.signal_lead_s=100",
+                    "executor.slurm.ea.time_min=3", "executor.slurm.ea.signal_lead_s=100",
+                    "executor.max_retries=0"], name="limits")
+    env = slurm_cluster_noacct.env()
+    res = _launch(run, env, "--executor", "slurm", timeout=1500)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert all(len(s["tasks"]) for s in _submissions(run)) and len(_submissions(run)) == 8  # nothing resubmitted
+    member_log = (run / "slurm" / "adam-000" / f"{_jobs_of(run, 'adam/000')[0]}.out").read_text()
+    assert "checkpoint committed at the pre-timeout signal; requeueing" in member_log
+    resumed = [int(m) for m in re.findall(rf"member 00: resuming at iteration (\d+)/{iters}", member_log)]
+    assert resumed and resumed[0] > 0, member_log[-3000:]
+    assert "restart 1" in member_log
+    ea_log = (run / "slurm" / "ea-000" / f"{_jobs_of(run, 'ea/000')[0]}.out").read_text()
+    assert "checkpoint committed at the pre-timeout signal; requeueing" in ea_log
+    m = re.search(r"resuming after generation (\d+)", ea_log)
+    assert m and 0 < int(m.group(1)) < gens, ea_log[-3000:]
+    assert json.loads((run / "cycles" / "000" / "ea" / "fitness.json").read_text())["evaluations"] < 2 * gens + 2

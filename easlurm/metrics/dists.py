@@ -31,6 +31,7 @@ import importlib.metadata
 import importlib.util
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ from ..assets import MissingWeightsError, WeightsMismatchError, conv_trunk_state
 from ..errors import EaslurmError
 from ..store import load_checkpoint
 
-__all__ = ["DISTS_WEIGHTS_SHA256", "DISTSNet", "DISTSMetric", "dists_weights_file", "load_alpha_beta"]
+__all__ = ["DISTS_WEIGHTS_SHA256", "DISTSNet", "DISTSMetric", "Feature", "dists_weights_file", "load_alpha_beta"]
 
 #: sha256 of ``DISTS_pytorch/weights.pt`` in the ``dists-pytorch==0.1`` wheel (α and β of the paper).
 DISTS_WEIGHTS_SHA256 = "f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218"
@@ -53,6 +54,14 @@ _C1 = 1e-6
 _C2 = 1e-6
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Feature(NamedTuple):
+    """One compared representation: the N×C×H×W map and its per-channel spatial mean and variance (N×C×1×1)."""
+
+    map: torch.Tensor
+    mean: torch.Tensor
+    var: torch.Tensor
 
 
 class _L2Pool(nn.Module):
@@ -118,32 +127,35 @@ class DISTSNet(nn.Module):
                                                f"(1, {sum(_CHANNELS)}, 1, 1)")
                 getattr(self, name).copy_(value)
 
-    def representations(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The six compared representations of ``x`` (N×3×H×W RGB in [0, 1]): the image, then relu1_2 … relu5_3."""
+    def representations(self, x: torch.Tensor) -> list[Feature]:
+        """The six compared representations of ``x`` (N×3×H×W RGB in [0, 1]): the image, then relu1_2 … relu5_3,
+        each with its per-channel spatial mean and population variance (N×C×1×1)."""
         h = (x - self.mean) / self.std
-        out = [x]
+        maps = [x]
         for stage in self.stages:
             h = stage(h)
-            out.append(h)
+            maps.append(h)
+        out = []
+        for f in maps:
+            var, mean = torch.var_mean(f, dim=(2, 3), keepdim=True, correction=0)
+            out.append(Feature(f, mean, var))
         return out
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """DISTS of each pair: x, y N×3×H×W RGB in [0, 1] → N distances."""
         return self.distance(self.representations(x), self.representations(y))
 
-    def distance(self, rx: list[torch.Tensor], ry: list[torch.Tensor]) -> torch.Tensor:
-        """DISTS from two images' :meth:`representations` (batch sizes equal, or one of them 1) → N distances."""
+    def distance(self, rx: list[Feature], ry: list[Feature]) -> torch.Tensor:
+        """DISTS from two images' :meth:`representations` (equal batch sizes, or one of them 1) → N distances."""
         total = self.alpha.sum() + self.beta.sum()
         alphas = torch.split(self.alpha / total, list(_CHANNELS), dim=1)
         betas = torch.split(self.beta / total, list(_CHANNELS), dim=1)
-        similarity = torch.zeros(max(rx[0].shape[0], ry[0].shape[0]), device=rx[0].device, dtype=rx[0].dtype)
+        x0 = rx[0].map
+        similarity = torch.zeros(max(x0.shape[0], ry[0].map.shape[0]), device=x0.device, dtype=x0.dtype)
         for fx, fy, a, b in zip(rx, ry, alphas, betas):
-            mx, my = fx.mean((2, 3), keepdim=True), fy.mean((2, 3), keepdim=True)
-            vx = ((fx - mx) ** 2).mean((2, 3), keepdim=True)
-            vy = ((fy - my) ** 2).mean((2, 3), keepdim=True)
-            cov = (fx * fy).mean((2, 3), keepdim=True) - mx * my
-            luminance = (2 * mx * my + _C1) / (mx ** 2 + my ** 2 + _C1)
-            structure = (2 * cov + _C2) / (vx + vy + _C2)
+            cov = (fx.map * fy.map).mean((2, 3), keepdim=True) - fx.mean * fy.mean
+            luminance = (2 * fx.mean * fy.mean + _C1) / (fx.mean ** 2 + fy.mean ** 2 + _C1)
+            structure = (2 * cov + _C2) / (fx.var + fy.var + _C2)
             similarity = similarity + (a * luminance + b * structure).sum((1, 2, 3))
         return 1 - similarity
 
@@ -192,41 +204,43 @@ def load_alpha_beta(path: str | os.PathLike[str] | None = None) -> tuple[torch.T
 class DISTSMetric:
     """Per-image DISTS distance with offline weights (lower = more similar).
 
-    ``device``: where the network runs. ``trunk_path`` optionally points at a torchvision ``vgg16-397923af.pth``
-    (see :mod:`easlurm.assets`); by default the offline VGG16 weights are used.
+    ``device``: where the network runs (on the CPU it runs channels-last, which oneDNN convolves about a fifth
+    faster). ``trunk_path`` optionally points at a torchvision ``vgg16-397923af.pth`` (see :mod:`easlurm.assets`);
+    by default the offline VGG16 weights are used.
     """
 
     def __init__(self, device: str | torch.device = "cpu",
                  trunk_path: str | os.PathLike[str] | None = None) -> None:
         self.device = torch.device(device)
+        self._format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         net = DISTSNet()
         alpha, beta = load_alpha_beta()
         net.load(conv_trunk_state_dict("vgg16", trunk_path), alpha, beta)
-        self.model = net.eval().requires_grad_(False).to(self.device)
+        self.model = net.eval().requires_grad_(False).to(self.device, memory_format=self._format)
 
     @torch.no_grad()
     def __call__(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         """sr, hr: N×3×H×W (or 3×H×W) RGB float in [0, 1], equal shapes → 1-D CPU tensor of N distances."""
+        if sr.shape != hr.shape:
+            raise ValueError(f"DISTS: shape mismatch sr {tuple(sr.shape)} vs hr {tuple(hr.shape)}")
         return self.compare(sr, self.prepare(hr))
 
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"DISTS expects N×3×H×W RGB in [0, 1], got shape {tuple(x.shape)}")
+        return x.to(self.device, torch.float32, memory_format=self._format)
+
     @torch.no_grad()
-    def prepare(self, hr: torch.Tensor) -> list[torch.Tensor]:
+    def prepare(self, hr: torch.Tensor) -> list[Feature]:
         """The reference side once, for scoring several images against it: hr N×3×H×W (or 3×H×W) in [0, 1]."""
-        hr = _check_batch(hr)
-        return self.model.representations(hr.to(self.device, torch.float32))
+        return self.model.representations(self._input(hr))
 
     @torch.no_grad()
-    def compare(self, sr: torch.Tensor, reference: list[torch.Tensor]) -> torch.Tensor:
+    def compare(self, sr: torch.Tensor, reference: list[Feature]) -> torch.Tensor:
         """DISTS of ``sr`` (shaped like the prepared reference image) against a :meth:`prepare`'d reference."""
-        sr = _check_batch(sr)
-        if tuple(sr.shape[1:]) != tuple(reference[0].shape[1:]) or sr.shape[0] != reference[0].shape[0]:
-            raise ValueError(f"DISTS: shape mismatch sr {tuple(sr.shape)} vs hr {tuple(reference[0].shape)}")
-        return self.model.distance(self.model.representations(sr.to(self.device, torch.float32)), reference).cpu()
-
-
-def _check_batch(x: torch.Tensor) -> torch.Tensor:
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"DISTS expects N×3×H×W RGB in [0, 1], got shape {tuple(x.shape)}")
-    return x
+        x = self._input(sr)
+        if x.shape != reference[0].map.shape:
+            raise ValueError(f"DISTS: shape mismatch sr {tuple(x.shape)} vs hr {tuple(reference[0].map.shape)}")
+        return self.model.distance(self.model.representations(x), reference).cpu()

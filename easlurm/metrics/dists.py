@@ -216,7 +216,7 @@ class DISTSMetric:
         net = DISTSNet()
         alpha, beta = load_alpha_beta()
         net.load(conv_trunk_state_dict("vgg16", trunk_path), alpha, beta)
-        self.model = net.eval().requires_grad_(False).to(self.device, memory_format=self._format)
+        self.model = net.eval().requires_grad_(False).to(self.device).to(memory_format=self._format)
 
     @torch.no_grad()
     def __call__(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:

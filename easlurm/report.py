@@ -10,7 +10,8 @@ Pareto plot: one panel per test set, x and y from :func:`easlurm.metrics.registr
 LPIPS, else DISTS, else SSIM-Y), each axis labelled with its direction. Members are circles; those on the members'
 Pareto front (:func:`easlurm.evo.pareto.pareto_front_mask`, both axes turned into "lower is better") are filled and
 joined by a line, dominated ones are hollow. The fused model is a red star, baselines (bicubic) grey squares;
-neither is part of the front computation. Every point is labelled with its model name (and a member's preference
+neither is part of the front computation. The axes frame the models; a baseline outside them is named in the legend
+with its values. Every point is labelled with its model name (and a member's preference
 ``w_dist:w_perc``).
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -138,6 +140,23 @@ def results_markdown(rows: Sequence[ResultRow], title: str = "Evaluation", scale
     return "\n".join(lines) + "\n"
 
 
+def _zoom_on_models(ax: Any, rows: Sequence[ResultRow], xs: Sequence[float], ys: Sequence[float]) -> list[bool]:
+    """Axis limits that frame the models (15 % margin), not the baselines: bicubic is usually far away and would
+    squeeze the members' front into a corner. Returns, per row, whether its point lies inside the limits."""
+    core = [i for i, r in enumerate(rows) if not r.baseline and math.isfinite(xs[i]) and math.isfinite(ys[i])]
+    if not core or len(core) == len(rows):
+        ax.margins(0.15)
+        return [True] * len(rows)
+    limits = []
+    for vals in (xs, ys):
+        lo, hi = min(vals[i] for i in core), max(vals[i] for i in core)
+        pad = 0.15 * (hi - lo) if hi > lo else max(abs(hi) * 0.01, 1e-3)
+        limits.append((lo - pad, hi + pad))
+    ax.set_xlim(*limits[0])
+    ax.set_ylim(*limits[1])
+    return [limits[0][0] <= xs[i] <= limits[0][1] and limits[1][0] <= ys[i] <= limits[1][1] for i in range(len(rows))]
+
+
 def pareto_png(rows: Sequence[ResultRow], dpi: int = 100) -> bytes:
     """The PSNR-vs-perception plot (see the module docstring) as PNG bytes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -161,14 +180,16 @@ def pareto_png(rows: Sequence[ResultRow], dpi: int = 100) -> bytes:
         for i in members:
             ax.scatter([xs[i]], [ys[i]], s=50, zorder=2, edgecolors="tab:blue",
                        facecolors="tab:blue" if on_front[i] else "none")
+        inside = _zoom_on_models(ax, sub, xs, ys)
         for group, style in ((lambda r: r.baseline, {"marker": "s", "s": 60, "color": "tab:gray"}),
                              (lambda r: not r.is_member and not r.baseline,
                               {"marker": "*", "s": 220, "color": "tab:red", "edgecolors": "black",
                                "linewidths": 0.6})):
             picked = [i for i, r in enumerate(sub) if group(r)]
             if picked:
-                ax.scatter([xs[i] for i in picked], [ys[i] for i in picked], zorder=3,
-                           label=", ".join(sub[i].model for i in picked), **style)
+                label = ", ".join(sub[i].model + ("" if inside[i] else f" ({xs[i]:.2f}, {ys[i]:.4g}; off the plot)")
+                                  for i in picked)
+                ax.scatter([xs[i] for i in picked], [ys[i] for i in picked], zorder=3, label=label, **style)
         for i, r in enumerate(sub):
             label = f"{r.model} ({format_preference(r.preference)})" if r.is_member else r.model
             ax.annotate(label, (xs[i], ys[i]), textcoords="offset points", xytext=(6, 4), fontsize=8)
@@ -178,7 +199,6 @@ def pareto_png(rows: Sequence[ResultRow], dpi: int = 100) -> bytes:
         ax.grid(True, alpha=0.3)
         if front or len(members) < len(sub):
             ax.legend(fontsize=8, loc="best")
-        ax.margins(0.15)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})

@@ -52,8 +52,8 @@ from .runtime import pick_device
 from .scoring import EvalError, EvalSet, ModelScore, open_test_set, open_test_sets, score_models
 from .store import RunDir, atomic_write_bytes, atomic_write_text, load_verified, read_checkpoint_meta
 
-__all__ = ["EvalError", "EvalSet", "ModelEntry", "parse_set_arg", "resolve_sets", "open_test_set", "final_models",
-           "score_entries", "evaluate_run", "main"]
+__all__ = ["EvalError", "EvalSet", "ModelEntry", "BICUBIC", "parse_set_arg", "resolve_sets", "open_test_set",
+           "check_test_sets", "final_models", "score_entries", "evaluate_run", "main"]
 
 log = logging.getLogger("easlurm.evaluate")
 
@@ -101,6 +101,12 @@ def resolve_sets(cfg: Config, extra: Mapping[str, str] | None = None) -> dict[st
     if not sets:
         raise EvalError("no test sets: set eval.sets or data.val in the config, or pass --sets NAME=PATH")
     return sets
+
+
+def check_test_sets(cfg: Config, extra: Mapping[str, str] | None = None) -> list[EvalSet]:
+    """Open every test set of ``cfg`` (plus ``extra``); ONE :class:`EvalError` names each missing or bad set, its path
+    and what to put there. Cheap (lists files, reads manifests): a launcher can call it before spending GPU-hours."""
+    return open_test_sets(resolve_sets(cfg, extra))
 
 
 def final_models(cfg: Config, run: RunDir) -> list[ModelEntry]:
@@ -198,7 +204,7 @@ def evaluate_run(run_dir: str | Path, sets: Mapping[str, str] | None = None,
     """
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)
-    test_sets = open_test_sets(resolve_sets(cfg, sets))  # before any model is loaded: one error for all bad sets
+    test_sets = check_test_sets(cfg, sets)  # before any model is loaded: one error for all bad sets
     entries = [BICUBIC, *final_models(cfg, run)]
     try:
         rows, scores = score_entries(cfg, entries, test_sets, device)

@@ -16,7 +16,7 @@ from PIL import Image
 from easlurm import factory
 from easlurm.config import load_config, load_run_config, write_config
 from easlurm.data.bicubic import bicubic_downscale, bicubic_upscale
-from easlurm.evaluate import EvalError, evaluate_run, main
+from easlurm.evaluate import EvalError, check_test_sets, evaluate_run, main
 from easlurm.fuse.job import run_fusion
 from easlurm.inference import tensor_to_uint8
 from easlurm.metrics import psnr_y, ssim_y
@@ -270,6 +270,9 @@ def test_missing_sets_are_one_error_before_any_model_is_loaded(tmp_path, demo_sh
     with pytest.raises(EvalError) as exc:
         evaluate_run(tmp_path / "run")
     msg = str(exc.value)
+    with pytest.raises(EvalError) as early:  # what a launcher can check before the run starts
+        check_test_sets(cfg)
+    assert str(early.value) == msg
     assert msg.startswith("bad test sets: test set 'Set5': ") and "test set 'Urban100': " in msg
     assert str(tmp_path / "Set5") in msg and str(tmp_path / "U100") in msg
     assert msg.count("put the set's HR images there") == 2 and "member" not in msg

@@ -308,49 +308,17 @@ def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
 
 def score_models(cfg: Config, models: Sequence[tuple[str, torch.nn.Module | None]],
                  device: str | None = None) -> list[ResultRow]:
-    """Score single models like ``easlurm.evaluate`` scores members: on every test set of ``cfg``.
+    """Score single models exactly as ``easlurm.evaluate`` scores members: on every test set of ``cfg``.
 
-    ``models``: ``(label, backbone)`` pairs; ``None`` as backbone means bicubic upsampling. Per image: HR
-    mod-cropped (uint8 HWC RGB), LR = MATLAB bicubic, SR through :func:`easlurm.upscale.super_resolve` (uint8),
-    PSNR-Y/SSIM-Y with ``crop_border = scale``, LPIPS-alex v0.1 (when ``eval.lpips``); means per set.
+    ``models``: ``(label, backbone)`` pairs; ``None`` as backbone means bicubic upsampling. This is
+    :func:`easlurm.evaluate.score_entries` (bicubic LR, ``super_resolve``, the metrics of ``eval.metrics`` with their
+    crops; means per set), so the rows match the stage's ``results.csv`` rows.
     """
-    from easlurm.data.bicubic import bicubic_downscale
-    from easlurm.evaluate import open_test_set, resolve_sets
-    from easlurm.metrics.psnr_ssim import psnr_y, ssim_y
-    from easlurm.train.member import pick_device
-    from easlurm.upscale import super_resolve
+    from easlurm.evaluate import ModelEntry, resolve_sets, score_entries
+    from easlurm.scoring import open_test_sets
 
-    dev = pick_device(device)
-    scale = cfg.data.scale
-    lpips_metric = None
-    if cfg.eval.lpips:
-        from easlurm.metrics.lpips import LPIPSMetric
-
-        lpips_metric = LPIPSMetric(net="alex", version="0.1", device=dev)
-
-    def as_tensor(img: np.ndarray) -> torch.Tensor:
-        return torch.tensor(img).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
-
-    rows: list[ResultRow] = []
-    with torch.no_grad():
-        for name, path in resolve_sets(cfg).items():
-            ts = open_test_set(name, path)
-            per: dict[str, list[tuple[float, float, float | None]]] = {label: [] for label, _ in models}
-            for _, hr in ts.images(scale):
-                lr = bicubic_downscale(hr, scale)
-                for label, model in models:
-                    if model is None:
-                        sr = bicubic_upscale(lr, scale)
-                    else:
-                        sr = super_resolve(model.eval(), lr, scale, cfg.eval.tile, 16, str(dev))
-                    lp = (float(lpips_metric(as_tensor(sr), as_tensor(hr))[0])
-                          if lpips_metric is not None else None)
-                    per[label].append((psnr_y(sr, hr, scale), ssim_y(sr, hr, scale), lp))
-            for label, _ in models:
-                vals = per[label]
-                lp_mean = float(np.mean([v[2] for v in vals])) if lpips_metric is not None else None
-                rows.append(ResultRow(name, label, None, float(np.mean([v[0] for v in vals])),
-                                      float(np.mean([v[1] for v in vals])), lp_mean, len(vals)))
+    entries = [ModelEntry(label, None, model) for label, model in models]
+    rows, _ = score_entries(cfg, entries, open_test_sets(resolve_sets(cfg)), device)
     return rows
 
 

@@ -201,11 +201,20 @@ class FusionConfig:
     log_every: int = _f(100, min=1)
 
 
+#: Names of easlurm.metrics.registry.METRICS (a test keeps the two lists equal; config sits below metrics).
+EvalMetric = Literal["psnr", "ssim", "lpips", "dists"]
+
+
 @dataclass
 class EvalConfig:
-    """Evaluation on test sets (BasicSR conventions: Y channel, crop `scale` border pixels)."""
+    """Evaluation on test sets (DESIGN.md §2): a bicubic row plus every final model, BasicSR conventions (uint8
+    outputs; PSNR/SSIM on the Y channel with `scale` border pixels cropped)."""
     sets: dict[str, str] = _f(factory=dict, doc="name → folder of HR images or shard folder; empty → data.val")
-    lpips: bool = True
+    metrics: list[EvalMetric] = _f(factory=lambda: ["psnr", "ssim", "lpips", "dists"],
+                                   doc="per-image metrics, in table order: psnr and ssim (Y channel), lpips "
+                                       "(alex v0.1), dists (easlurm.metrics.registry)")
+    perceptual_crop: int | None = _f(None, min=0, doc="px cropped at every border before lpips and dists; null → "
+                                                      "data.scale, as the reference code; 0 → the whole image")
     tile: int | None = _f(None, min=8, doc="LR tile size for tiled inference (bounded memory)")
 
 
@@ -402,6 +411,7 @@ def _check_range(value: Any, meta: Mapping[str, Any], path: str) -> None:
 _REPLACED = {
     "population.freeze_first": "population.member0 (frozen | ea_only | trained)",
     "data.val_images": "fusion.average_images (the attention is averaged over training images)",
+    "eval.lpips": "eval.metrics (a list, e.g. [psnr, ssim, lpips, dists])",
 }
 
 
@@ -467,6 +477,11 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"loss.perceptual.layers.{layer}: weight must be >= 0, got {w}")
     if any(m < 1 for m in cfg.fusion.milestones) or cfg.fusion.milestones != sorted(set(cfg.fusion.milestones)):
         raise ConfigError(f"fusion.milestones: expected increasing positive iterations, got {cfg.fusion.milestones}")
+    if not cfg.eval.metrics:
+        raise ConfigError("eval.metrics: at least one metric is needed, e.g. [psnr, ssim, lpips, dists]")
+    repeated = sorted({m for m in cfg.eval.metrics if cfg.eval.metrics.count(m) > 1})
+    if repeated:
+        raise ConfigError(f"eval.metrics: {', '.join(repeated)} listed more than once")
     n = cfg.population.size
     if not -n <= cfg.fusion.discriminator_from < n:
         raise ConfigError(f"fusion.discriminator_from: {cfg.fusion.discriminator_from} is not a member index "

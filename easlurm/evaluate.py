@@ -4,29 +4,28 @@
 
 Test sets: ``eval.sets`` of the run's config (``name: path``), or — when that is empty — the val shards as ``val``;
 each ``--sets NAME=PATH`` adds a set or replaces the one of the same name (relative paths are relative to the
-current directory). A set is either
+current directory). A set is a shard folder or a folder of HR images; HR images are mod-cropped and degraded with
+MATLAB-style bicubic (:mod:`easlurm.scoring`). Every set is checked before any model is loaded or run: missing or
+bad sets raise ONE :class:`EvalError` naming each set, its path and where to put it.
 
-- a **shard folder** (holds ``manifest.json``): every entry's HR image, or
-- a **folder of HR images** (``read_rgb`` policy, sorted file names);
-
-either way the HR image is mod-cropped (bottom/right) to a multiple of ``data.scale`` and the LR input is made with
-the project's MATLAB-style bicubic (:func:`easlurm.data.bicubic.bicubic_downscale`), so every set is degraded the
-same way. Every set is checked before any model runs; bad ones raise one :class:`EvalError` naming them all.
-
-Models: every final member (``RUN/cycles/<run.cycles>/members/I/G.pt``, label ``member_I``, with its preference)
-and, when the fusion stage finished, the fused model (``RUN/fusion/fused.pt``, label ``fused``). Inference is whole
+Models, one row each per set: ``bicubic`` (MATLAB-style bicubic upscaling of the same LR, the baseline every SR table
+has), every final member (``RUN/cycles/<run.cycles>/members/I/G.pt``, label ``member_I``, with its preference) and,
+when the fusion stage finished, the fused model (``RUN/fusion/fused.pt``, label ``fused``). Inference is whole
 image, or tiled with ``eval.tile`` LR pixels (16 px overlap) when set; outputs are rounded to uint8 as BasicSR does
-(:func:`easlurm.upscale.super_resolve`, which also mirror-pads LR sides for RRDBNet ×2/×1 and crops the output).
+(:func:`easlurm.inference.super_resolve`).
 
-Metrics per image, averaged per set: PSNR-Y and SSIM-Y (:mod:`easlurm.metrics.psnr_ssim`, ``crop_border = scale``),
-LPIPS-alex v0.1 on the whole uint8-rounded RGB output (when ``eval.lpips``). Outputs (atomic writes; a rerun with the
-same inputs rewrites identical bytes):
+Metrics per image, averaged per set: ``eval.metrics`` (default PSNR-Y, SSIM-Y, LPIPS-alex, DISTS; definitions and
+crops in :mod:`easlurm.metrics.registry`). Outputs (atomic writes; a rerun with the same inputs rewrites identical
+bytes):
 
-- ``RUN/eval/results.csv`` — set, model, preference (``w_dist:w_perc``), psnr, ssim, lpips, n_images;
+- ``RUN/eval/results.csv`` — set, model, preference (``w_dist:w_perc``), one column per metric, n_images;
 - ``RUN/eval/per_image.csv`` — the same per image (``image`` column instead of ``n_images``);
 - ``RUN/eval/results.md`` — one Markdown table per set;
-- ``RUN/eval/pareto.png`` — PSNR vs LPIPS per set, members' Pareto front highlighted, fused model as a star;
+- ``RUN/eval/pareto.png`` — PSNR vs LPIPS (or the configured perceptual metric) per set, members' Pareto front
+  highlighted, fused model as a star, bicubic as a grey square;
 - ``RUN/tb/eval`` — the numbers as scalars (``SET/METRIC/MODEL``, step 0), the plot as an image, the table as text.
+
+Scoring one model on one set from other code: :func:`easlurm.scoring.score_model`.
 """
 from __future__ import annotations
 
@@ -36,7 +35,7 @@ import io
 import logging
 import math
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,63 +46,36 @@ from torch import nn
 
 from . import factory
 from .config import Config, load_run_config
-from .errors import ConfigError, DataError, EaslurmError
-from .report import ResultRow, format_preference, pareto_png, results_csv, results_markdown
+from .errors import EaslurmError
+from .report import ResultRow, format_preference, metric_names, pareto_png, results_csv, results_markdown
+from .runtime import pick_device
+from .scoring import EvalError, EvalSet, ModelScore, open_test_set, open_test_sets, score_models
 from .store import RunDir, atomic_write_bytes, atomic_write_text, load_verified, read_checkpoint_meta
 
-__all__ = ["EvalError", "EvalSet", "ModelEntry", "parse_set_arg", "resolve_sets", "open_test_set", "final_models",
-           "evaluate_run", "main"]
+__all__ = ["EvalError", "EvalSet", "ModelEntry", "BICUBIC", "parse_set_arg", "resolve_sets", "open_test_set",
+           "check_test_sets", "final_models", "score_entries", "evaluate_run", "main"]
 
 log = logging.getLogger("easlurm.evaluate")
 
-_OVERLAP = 16  # LR px of context around each tile (see easlurm.infer)
-
-
-class EvalError(EaslurmError):
-    """A test set, model or evaluation setting is unusable; the message names the set, path or model."""
-
-
-@dataclass(frozen=True)
-class EvalSet:
-    """One test set: ``kind`` is ``"shards"`` (``ids`` = entry ids) or ``"folder"`` (``ids`` = file names)."""
-
-    name: str
-    path: Path
-    kind: str
-    ids: tuple[str, ...]
-
-    def images(self, scale: int) -> Iterator[tuple[str, np.ndarray]]:
-        """``(id, HR)`` pairs in order; HR is uint8 HWC RGB, mod-cropped to a multiple of ``scale``."""
-        if self.kind == "shards":
-            from .data.dataset import ShardReader
-
-            reader = ShardReader(self.path)
-            try:
-                for eid in self.ids:
-                    yield eid, _mod_crop(reader.read_full(eid, "hr"), scale, f"{self.path} entry {eid}")
-            finally:
-                reader.close()
-        else:
-            from .data.images import read_rgb
-
-            for fname in self.ids:
-                yield fname, _mod_crop(read_rgb(self.path / fname), scale, str(self.path / fname))
-
-
-def _mod_crop(img: np.ndarray, scale: int, where: str) -> np.ndarray:
-    h, w = img.shape[0] - img.shape[0] % scale, img.shape[1] - img.shape[1] % scale
-    if h == 0 or w == 0:
-        raise EvalError(f"{where}: image is {img.shape[1]}x{img.shape[0]} px, smaller than scale {scale}")
-    return np.ascontiguousarray(img[:h, :w])
+_OVERLAP = 16  # LR px of context around each tile (see easlurm.inference)
 
 
 @dataclass
 class ModelEntry:
-    """A model to evaluate: its label, member preference (None for the fused model) and backbone (on CPU)."""
+    """A model to evaluate: its label, member preference (None otherwise) and backbone (``None``: the bicubic
+    baseline)."""
 
     label: str
     preference: tuple[float, float] | None
-    model: nn.Module
+    model: nn.Module | None
+
+    @property
+    def baseline(self) -> bool:
+        return self.model is None
+
+
+#: The bicubic row every table starts with.
+BICUBIC = ModelEntry("bicubic", None, None)
 
 
 def parse_set_arg(text: str) -> tuple[str, str]:
@@ -131,39 +103,10 @@ def resolve_sets(cfg: Config, extra: Mapping[str, str] | None = None) -> dict[st
     return sets
 
 
-def open_test_set(name: str, path: str | Path) -> EvalSet:
-    """Check a test-set folder and list its images; raise :class:`EvalError` naming the set and the path."""
-    p = Path(path)
-    if not p.exists():
-        raise EvalError(f"test set {name!r}: {p} does not exist")
-    if not p.is_dir():
-        raise EvalError(f"test set {name!r}: {p} is not a folder (expected a shard folder or a folder of images)")
-    try:
-        if (p / "manifest.json").is_file():
-            from .data.shards import load_manifest
-
-            manifest = load_manifest(p)
-            ids = tuple(e["id"] for e in manifest["entries"])
-            if not ids:
-                raise EvalError(f"test set {name!r}: shard folder {p} has no entries")
-            return EvalSet(name, p, "shards", ids)
-        from .data.images import list_images
-
-        return EvalSet(name, p, "folder", tuple(f.name for f in list_images(p)))
-    except DataError as exc:
-        raise EvalError(f"test set {name!r}: {exc}") from exc
-
-
-def _open_all(sets: Mapping[str, Path]) -> list[EvalSet]:
-    opened, problems = [], []
-    for name, path in sets.items():
-        try:
-            opened.append(open_test_set(name, path))
-        except EvalError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise EvalError("bad test set" + ("s" if len(problems) > 1 else "") + ": " + "; ".join(problems))
-    return opened
+def check_test_sets(cfg: Config, extra: Mapping[str, str] | None = None) -> list[EvalSet]:
+    """Open every test set of ``cfg`` (plus ``extra``); ONE :class:`EvalError` names each missing or bad set, its path
+    and what to put there. Cheap (lists files, reads manifests): a launcher can call it before spending GPU-hours."""
+    return open_test_sets(resolve_sets(cfg, extra))
 
 
 def final_models(cfg: Config, run: RunDir) -> list[ModelEntry]:
@@ -186,53 +129,42 @@ def final_models(cfg: Config, run: RunDir) -> list[ModelEntry]:
     return entries
 
 
-def _to_tensor(img: np.ndarray) -> torch.Tensor:
-    return torch.tensor(img).permute(2, 0, 1).unsqueeze(0).float().div(255.0)  # copies: inputs may be read-only
+def score_entries(cfg: Config, entries: Sequence[ModelEntry], test_sets: Sequence[EvalSet],
+                  device: str | torch.device | None = None) -> tuple[list[ResultRow], list[ModelScore]]:
+    """Score ``entries`` on every set with ``cfg.eval`` (metrics, crop, tiling) at ``cfg.data.scale``.
+
+    Returns one :class:`ResultRow` per (set, entry), sets outer, and the per-image scores behind them (same order).
+    """
+    from .metrics.registry import build_metrics
+
+    dev = pick_device(device)
+    metrics = build_metrics(cfg.eval.metrics, scale=cfg.data.scale, perceptual_crop=cfg.eval.perceptual_crop,
+                            device=dev)
+    rows: list[ResultRow] = []
+    scores: list[ModelScore] = []
+    for ts in test_sets:
+        by_label = score_models([(e.label, e.model) for e in entries], ts, cfg.data.scale, metrics, device=dev,
+                                tile=cfg.eval.tile, overlap=_OVERLAP)
+        for e in entries:
+            sc = by_label[e.label]
+            rows.append(ResultRow(ts.name, e.label, e.preference, sc.means, sc.n_images, baseline=e.baseline))
+            scores.append(sc)
+        log.info("%s (%d images): %s", ts.name, len(ts.ids), ", ".join(
+            f"{r.model} {r.metrics.get('psnr', math.nan):.2f} dB" for r in rows[-len(entries):]))
+    return rows, scores
 
 
-def _score_set(ts: EvalSet, models: Sequence[ModelEntry], cfg: Config, device: torch.device,
-               lpips_metric: Any) -> tuple[list[ResultRow], list[list[Any]]]:
-    from .data.bicubic import bicubic_downscale
-    from .metrics.psnr_ssim import MetricError, psnr_y, ssim_y
-    from .upscale import super_resolve
+def _per_image_csv(scores: Sequence[ModelScore], entries: Sequence[ModelEntry], names: Sequence[str]) -> str:
+    from .metrics.registry import metric_spec
 
-    scale = cfg.data.scale
-    per: dict[str, list[tuple[float, float, float | None]]] = {m.label: [] for m in models}
-    image_rows: list[list[Any]] = []
-    for image_id, hr in ts.images(scale):
-        lr = bicubic_downscale(hr, scale)
-        hr_t = _to_tensor(hr) if lpips_metric is not None else None
-        for m in models:
-            try:
-                sr = super_resolve(m.model, lr, scale, cfg.eval.tile, _OVERLAP, str(device))
-            except ConfigError as exc:
-                raise EvalError(f"eval.tile: {exc}") from exc
-            try:
-                psnr, ssim = psnr_y(sr, hr, scale), ssim_y(sr, hr, scale)
-            except MetricError as exc:
-                raise EvalError(f"test set {ts.name!r}, image {image_id}: {exc}") from exc
-            lp = float(lpips_metric(_to_tensor(sr), hr_t)[0]) if lpips_metric is not None else None
-            per[m.label].append((psnr, ssim, lp))
-            image_rows.append([ts.name, m.label, image_id, psnr, ssim, lp])
-        log.info("%s/%s: %s", ts.name, image_id, ", ".join(f"{lab} {v[-1][0]:.2f} dB" for lab, v in per.items()))
-    rows = []
-    for m in models:
-        vals = per[m.label]
-        n = len(vals)
-        lp_mean = float(np.mean([v[2] for v in vals])) if lpips_metric is not None else None
-        rows.append(ResultRow(ts.name, m.label, m.preference, float(np.mean([v[0] for v in vals])),
-                              float(np.mean([v[1] for v in vals])), lp_mean, n))
-    return rows, image_rows
-
-
-def _per_image_csv(image_rows: Sequence[Sequence[Any]], models: Sequence[ModelEntry]) -> str:
-    prefs = {m.label: format_preference(m.preference) for m in models}
+    prefs = {e.label: format_preference(e.preference) for e in entries}
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["set", "model", "preference", "image", "psnr", "ssim", "lpips"])
-    for set_name, label, image_id, psnr, ssim, lp in image_rows:
-        w.writerow([set_name, label, prefs[label], image_id, f"{psnr:.4f}", f"{ssim:.6f}",
-                    "" if lp is None else f"{lp:.6f}"])
+    w.writerow(["set", "model", "preference", "image", *names])
+    for sc in scores:
+        for im in sc.images:
+            w.writerow([sc.set, sc.label, prefs[sc.label], im.image,
+                        *(f"{im.metrics[n]:.{metric_spec(n).csv_digits}f}" for n in names)])
     return buf.getvalue()
 
 
@@ -244,8 +176,8 @@ def _tensorboard(run: RunDir, rows: Sequence[ResultRow], png: bytes, markdown: s
     tb = SummaryWriter(log_dir=str(run.tb / "eval"), purge_step=0)
     try:
         for r in rows:
-            for metric, value in (("psnr", r.psnr), ("ssim", r.ssim), ("lpips", r.lpips)):
-                if value is not None and math.isfinite(value):
+            for metric, value in r.metrics.items():
+                if math.isfinite(value):
                     tb.add_scalar(f"{r.set}/{metric}/{r.model}", value, 0)
         img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
         tb.add_image("pareto", img, 0, dataformats="HWC")
@@ -256,7 +188,8 @@ def _tensorboard(run: RunDir, rows: Sequence[ResultRow], png: bytes, markdown: s
 
 def evaluate_run(run_dir: str | Path, sets: Mapping[str, str] | None = None,
                  device: str | None = None) -> dict[str, Any]:
-    """Evaluate every final member and the fused model on the test sets; write the reports (module docstring).
+    """Evaluate bicubic, every final member and the fused model on the test sets; write the reports (module
+    docstring).
 
     Args:
         run_dir: the run directory.
@@ -266,33 +199,22 @@ def evaluate_run(run_dir: str | Path, sets: Mapping[str, str] | None = None,
     Returns:
         ``{"rows": [ResultRow, ...], "markdown": str, "csv": Path, "markdown_path": Path, "pareto": Path}``.
     """
-    from .runtime import pick_device
-
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)
-    test_sets = _open_all(resolve_sets(cfg, sets))
-    models = final_models(cfg, run)
-    dev = pick_device(device)
-    lpips_metric = None
-    if cfg.eval.lpips:
-        from .metrics.lpips import LPIPSMetric
-
-        lpips_metric = LPIPSMetric(net="alex", version="0.1", device=dev)
-    rows: list[ResultRow] = []
-    image_rows: list[list[Any]] = []
-    with torch.no_grad():
-        for ts in test_sets:
-            set_rows, set_images = _score_set(ts, models, cfg, dev, lpips_metric)
-            rows.extend(set_rows)
-            image_rows.extend(set_images)
-    for m in models:
-        m.model.to("cpu")
+    test_sets = check_test_sets(cfg, sets)  # before any model is loaded: one error for all bad sets
+    entries = [BICUBIC, *final_models(cfg, run)]
+    try:
+        rows, scores = score_entries(cfg, entries, test_sets, device)
+    finally:
+        for e in entries:
+            if e.model is not None:
+                e.model.to("cpu")
 
     markdown = results_markdown(rows, title=f"Evaluation of {cfg.run.name} ({run.root.name})", scale=cfg.data.scale)
     png = pareto_png(rows)
     out = run.eval
     atomic_write_text(out / "results.csv", results_csv(rows))
-    atomic_write_text(out / "per_image.csv", _per_image_csv(image_rows, models))
+    atomic_write_text(out / "per_image.csv", _per_image_csv(scores, entries, metric_names(rows)))
     atomic_write_text(out / "results.md", markdown)
     atomic_write_bytes(out / "pareto.png", png)
     _tensorboard(run, rows, png, markdown)

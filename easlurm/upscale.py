@@ -18,11 +18,11 @@ of ``--config`` (a config YAML, e.g. ``RUN/config.yaml``, or a run directory hol
 Every image of ``--input`` (file suffixes of :data:`easlurm.data.images.IMAGE_SUFFIXES`, sorted by name, read as
 8-bit RGB by :func:`easlurm.data.images.read_rgb`) is upscaled ×scale and written to ``--output/<stem>.png`` (uint8
 RGB, BasicSR rounding), each file atomically (temp file + fsync + rename), so an interrupted run leaves only
-complete PNGs. RRDBNet at ×2 (×1) needs LR sides that are multiples of 2 (4): other sizes are mirror-padded at
-the bottom/right and the output cropped back (:func:`super_resolve`). ``--tile N`` runs the network on N×N LR
-tiles with ``--overlap`` LR pixels of discarded context (see :mod:`easlurm.infer`), bounding memory on large
-images. Two inputs with the same stem, or an output folder equal to
-the input folder, are refused before anything is written.
+complete PNGs. Inference is :func:`easlurm.inference.super_resolve` (this module is only its command line):
+RRDBNet at ×2 (×1) needs LR sides that are multiples of 2 (4), so other sizes are mirror-padded at the bottom/right
+and the output cropped back; ``--tile N`` runs the network on N×N LR tiles with ``--overlap`` LR pixels of discarded
+context, bounding memory on large images. Two inputs with the same stem, or an output folder equal to the input
+folder, are refused before anything is written.
 """
 from __future__ import annotations
 
@@ -39,42 +39,9 @@ from torch import nn
 
 from .errors import ConfigError, DataError, EaslurmError
 
-__all__ = ["DEFAULT_BLOCKS", "input_multiple", "super_resolve", "build_model", "upscale_folder", "main"]
+__all__ = ["DEFAULT_BLOCKS", "build_model", "upscale_folder", "main"]
 
 DEFAULT_BLOCKS = {"msrresnet": 16, "rrdbnet": 23}
-
-
-def input_multiple(model: nn.Module) -> int:
-    """The factor the LR input's height and width must be multiples of (RRDBNet ×2: 2, ×1: 4; else 1)."""
-    from .models.rrdb import RRDBNet
-
-    if isinstance(model, RRDBNet):
-        return {4: 1, 2: 2, 1: 4}[model.scale]
-    return 1
-
-
-def super_resolve(model: nn.Module, lr: np.ndarray, scale: int, tile: int | None = None, overlap: int = 16,
-                  device: str = "cpu") -> np.ndarray:
-    """Upscale one uint8 HWC RGB image to uint8 HWC RGB of ×``scale`` size (BasicSR rounding).
-
-    When the backbone needs input sides that are multiples of m (:func:`input_multiple`), the image is first padded
-    at the bottom/right by mirroring (symmetric, < m px) and the output cropped back, so any image size works; then
-    ``tile`` and ``overlap`` must be multiples of m too. See :func:`easlurm.infer.upscale_image` for the tiling.
-    """
-    from .infer import upscale_image
-
-    m = input_multiple(model)
-    if m > 1 and ((tile is not None and tile % m) or overlap % m):
-        raise ConfigError(f"tile {tile} / overlap {overlap}: must be multiples of {m} for "
-                          f"{type(model).__name__} at scale {scale}")
-    h, w = lr.shape[:2]
-    ph, pw = (-h) % m, (-w) % m
-    if ph or pw:
-        lr = np.pad(lr, ((0, ph), (0, pw), (0, 0)), mode="symmetric")
-    elif not lr.flags.writeable:
-        lr = lr.copy()  # torch warns about (and cannot share) read-only numpy buffers
-    sr = upscale_image(model, lr, scale, tile, device=device, overlap=overlap)
-    return np.ascontiguousarray(sr[: h * scale, : w * scale]) if (ph or pw) else sr
 
 
 def build_model(model_path: str | Path, *, config: str | Path | None = None, arch: str | None = None,
@@ -135,6 +102,7 @@ def upscale_folder(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
     text stream for one progress line per image.
     """
     from .data.images import list_images, read_rgb
+    from .inference import super_resolve
     from .store import atomic_write_bytes
 
     src, dst = Path(input_dir), Path(output_dir)

@@ -5,13 +5,12 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 skimage = pytest.importorskip("skimage")
 from skimage import color, data, filters  # noqa: E402
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # noqa: E402
 
-from easlurm.metrics.psnr_ssim import psnr_y, rgb_to_y, ssim_y, tensor_to_uint8  # noqa: E402
+from easlurm.metrics.psnr_ssim import psnr_y, rgb_to_y, ssim_y  # noqa: E402
 
 
 def _astronaut_crop(size: int = 72) -> np.ndarray:
@@ -123,15 +122,48 @@ def test_bad_inputs_name_the_shapes() -> None:
         psnr_y(a, a, -1)
 
 
-def test_tensor_to_uint8_rounding_and_layout() -> None:
-    vals = torch.tensor([-0.2, 0.0, 0.5 / 255, 1.5 / 255, 0.3, 0.999, 1.0, 1.7])
-    x = vals.view(1, 2, 4).expand(3, 2, 4).clone()
-    x[1] *= 0.5  # make the channels differ so a wrong layout shows
-    out = tensor_to_uint8(x)
-    assert out.dtype == np.uint8 and out.shape == (2, 4, 3)
-    ref = np.round(np.clip(x.numpy(), 0, 1).astype(np.float32) * np.float32(255)).astype(np.uint8)
-    np.testing.assert_array_equal(out, ref.transpose(1, 2, 0))
-    assert out[0, 0, 0] == 0 and out[1, 3, 0] == 255  # clamped below and above
-    np.testing.assert_array_equal(tensor_to_uint8(x.unsqueeze(0)), out)
-    with pytest.raises(ValueError, match=r"\(2, 3, 1, 4\)"):
-        tensor_to_uint8(torch.zeros(2, 3, 1, 4))
+def test_package_level_imports_are_the_metric_functions() -> None:
+    import easlurm.metrics as m
+    from easlurm.metrics import psnr_ssim
+
+    assert m.psnr_y is psnr_ssim.psnr_y and m.ssim_y is psnr_ssim.ssim_y
+    from easlurm.metrics import DISTSMetric, LPIPSMetric  # imported lazily, on first use
+    from easlurm.metrics.dists import DISTSMetric as D
+    from easlurm.metrics.lpips import LPIPSMetric as L
+
+    assert (LPIPSMetric, DISTSMetric) == (L, D)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        m.nope  # noqa: B018
+
+
+def test_registry_names_match_the_config_choices() -> None:
+    import typing
+
+    from easlurm.config import EvalConfig, EvalMetric
+    from easlurm.metrics.registry import METRICS
+
+    assert list(typing.get_args(EvalMetric)) == list(METRICS)
+    assert EvalConfig().metrics == list(METRICS)  # every metric on by default, in registry order
+    assert [METRICS[n].higher_is_better for n in METRICS] == [True, True, False, False]
+
+
+def test_registry_y_metrics_crop_scale_pixels() -> None:
+    from easlurm.metrics.registry import build_metrics
+
+    hr = _astronaut_crop(64)
+    sr = _noisy(hr, 6.0, seed=2)
+    psnr, ssim = build_metrics(["psnr", "ssim"], scale=4, perceptual_crop=0)
+    assert psnr.spec.name == "psnr" and ssim.spec.name == "ssim"
+    assert psnr(sr, hr) == psnr_y(sr, hr, 4) and ssim(sr, hr) == ssim_y(sr, hr, 4)
+    assert psnr(sr, hr) != psnr_y(sr, hr, 0)  # the crop matters on this pair, so the check above has teeth
+    with pytest.raises(ValueError, match="unknown metric 'psnr_y'"):
+        build_metrics(["psnr_y"], scale=4)
+
+
+def test_plot_axes_prefer_psnr_against_a_perceptual_metric() -> None:
+    from easlurm.metrics.registry import plot_axes
+
+    assert plot_axes(["psnr", "ssim", "lpips", "dists"]) == ("psnr", "lpips")
+    assert plot_axes(["dists", "psnr", "ssim"]) == ("psnr", "dists")
+    assert plot_axes(["ssim", "psnr"]) == ("psnr", "ssim")
+    assert plot_axes(["lpips"]) == ("lpips", "lpips")

@@ -21,7 +21,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["imresize", "bicubic_downscale", "torch_bicubic_downscale", "cubic", "contributions"]
+__all__ = ["imresize", "bicubic_downscale", "bicubic_upscale", "torch_bicubic_downscale", "cubic", "contributions"]
 
 
 def cubic(x: np.ndarray) -> np.ndarray:
@@ -134,6 +134,25 @@ def bicubic_downscale(hr: np.ndarray, scale: int) -> np.ndarray:
         raise ValueError(f"bicubic_downscale: size {h}x{w} is not a positive multiple of scale {s} (mod-crop first)")
     out = imresize(arr, 1.0 / s, output_shape=(h // s, w // s))
     # floor(x + 0.5) rounds halves up like MATLAB's im2uint8 (np.round would round halves to even).
+    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+
+
+def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
+    """SR baseline = MATLAB bicubic ``imresize(lr, scale)``, rounded half-up and clipped to uint8.
+
+    ``lr``: uint8 HWC (RGB) or HW. Returns uint8 of shape ``(H·scale, W·scale[, C])``: the "Bicubic" row of SR
+    papers' tables. Upscaling needs no antialiasing, so each output pixel mixes the 4×4 nearest LR pixels with
+    Keys' a = -0.5 weights; with an odd ``scale`` the centre pixel of every ``scale``×``scale`` block lands on an
+    LR pixel centre and reproduces it exactly.
+    """
+    s = _check_int_scale(scale)
+    arr = np.asarray(lr)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"bicubic_upscale: expected uint8 input, got {arr.dtype}")
+    if arr.ndim not in (2, 3) or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"bicubic_upscale: expected a non-empty HW or HWC array, got shape {arr.shape}")
+    h, w = arr.shape[:2]
+    out = imresize(arr, float(s), output_shape=(h * s, w * s))
     return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
 
 

@@ -29,8 +29,8 @@ def load_trunk_into_lpips(model: nn.Module, state: dict[str, torch.Tensor]) -> N
 
     Raises :class:`EaslurmError` if a tensor has no home, a shape differs, or any trunk conv stays unloaded.
     """
-    trunk = model.net
-    slices = [getattr(trunk, f"slice{k}") for k in range(1, 6)]
+    trunk = model.get_submodule("net")
+    slices = [trunk.get_submodule(f"slice{k}") for k in range(1, 6)]
     loaded: set[int] = set()
     with torch.no_grad():
         for key, tensor in state.items():
@@ -77,10 +77,24 @@ class LPIPSMetric:
         """sr, hr: N×3×H×W (or 3×H×W) RGB float in [0, 1], equal shapes → 1-D CPU tensor of N distances."""
         if sr.shape != hr.shape:
             raise ValueError(f"LPIPS: shape mismatch sr {tuple(sr.shape)} vs hr {tuple(hr.shape)}")
-        if sr.dim() == 3:
-            sr, hr = sr.unsqueeze(0), hr.unsqueeze(0)
-        if sr.dim() != 4 or sr.shape[1] != 3:
-            raise ValueError(f"LPIPS expects N×3×H×W RGB in [0, 1], got shape {tuple(sr.shape)}")
-        a = sr.to(self.device, torch.float32) * 2 - 1
-        b = hr.to(self.device, torch.float32) * 2 - 1
-        return self.model(a, b).flatten().cpu()
+        return self.compare(sr, self.prepare(hr))
+
+    def prepare(self, hr: torch.Tensor) -> torch.Tensor:
+        """The reference image on the device in [-1, 1] (the same interface as ``DISTSMetric.prepare``)."""
+        return _check_batch(hr).to(self.device, torch.float32) * 2 - 1
+
+    @torch.no_grad()
+    def compare(self, sr: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """LPIPS of ``sr`` (in [0, 1]) against a :meth:`prepare`'d reference of the same shape → N distances."""
+        a = _check_batch(sr).to(self.device, torch.float32) * 2 - 1
+        if a.shape != reference.shape:
+            raise ValueError(f"LPIPS: shape mismatch sr {tuple(a.shape)} vs hr {tuple(reference.shape)}")
+        return self.model(a, reference).flatten().cpu()
+
+
+def _check_batch(x: torch.Tensor) -> torch.Tensor:
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"LPIPS expects N×3×H×W RGB in [0, 1], got shape {tuple(x.shape)}")
+    return x

@@ -3,7 +3,7 @@
 Conventions (DESIGN.md §2 "Evaluation"):
 
 - Inputs are uint8 RGB images laid out HWC (what a saved PNG holds), so the model output must first be rounded to
-  uint8 (:func:`tensor_to_uint8`) exactly as BasicSR does before it writes or scores an image.
+  uint8 (:func:`easlurm.inference.tensor_to_uint8`) exactly as BasicSR does before it writes or scores an image.
 - ``crop_border`` pixels are removed at every border *before* the colour conversion (commonly ``crop_border =
   scale``).
 - Y is ITU-R BT.601 luma in the 16–235 "studio" range, as MATLAB's ``rgb2ycbcr``: with R, G, B in [0, 1],
@@ -22,11 +22,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from ..errors import EaslurmError
 
-__all__ = ["MetricError", "rgb_to_y", "psnr_y", "ssim_y", "tensor_to_uint8"]
+__all__ = ["MetricError", "rgb_to_y", "psnr_y", "ssim_y"]
 
 # BT.601 luma weights for R, G, B in [0, 1], scaled to the 219-level studio range (MATLAB rgb2ycbcr).
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966], dtype=np.float64)
@@ -69,7 +68,8 @@ def _check_pair(a: np.ndarray, b: np.ndarray, crop_border: int, min_size: int, m
     if a.shape != b.shape:
         raise MetricError(f"{metric}: image shapes differ: {shapes}")
     if a.dtype != np.uint8 or b.dtype != np.uint8:
-        raise MetricError(f"{metric}: images must be uint8 (round the output first, e.g. tensor_to_uint8): {shapes}")
+        raise MetricError(f"{metric}: images must be uint8 (round the output first, e.g. with "
+                          f"easlurm.inference.tensor_to_uint8): {shapes}")
     if a.ndim != 3 or a.shape[2] != 3:
         raise MetricError(f"{metric}: images must be RGB laid out HWC with 3 channels: {shapes}")
     if isinstance(crop_border, bool) or not isinstance(crop_border, (int, np.integer)) or crop_border < 0:
@@ -144,29 +144,3 @@ def ssim_y(a: np.ndarray, b: np.ndarray, crop_border: int) -> float:
         # The map is 1 analytically; skip the rounding noise of the filtered variances.
         return 1.0
     return float(np.mean(_ssim_map(ya, yb)))
-
-
-def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Convert a model output to a uint8 HWC image with BasicSR's rounding.
-
-    Args:
-        x: float tensor, CHW or NCHW with N = 1, nominal range [0, 1] (RGB for SR outputs).
-
-    Returns:
-        uint8 array (H, W, C): clamp to [0, 1], multiply by 255 and round half to even, computed in float32 as
-        BasicSR's ``tensor2img`` does (so saved images and metric inputs match published pipelines bit for bit).
-    """
-    if not isinstance(x, torch.Tensor):
-        raise MetricError(f"tensor_to_uint8 expects a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise MetricError(f"tensor_to_uint8 expects a float tensor in [0, 1], got dtype {x.dtype} "
-                          f"(shape {tuple(x.shape)})")
-    if x.ndim == 4:
-        if x.shape[0] != 1:
-            raise MetricError(f"tensor_to_uint8 converts one image; got a batch of shape {tuple(x.shape)}")
-        x = x[0]
-    if x.ndim != 3:
-        raise MetricError(f"tensor_to_uint8 expects CHW or 1CHW, got shape {tuple(x.shape)}")
-    img = x.detach().to(device="cpu", dtype=torch.float32).clamp(0.0, 1.0)
-    img = (img * 255.0).round()
-    return img.permute(1, 2, 0).contiguous().numpy().astype(np.uint8)

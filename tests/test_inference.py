@@ -1,4 +1,5 @@
-"""Tiled inference equals whole-image inference for models whose receptive field fits in the overlap."""
+"""easlurm.inference: tiled equals whole-image inference (receptive field within the overlap), uint8 rounding,
+padding for backbones that need input multiples."""
 from __future__ import annotations
 
 import math
@@ -9,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from easlurm.infer import InferenceError, upscale_image, upscale_tiled
-from easlurm.metrics.psnr_ssim import tensor_to_uint8
+from easlurm.inference import InferenceError, input_multiple, super_resolve, tensor_to_uint8, upscale_tiled
 
 
 class SmallSR(nn.Module):
@@ -105,20 +105,53 @@ def test_bad_arguments() -> None:
         upscale_tiled(model, lr, 4, None)
 
 
-def test_upscale_image_uint8_roundtrip() -> None:
+def test_super_resolve_uint8_roundtrip() -> None:
     model = _model().train()
     rng = np.random.default_rng(3)
     img = rng.integers(0, 256, size=(19, 26, 3), dtype=np.uint8)
-    out = upscale_image(model, img, 2, None, "cpu")
+    out = super_resolve(model, img, 2, None, device="cpu")
     assert model.training  # mode restored
     assert out.dtype == np.uint8 and out.shape == (38, 52, 3)
     lr = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
         expected = tensor_to_uint8(model.eval()(lr))
     np.testing.assert_array_equal(out, expected)
-    tiled = upscale_image(model, img, 2, 6, "cpu", overlap=4)
+    tiled = super_resolve(model, img, 2, 6, overlap=4, device="cpu")
     # Tiled differs from whole-image only by float rounding, i.e. at most one level at a rounding tie.
     assert np.abs(tiled.astype(int) - out.astype(int)).max() <= 1
     assert np.mean(tiled == out) > 0.999
     with pytest.raises(InferenceError, match=r"\(19, 26, 3\) float32"):
-        upscale_image(model, img.astype(np.float32), 2, None, "cpu")
+        super_resolve(model, img.astype(np.float32), 2, None, device="cpu")
+
+
+def test_tensor_to_uint8_rounding_and_layout() -> None:
+    vals = torch.tensor([-0.2, 0.0, 0.5 / 255, 1.5 / 255, 0.3, 0.999, 1.0, 1.7])
+    x = vals.view(1, 2, 4).expand(3, 2, 4).clone()
+    x[1] *= 0.5  # make the channels differ so a wrong layout shows
+    out = tensor_to_uint8(x)
+    assert out.dtype == np.uint8 and out.shape == (2, 4, 3)
+    ref = np.round(np.clip(x.numpy(), 0, 1).astype(np.float32) * np.float32(255)).astype(np.uint8)
+    np.testing.assert_array_equal(out, ref.transpose(1, 2, 0))
+    assert out[0, 0, 0] == 0 and out[1, 3, 0] == 255  # clamped below and above
+    np.testing.assert_array_equal(tensor_to_uint8(x.unsqueeze(0)), out)
+    with pytest.raises(InferenceError, match=r"\(2, 3, 1, 4\)"):
+        tensor_to_uint8(torch.zeros(2, 3, 1, 4))
+
+
+def test_rrdbnet_x2_pads_odd_sizes_and_crops_back() -> None:
+    # RRDBNet at x2 pixel-unshuffles its input, so it needs even sides: an odd image is mirror-padded by one pixel
+    # at the bottom/right, and the output cropped back, which equals running the padded image and cropping.
+    from easlurm.models.rrdb import RRDBNet
+
+    torch.manual_seed(0)
+    model = RRDBNet(num_feat=4, num_block=1, num_grow_ch=4, scale=2).eval()
+    assert input_multiple(model) == 2 and input_multiple(_model()) == 1
+    img = np.random.default_rng(5).integers(0, 256, size=(13, 10, 3), dtype=np.uint8)
+    out = super_resolve(model, img, 2)
+    assert out.shape == (26, 20, 3)
+    padded = np.pad(img, ((0, 1), (0, 0), (0, 0)), mode="symmetric")
+    with torch.no_grad():
+        expected = tensor_to_uint8(model(torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 255))[:26]
+    np.testing.assert_array_equal(out, expected)
+    with pytest.raises(InferenceError, match="multiples of 2"):
+        super_resolve(model, img, 2, tile=5)

@@ -179,7 +179,7 @@ def _tensorboard(run: RunDir, rows: Sequence[ResultRow], png: bytes, markdown: s
             for metric, value in r.metrics.items():
                 if math.isfinite(value):
                     tb.add_scalar(f"{r.set}/{metric}/{r.model}", value, 0)
-        img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+        img = np.asarray(Image.open(io.BytesIO(png), formats=["PNG"]).convert("RGB"))
         tb.add_image("pareto", img, 0, dataformats="HWC")
         tb.add_text("results", markdown, 0)
     finally:

@@ -24,14 +24,32 @@ def test_reference_settings() -> None:
     assert rrdb.model.arch == "rrdbnet" and rrdb.model.num_block == 23
     assert rrdb.loss.gan_type == "relativistic" and rrdb.adam.lr == 1e-4 and rrdb.fusion.l1_weight == 0.1
     assert rrdb.loss.perceptual.layers == {"conv1_2": .1, "conv2_2": .1, "conv3_4": 1, "conv4_4": 1, "conv5_4": 1}
+    assert rrdb.population.member0 == "ea_only"  # never Adam-trained, the EA may replace it (reference RRDB)
+    assert rrdb.fusion.lr == 5e-5 and rrdb.fusion.att_kernel == 3
     srr = load_config(CONFIGS / "srresnet.yaml")
-    assert srr.loss.gan_type == "vanilla" and srr.adam.lr == 1e-5 and srr.population.freeze_first
+    assert srr.loss.gan_type == "vanilla" and srr.adam.lr == 1e-5 and srr.population.member0 == "frozen"
     assert srr.loss.perceptual.layers == {"conv5_4": 1.0} and srr.fusion.att_kernel == 5
+    assert srr.fusion.lr == 1e-4 and srr.fusion.l1_weight == 0.01
     for cfg in (rrdb, srr):
         assert cfg.population.size == 5 and cfg.ea.generations == 200 and cfg.ea.sbx_eta == 20
         assert (cfg.ea.p_crossover, cfg.ea.p_mutation, cfg.ea.mutation_rate, cfg.ea.mutation_sigma) == (
             .9, .2, .02, .03)
         assert cfg.loss.gan_weight == 0.005 and cfg.adam.batch_size == 16 and cfg.data.patch_size == 128
+        # The reference schedule: 9-epoch first phase, 10-epoch phases, a final 10-epoch phase before fusion.
+        assert (cfg.adam.first_phase_iters, cfg.adam.iters_per_cycle, cfg.adam.final_phase,
+                cfg.adam.final_phase_iters) == (11925, 13250, True, 13250)
+        assert cfg.fusion.d_lr is None  # the fusion D shares the attention lr, as in the reference
+        assert cfg.model.pretrained_key == "params" and cfg.loss.perceptual.net == "vgg19"
+        assert (cfg.data.fitness_images, cfg.data.fitness_tile, cfg.data.fitness_tile_choice,
+                cfg.data.fitness_max_tiles, cfg.data.fitness_mean) == (16, 128, "reference", 50, "image")
+        assert sorted(cfg.eval.sets) == ["B100", "Manga109", "Set14", "Set5", "Urban100"]
+        assert cfg.fusion.average_set and cfg.fusion.average_set != cfg.data.val
+
+
+def test_replaced_keys_name_their_successor(tmp_path: Path) -> None:
+    p = write(tmp_path, "population: {freeze_first: true}\n")
+    with pytest.raises(ConfigError, match=r"population\.freeze_first: no longer a setting; use population\.member0"):
+        load_config(p)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -221,7 +239,9 @@ def test_set_overrides_with_control_characters_are_refused(override: str, match:
     ({"Constraint": "a100"}, r"key 'Constraint' is not an sbatch long option name"),
     ({"mail type": "END"}, r"key 'mail type' is not an sbatch long option name"),
     ({"job-name": "x"}, r"easlurm sets --job-name itself; use run\.name"),
-    ({"job_name": "x"}, r"easlurm sets --job-name itself"),
+    ({"job-name": "x"}, r"easlurm sets --job-name itself"),
+    ({"job_name": "x"}, r"not an sbatch long option name"),
+    ({"gres": "gpu:2"}, r"use executor\.slurm\.<stage>\.gpus"),
     ({"time": "60"}, r"easlurm sets --time itself; use executor\.slurm\.<stage>\.time_min"),
     ({"array": "0-9"}, r"--array itself; use population\.size"),
     ({"dependency": "afterok:1"}, r"--dependency itself; use executor\.window"),
@@ -244,7 +264,7 @@ def _flow(data: dict) -> str:
 
 
 def test_ordinary_sbatch_extras_pass() -> None:
-    extra = {"constraint": "a100|h100", "gpus": "1", "mail_type": "END,FAIL", "exclude": "node[01-03]",
+    extra = {"constraint": "a100|h100", "gpus": "1", "mail-type": "END,FAIL", "exclude": "node[01-03]",
              "reservation": "maint", "comment": "run 3: sweep"}
     cfg = load_config(CONFIGS / "tiny.yaml", [f"executor.slurm.adam.extra={_flow(extra)}",
                                               "executor.slurm.partition=gpu-a100", "executor.slurm.account=proj_42"])

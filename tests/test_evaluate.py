@@ -20,7 +20,8 @@ from easlurm.evaluate import EvalError, check_test_sets, evaluate_run, main
 from easlurm.fuse.job import run_fusion
 from easlurm.inference import tensor_to_uint8
 from easlurm.metrics import psnr_y, ssim_y
-from easlurm.store import RunDir, commit_checkpoint, load_checkpoint, torch_bytes
+from easlurm.population import MemberMeta, final_folder, write_member
+from easlurm.store import RunDir, load_checkpoint, torch_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,10 +37,10 @@ def _members(run: Path) -> None:
             for p in g.parameters():
                 p.add_(0.03 * torch.randn_like(p))
         d = factory.build_discriminator(cfg)
-        meta = {"kind": "member", "cycle": cfg.run.cycles, "slot": i, "preference": [1 - i / (n - 1), i / (n - 1)],
-                "done": False}
-        commit_checkpoint(RunDir(run).member(cfg.run.cycles, i),
-                          {"G.pt": torch_bytes(g.state_dict()), "D.pt": torch_bytes(d.state_dict())}, meta)
+        meta = MemberMeta(kind="member", cycle=cfg.run.cycles, slot=i, preference=(1 - i / (n - 1), i / (n - 1)),
+                          mode="trained", origin="test", done=True)
+        write_member(final_folder(cfg, RunDir(run), i), meta,
+                     {"G.pt": torch_bytes(g.state_dict()), "D.pt": torch_bytes(d.state_dict())})
 
 
 def _new_run(root: Path, demo: Path, *overrides: str) -> Path:
@@ -133,7 +134,7 @@ def test_folder_set_numbers_match_an_independent_recomputation(evaluated, crops)
     cfg = load_run_config(run)
     s = cfg.data.scale
     g = factory.build_generator(cfg).eval()
-    g.load_state_dict(load_checkpoint(RunDir(run).member(cfg.run.cycles, 1) / "G.pt"))
+    g.load_state_dict(load_checkpoint(final_folder(cfg, RunDir(run), 1) / "G.pt"))
     lp = LPIPSMetric()
 
     def t(img: np.ndarray) -> torch.Tensor:

@@ -293,7 +293,7 @@ def _run_ea(run: RunDir, cfg: Config, cycle: int, device: str | None, pre: Preem
 def _tb_front(tb: Any, png: bytes, step: int) -> None:
     from PIL import Image
 
-    with Image.open(io.BytesIO(png)) as im:
+    with Image.open(io.BytesIO(png), formats=["PNG"]) as im:
         tb.add_image("ea/front", np.asarray(im.convert("RGB")), step, dataformats="HWC")
     tb.flush()
 

@@ -28,8 +28,13 @@ demo: $(STAMP)
 	$(PY) -m easlurm.launch --config configs/tiny.yaml --executor local
 
 # pytest exits 5 when it collected no test: that is a failure here, like any other non-zero exit.
-test: $(STAMP)
+test: $(STAMP) lint
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest $(PYTEST_ARGS)
+
+# Style and types (the package ships py.typed): ruff over the code, tests and benchmarks; mypy over the package.
+lint: $(STAMP)
+	$(PY) -m ruff check easlurm tests bench containers
+	$(PY) -m mypy
 
 bench: $(STAMP)
 	$(PY) bench/loader.py

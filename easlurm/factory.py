@@ -52,6 +52,7 @@ class DataDirs(NamedTuple):
 
 def data_dirs(cfg: Config) -> DataDirs:
     """(train, val, fitness) shard folders; with ``data.demo`` the built-in demo shards under ``data.demo_dir``."""
+    val: Path | None
     if cfg.data.demo and cfg.data.train is None:
         root = Path(cfg.data.demo_dir)
         train, val = root / "train", root / "val"

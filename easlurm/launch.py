@@ -16,7 +16,7 @@ import sys
 import time
 import unicodedata
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from . import __version__
 from .config import Config, load_config, load_run_config, to_dict, write_config
@@ -68,7 +68,7 @@ def _check_path(text: str, what: str) -> None:
 def record_launch(run: RunDir, executor: str, argv: Sequence[str]) -> None:
     """Append this launch (executor, command, version, time) to ``RUN/run.json``; the first names the run's
     executor."""
-    rec = read_json(run.record) if run.record.is_file() else {"executor": executor, "launches": []}
+    rec: dict[str, Any] = read_json(run.record) if run.record.is_file() else {"executor": executor, "launches": []}
     rec["launches"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "executor": executor,
                             "command": list(argv), "version": __version__})
     atomic_write_json(run.record, rec)

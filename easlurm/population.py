@@ -115,7 +115,7 @@ class MemberMeta:
                                   f"{MEMBER_SCHEMA} (a run made by another easlurm version)")
         names = {f.name for f in dataclasses.fields(cls)} - {"files"}
         missing = sorted(n for n in names if n not in d and
-                         cls.__dataclass_fields__[n].default is dataclasses.MISSING)  # type: ignore[attr-defined]
+                         cls.__dataclass_fields__[n].default is dataclasses.MISSING)
         if missing:
             raise CheckpointError(f"{where}: member record lacks {', '.join(missing)}")
         kw = {k: d[k] for k in names if k in d}

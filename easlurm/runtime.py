@@ -14,7 +14,7 @@ import torch.nn as nn
 from .errors import TrainingError
 
 
-def pick_device(requested: str | None = None) -> torch.device:
+def pick_device(requested: str | torch.device | None = None) -> torch.device:
     """``requested`` or CUDA when available, else CPU."""
     if requested:
         return torch.device(requested)

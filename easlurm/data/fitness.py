@@ -60,7 +60,8 @@ class _DataSettings(Protocol):
     scale: int
     fitness_images: int
     fitness_tile: int
-    fitness_tile_choice: str
+    @property
+    def fitness_tile_choice(self) -> str: ...
     fitness_max_tiles: int
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -92,6 +93,7 @@ def _check_expert_convs(name: str, convs: Sequence[nn.Module]) -> nn.Conv2d:
         if c.weight.dtype != ref.weight.dtype:
             raise FusionError(f"layer '{name}': expert {k} weights are {c.weight.dtype}, expert 0's are "
                               f"{ref.weight.dtype}")
+    assert isinstance(ref, nn.Conv2d)
     return ref
 
 
@@ -167,8 +169,8 @@ class DynamicConv2d(nn.Module):
             raise FusionError(f"layer '{self.name}': expected input (N, {self.in_channels}, H, W), "
                               f"got {tuple(x.shape)}")
         n = x.shape[0]
-        w_all: torch.Tensor = self.weight
-        b_all: torch.Tensor | None = self.bias
+        w_all = cast(torch.Tensor, self.weight)
+        b_all = cast("torch.Tensor | None", self.bias)
         if self._fixed is not None:
             # One kernel for the whole batch: a plain conv, no grouping needed.
             a = self._fixed.to(device=w_all.device, dtype=w_all.dtype)
@@ -377,10 +379,10 @@ class AttentionAverager:
 
 
 def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
     return torch.device("cpu")
 
 

@@ -160,9 +160,9 @@ def merge_state_dicts(experts: Sequence[Mapping[str, torch.Tensor]],
     for key in keys:
         if key in conv_keys:
             ref = experts[0][key]
-            w = torch.as_tensor(conv_keys[key], dtype=torch.float64, device=device)
+            w_k = torch.as_tensor(conv_keys[key], dtype=torch.float64, device=device)
             stacked = torch.stack([sd[key].detach().to(device, torch.float64) for sd in experts])
-            merged[key] = torch.tensordot(w, stacked, dims=1).to(ref.dtype)
+            merged[key] = torch.tensordot(w_k, stacked, dims=1).to(ref.dtype)
         else:
             merged[key] = shared[key]
     return merged

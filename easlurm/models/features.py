@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -152,7 +153,7 @@ class VGGFeatureExtractor(nn.Module):
         if self.range_norm:
             x = (x + 1) / 2
         if self.use_input_norm:
-            x = (x - self.mean) / self.std
+            x = (x - cast(torch.Tensor, self.mean)) / cast(torch.Tensor, self.std)
         taps: dict[str, torch.Tensor] = {}
         for i, layer in enumerate(self.features):
             x = layer(x)

@@ -26,7 +26,8 @@ STAGE_KINDS = ("pretrain", "init", "adam", "ea", "fuse", "eval")
 def resolve(ref: str) -> Callable[..., Any]:
     """``"package.module:function"`` → the function."""
     module, _, name = ref.partition(":")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    fn: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    return fn
 
 
 @dataclass(frozen=True)

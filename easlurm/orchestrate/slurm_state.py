@@ -378,13 +378,13 @@ def _rows_from_fields(label: str, raw_id: str, raw_state: str, raw_reason: str =
     state = normalise_state(raw_state)
     label, raw_id = label.strip(), raw_id.strip()
     reason = "" if raw_reason.strip() in ("", "None", "(null)") else raw_reason.strip()
-    extra = {"reason": reason, "exit_code": _exit_code(raw_exit)}
+    code = _exit_code(raw_exit)
     if m := _TASK_RE.fullmatch(label):
-        return [_Row(m.group(1), m.group(2), raw_id, state, **extra)]
+        return [_Row(m.group(1), m.group(2), raw_id, state, reason, code)]
     if m := _RANGE_RE.fullmatch(label):
-        return [_Row(m.group(1), task, raw_id, state, **extra) for task in _expand_tasks(m.group(2))]
+        return [_Row(m.group(1), task, raw_id, state, reason, code) for task in _expand_tasks(m.group(2))]
     if label.isdigit():
-        return [_Row(None, None, label, state, **extra)]
+        return [_Row(None, None, label, state, reason, code)]
     return []  # heterogeneous components ("12+0") and steps are not asked for
 
 

@@ -241,8 +241,9 @@ def _train_member(run: RunDir, cfg: Config, cycle: int, member: int, device: str
     if dev.type == "cuda" and cfg.adam.channels_last:
         g.to(memory_format=torch.channels_last)
         d.to(memory_format=torch.channels_last)
-    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.adam.lr, betas=tuple(cfg.adam.betas))
-    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.discriminator.lr, betas=tuple(cfg.discriminator.betas))
+    a, dc = cfg.adam, cfg.discriminator
+    opt_g = torch.optim.Adam(g.parameters(), lr=a.lr, betas=(a.betas[0], a.betas[1]))
+    opt_d = torch.optim.Adam(d.parameters(), lr=dc.lr, betas=(dc.betas[0], dc.betas[1]))
     load_optimizers(saved, {"g": opt_g, "d": opt_d})  # Adam casts loaded states to its parameters' device
     perceptual = factory.build_perceptual(cfg).to(dev)
     # RNG last: building the networks above draws from it, and a resumed run must continue the exact stream.

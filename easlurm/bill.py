@@ -24,6 +24,7 @@ Sizes are binary (KiB, MiB, GiB, as ``du -h`` prints them).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import subprocess
@@ -127,8 +128,7 @@ def make_bill(cfg: Config, rates: Rates | None = None, limits: PartitionLimits |
 
     plan = build_plan(cfg, RunDir(cfg.run.root))  # paths only: nothing is read or created
     slurm = cfg.executor.kind == "slurm"
-    usable = {k: r for k, r in (rates.stages.items() if rates else [])
-              if rates is not None and rates.key.get(k) == rate_key(cfg, k)}
+    usable = {k: r for k, r in rates.stages.items() if rates.key.get(k) == rate_key(cfg, k)} if rates else {}
     lines: list[StageBill] = []
     warnings: list[str] = []
     for kind in STAGE_KINDS:
@@ -149,8 +149,8 @@ def make_bill(cfg: Config, rates: Rates | None = None, limits: PartitionLimits |
                 longest = max(longest, task_s)
                 wall += math.ceil(len(working) / _parallel(cfg)) * task_s if working else 0.0
                 busy += len(working) * task_s
-            line = StageBill(**{**vars(line), "expected_task_s": longest, "expected_wall_s": wall,
-                                "expected_gpu_h": busy * res.gpus / 3600})
+            line = dataclasses.replace(line, expected_task_s=longest, expected_wall_s=wall,
+                                       expected_gpu_h=busy * res.gpus / 3600)
             limit_s = res.time_min * 60 - res.signal_lead_s
             if slurm and longest > limit_s:
                 requeues = math.ceil(longest / max(limit_s, 1)) - 1
@@ -350,12 +350,12 @@ def format_bill(b: Bill, short: bool = False) -> str:
 def render(cfg: Config, run: RunDir, *, short: bool = False) -> str:
     """The bill as ``#`` comment lines for ``launch --dry-run`` (``short``: the summary a real launch prints).
     Rates come from :func:`find_rates`, partition limits from ``sinfo`` (Slurm executor only). Never raises an
-    easlurm error: a bill that cannot be made says why in one line."""
+    error: a bill that cannot be made says why in one line."""
     try:
         limits = partition_limits(cfg.executor.slurm.partition) if cfg.executor.kind == "slurm" else None
         return format_bill(make_bill(cfg, find_rates(cfg, run), limits), short)
-    except EaslurmError as exc:
-        return f"# bill: not available ({exc})"
+    except Exception as exc:  # noqa: BLE001 - the bill informs; it must never stop a launch or a dry run
+        return f"# bill: not available ({type(exc).__name__}: {exc})"
 
 
 def main(argv: list[str] | None = None) -> int:

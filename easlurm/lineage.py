@@ -28,7 +28,7 @@ from typing import Any
 from .config import Config, load_run_config
 from .errors import CheckpointError, EaslurmError
 from .population import adam_cycles, final_cycle, member_file, read_member
-from .store import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text
+from .store import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 __all__ = ["Node", "Lineage", "build_lineage", "primary_line", "summarise", "plot_lineage", "main"]
 
@@ -114,9 +114,8 @@ def build_lineage(cfg: Config, run: RunDir) -> Lineage:
     for c in range(last + 1):
         paths = _g_paths(run, c - 1, n) if c > 0 else {}
         fit: dict[str, Any] = {}
-        if c < cfg.run.cycles:
-            fp = run.ea(c) / "fitness.json"
-            fit = json.loads(fp.read_text(encoding="utf-8")) if fp.is_file() else {}
+        if c < cfg.run.cycles and (run.ea(c) / "fitness.json").is_file():
+            fit = read_json(run.ea(c) / "fitness.json")
         for j in range(n):
             start = read_member(run.start(c, j))
             if start is None:

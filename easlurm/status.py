@@ -229,7 +229,7 @@ def collect(run_dir: str | Path, *, slurm: bool = True) -> dict[str, Any]:
                 row["gpu_h_source"] = "sacct"
         row["job_states"] = {j: {"state": infos[j].state, "reason": infos[j].reason}
                              for j in row["jobs"] if j in infos}
-        row["state"] = _stage_state(row, s.tasks, infos)
+        row["state"] = _stage_state(row, infos)
         stages.append(row)
         prev_end = row["end"] if row["end"] is not None else prev_end
     cycles = [_members(cfg, run, c, times, latest, infos) for c in adam_cycles(cfg)]
@@ -252,7 +252,7 @@ def collect(run_dir: str | Path, *, slurm: bool = True) -> dict[str, Any]:
     }
 
 
-def _stage_state(row: Mapping[str, Any], tasks: list[Any], infos: Mapping[str, Any]) -> str:
+def _stage_state(row: Mapping[str, Any], infos: Mapping[str, Any]) -> str:
     if row["done"] == row["tasks"]:
         return "done"
     states = sorted({(infos[j].state, infos[j].reason) for j in row["jobs"] if j in infos})

@@ -153,11 +153,26 @@ def _records(fh: Any, size: int) -> list[tuple[int, int]]:
     return out
 
 
+_TB_CACHE: dict[tuple[str, int, int, str], TbFile | None] = {}
+
+
 def _read_tb(path: Path, tag_prefix: str) -> TbFile | None:
+    """The first events and the last summary (tag starting with ``tag_prefix``) of one event file; cached by
+    path, size and mtime (a status of a long run reads every member's files once per cycle)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (str(path), st.st_size, st.st_mtime_ns, tag_prefix)
+    if key not in _TB_CACHE:
+        _TB_CACHE[key] = _scan_tb(path, st.st_size, tag_prefix)
+    return _TB_CACHE[key]
+
+
+def _scan_tb(path: Path, size: int, tag_prefix: str) -> TbFile | None:
     from tensorboard.compat.proto.event_pb2 import Event
 
     try:
-        size = path.stat().st_size
         with open(path, "rb") as fh:
             recs = _records(fh, size)
             if not recs:
@@ -175,7 +190,7 @@ def _read_tb(path: Path, tag_prefix: str) -> TbFile | None:
                 if e.HasField("summary") and any(v.tag.startswith(tag_prefix) for v in e.summary.value):
                     last_step, last_wall = int(e.step), float(e.wall_time)
                     break
-    except (OSError, ValueError, struct.error, Exception):  # noqa: BLE001 - a damaged file is just not a source
+    except Exception:  # noqa: BLE001 - protobuf/struct/OS errors alike: a damaged file is just not a time source
         return None
     return TbFile(path, float(head[0].wall_time), int(purge), last_step, last_wall)
 

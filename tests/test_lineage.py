@@ -66,7 +66,7 @@ def test_lineage_writes_picture_summary_and_tensorboard(run: Path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = [line for line in out.splitlines() if line.startswith("member ")]
     assert [line.split(":")[0] for line in lines] == ["member 00", "member 01", "member 02"]
-    assert all("line survived" in line and "crossovers" in line for line in lines)
+    assert all("line survived" in line and " crossover" in line and " mutation" in line for line in lines)
     assert (run / "lineage" / "summary.txt").read_text().strip() == "\n".join(lines)
     events = sorted((run / "tb" / "lineage").glob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 1000

@@ -104,6 +104,26 @@ def test_recorded_attempts_are_preferred_to_file_times(copy: Path):
     assert times[("adam/001", 2)].source.startswith("tensorboard")
 
 
+def test_job_log_start_lines_move_a_task_start_back_to_its_process_start(copy: Path):
+    cfg = load_run_config(copy)
+    plan = build_plan(cfg, RunDir(copy))
+
+    def task(stage: str, index: int):
+        return next(t for t in task_times(cfg, RunDir(copy), plan) if (t.stage, t.index) == (stage, index))
+
+    before = task("adam/001", 1)
+    assert before.source == "tensorboard" and len(before.spans) == 1
+    started = int(before.start) - 5  # the process started before its TensorBoard writer opened
+    log = copy / "logs" / "adam-001" / "task-01.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))} attempt 1: python -m "
+                   f"easlurm.orchestrate.runner RUN adam/001 1\n[train] cycle 1 member 01: starting\n")
+    after = task("adam/001", 1)
+    assert after.source == "tensorboard + log"
+    assert after.start == pytest.approx(started) and after.end == before.end
+    assert after.spans[0].loop_start == pytest.approx(before.start)  # start-up is now measured
+
+
 def test_queue_wait_counts_from_submission_or_the_previous_stage_end(copy: Path):
     s0 = collect(copy, slurm=False)
     assert all(st["queue_wait_s"] is None and st["jobs"] == [] for st in s0["stages"])  # nothing was submitted

@@ -245,8 +245,9 @@ def collect(run_dir: str | Path, *, slurm: bool = True) -> dict[str, Any]:
         "members": cycles, "slurm_note": slurm_note, "accounting": usage is not None,
         "complete": all(done.values()),
         "totals": {"wall_s": (max(ends) - min(starts)) if starts and ends else None,
-                   "task_s": sum(r["task_s"] for r in stages), "gpu_h": sum(r["gpu_h"] for r in stages),
-                   "queue_wait_s": sum(r["queue_wait_s"] or 0.0 for r in stages),
+                   "task_s": float(sum(r["task_s"] for r in stages)), "gpu_h": sum(r["gpu_h"] for r in stages),
+                   "queue_wait_s": (sum(r["queue_wait_s"] for r in stages if r["queue_wait_s"] is not None)
+                                    if any(r["queue_wait_s"] is not None for r in stages) else None),
                    "barrier_s": sum(c["barrier_s"] or 0.0 for c in cycles)},
         "generated": time.time(),
     }

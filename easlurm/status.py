@@ -255,7 +255,7 @@ def collect(run_dir: str | Path, *, slurm: bool = True) -> dict[str, Any]:
 
 def _stage_state(row: Mapping[str, Any], infos: Mapping[str, Any]) -> str:
     if row["done"] == row["tasks"]:
-        return "done"
+        return "COMPLETED"  # Slurm's word, as the other states in this column
     states = sorted({(infos[j].state, infos[j].reason) for j in row["jobs"] if j in infos})
     if states:
         return ", ".join(st + (f" ({why})" if why and why != "None" and st != "RUNNING" else "")

@@ -39,7 +39,7 @@ def test_status_shows_wall_time_gpu_hours_and_barrier_cost(run: Path, capsys):
     for key in keys:
         row = next(line for line in text.splitlines() if line.startswith(key + " "))
         fields = row.split()
-        assert fields[1] == "done", row
+        assert fields[1] == "COMPLETED", row
         assert fields[-4].count(":") == 2, row  # a wall time h:mm:ss for every stage
     assert "barrier cost per cycle" in text
     barrier = text.split("barrier cost per cycle")[1].splitlines()[1:4]

@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     echo = print
     try:
+        from .bill import render as render_bill
         from .orchestrate.plan import build_plan, pending_stages
 
         cfg, run = prepare_run(args.config, args.run_dir, args.resume, args.overrides, args.executor,
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             todo = pending_stages(plan) if run.config.is_file() else plan  # a new run: everything
             echo(executor.describe(todo).rstrip())  # type: ignore[attr-defined]
+            echo(render_bill(cfg, run))
             echo(f"# dry run: nothing was submitted or written (executor {cfg.executor.kind})")
             return 0
         from .leases import held
@@ -172,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         with held(run.root / ".launcher", "launcher", cfg.executor.lease_s):
             record_launch(run, cfg.executor.kind, ["python", "-m", "easlurm.launch", *argv])
             echo(f"run directory: {run.root}  (executor: {cfg.executor.kind})")
+            echo(render_bill(cfg, run, short=True))  # hpc: the bill's summary (issue 14)
             t0 = time.monotonic()
             executor.run(plan, detach=args.detach)  # type: ignore[attr-defined]
         if args.detach:

@@ -1,116 +1,368 @@
-"""``python -m easlurm.status RUN``: where a run stands — stage by stage, member by member.
+"""``python -m easlurm.status RUN [--json]``: where a run stands and what it cost — stage by stage, member by member.
 
-The run directory is the truth (a stage is done when its outputs exist and verify); Slurm job states (from
-``state.json``'s job ids, through sacct or, without accounting, squeue/scontrol) say what is queued or running.
+The run directory is the truth: a task is done when its stage's own ``is_done`` says so (the launcher's check).
+Slurm says what is queued or running: job ids from ``state.json``, their states and, for waiting or held jobs,
+Slurm's reason (:func:`easlurm.orchestrate.slurm_state.job_infos`).
+
+Cost report (times from :mod:`easlurm.timings`: the stages' records, job logs, TensorBoard, file times):
+
+* per stage: wall time (first task start → last task end), task-hours and GPU-hours (each attempt's duration ×
+  the GPUs its stage holds), refined by ``sacct`` (elapsed time × allocated GPUs) when accounting exists;
+* queue wait: a task's start minus the later of its submission (``state.json``) and the end of the stage before it
+  (time waiting for resources, not for the dependency); ``sacct``'s Start − Eligible when accounting exists;
+* barrier cost per cycle: time from the first to the last Adam-trained member finishing — how long the EA phase
+  waited for the slowest member after the fastest was done.
+
+Objectives are shown for what they are: a start entry's ``ea_objectives`` were measured by the EA phase that wrote
+it (before this cycle's Adam phase); a trained member's are those the next EA phase measured when it read the member
+(``cycles/C/ea/fitness.json`` "initial"). Both are (mean L1, mean perceptual loss) on the fitness set.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from .config import load_run_config
+from .config import Config, load_run_config
 from .errors import EaslurmError
-from .store import RunDir, read_checkpoint_meta, read_json
+from .population import adam_cycles, read_member, slot_mode
+from .store import RunDir, read_json
+from .timings import TaskTime, parse_local_time, task_times
+
+__all__ = ["collect", "format_report", "parse_sacct", "sacct_usage", "main"]
+
+_SACCT_FIELDS = "JobID,Submit,Eligible,Start,End,ElapsedRaw,AllocTRES,State"
 
 
-def _job_states(run: RunDir) -> tuple[dict[str, list[str]], dict[str, str], dict[str, int]]:
-    if not run.state.is_file():
-        return {}, {}, {}
-    state = read_json(run.state)
-    latest: dict[str, list[str]] = {}
-    tasks: dict[str, int] = {}
-    for sub in state.get("submissions", []):
-        latest.update(sub.get("stages", {}))
-        tasks.update(sub.get("tasks", {}))
-    ids = sorted({j for v in latest.values() for j in v})
-    states: dict[str, str] = {}
-    if ids:
+# ----------------------------------------------------------------------------------------------------------------
+# Slurm
+
+
+def parse_sacct(text: str) -> dict[str, dict[str, Any]]:
+    """``sacct -n -P -X --duplicates --format=JobID,Submit,Eligible,Start,End,ElapsedRaw,AllocTRES,State`` output →
+    job id → {"elapsed_s" (summed over requeues), "gpu_s" (elapsed × allocated GPUs), "queue_s" (Start − Eligible,
+    summed), "runs"}. Rows that never started contribute no time."""
+    out: dict[str, dict[str, Any]] = {}
+    for line in text.splitlines():
+        f = line.strip().split("|")
+        if len(f) != 8 or not f[0]:
+            continue
+        job, _submit, eligible, start, _end, elapsed, tres, _state = f
         try:
-            from .orchestrate.slurm_state import job_states
+            secs = float(elapsed)
+        except ValueError:
+            secs = 0.0
+        gpus = 0
+        for item in tres.split(","):
+            name, _, value = item.partition("=")
+            if name.startswith("gres/gpu") and ":" not in name[len("gres/gpu"):].lstrip(":") and value.isdigit():
+                gpus = max(gpus, int(value))
+        t_el, t_st = parse_local_time(eligible), parse_local_time(start)
+        rec = out.setdefault(job, {"elapsed_s": 0.0, "gpu_s": 0.0, "queue_s": 0.0, "runs": 0})
+        if t_st is None:
+            continue
+        rec["runs"] += 1
+        rec["elapsed_s"] += secs
+        rec["gpu_s"] += secs * gpus
+        if t_el is not None:
+            rec["queue_s"] += max(0.0, t_st - t_el)
+    return out
 
-            states = job_states(ids)
-        except EaslurmError as exc:  # no Slurm here (e.g. looking at a run dir copied to a laptop)
-            states = {j: f"? ({exc})"[:40] for j in ids}
-    return latest, states, tasks
+
+def sacct_usage(job_ids: list[str], timeout_s: float = 60.0) -> dict[str, dict[str, Any]] | None:
+    """:func:`parse_sacct` for ``job_ids``; None when accounting is not available (no sacct, no slurmdbd)."""
+    from .orchestrate import slurm_state
+
+    try:
+        if not job_ids or not slurm_state.accounting_available(timeout_s=timeout_s):
+            return None
+        text = ""
+        for k in range(0, len(job_ids), 200):
+            proc = subprocess.run(["sacct", "-n", "-P", "-X", "--duplicates", f"--format={_SACCT_FIELDS}", "-j",
+                                   ",".join(job_ids[k:k + 200])], capture_output=True, text=True,
+                                  timeout=timeout_s, check=False)
+            if proc.returncode != 0:
+                return None
+            text += proc.stdout
+    except (EaslurmError, OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_sacct(text)
 
 
-def collect(run_dir: str | Path) -> list[dict[str, Any]]:
-    """One row per stage: key, state, job ids, and per-member details for Adam phases."""
-    from .orchestrate.plan import build_plan, stage_done, task_done
+def _submissions(run: RunDir) -> dict[tuple[str, int], list[tuple[str, float | None]]]:
+    """(stage key, task) → [(job id, submission time)] in submission order, from ``state.json``."""
+    if not run.state.is_file():
+        return {}
+    out: dict[tuple[str, int], list[tuple[str, float | None]]] = {}
+    for sub in read_json(run.state).get("submissions", []):
+        t = parse_local_time(str(sub.get("time", "")))
+        for job, index in sub.get("tasks", {}).items():
+            out.setdefault((sub["stage"], int(index)), []).append((str(job), t))
+    return out
+
+
+def _job_infos(jobs: list[str]) -> tuple[dict[str, Any], str | None]:
+    if not jobs:
+        return {}, None
+    try:
+        from .orchestrate.slurm_state import job_infos
+
+        return job_infos(sorted(set(jobs))), None
+    except EaslurmError as exc:  # no Slurm here (e.g. a run directory copied to a laptop)
+        return {}, str(exc).splitlines()[0][:120]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Collection
+
+
+def _gpus(cfg: Config, executor: str, kind: str) -> int:
+    if executor == "slurm":
+        return int(getattr(cfg.executor.slurm, kind).gpus)
+    if executor == "local":
+        return 1 if cfg.executor.local.gpus else 0
+    return 0
+
+
+def _executor(run: RunDir, cfg: Config) -> str:
+    try:
+        kind = read_json(run.record).get("executor") if run.record.is_file() else None
+    except EaslurmError:
+        kind = None
+    return str(kind or cfg.executor.kind)
+
+
+def _fitness(run: RunDir, cycle: int) -> dict[str, Any] | None:
+    try:
+        d = read_json(run.ea(cycle) / "fitness.json")
+    except EaslurmError:
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def _pair(v: Any) -> list[float] | None:
+    return [float(v[0]), float(v[1])] if isinstance(v, (list, tuple)) and len(v) == 2 else None
+
+
+def _members(cfg: Config, run: RunDir, cycle: int, times: Mapping[tuple[str, int], TaskTime],
+             jobs: Mapping[tuple[str, int], str], infos: Mapping[str, Any]) -> dict[str, Any]:
+    key = f"adam/{cycle:03d}"
+    fit = _fitness(run, cycle) if cycle < cfg.run.cycles else None
+    rows = []
+    for i in range(cfg.population.size):
+        row: dict[str, Any] = {"slot": i, "mode": slot_mode(cfg, i)}
+        try:
+            start, meta = read_member(run.start(cycle, i)), read_member(run.member(cycle, i))
+        except EaslurmError as exc:
+            start = meta = None
+            row["error"] = str(exc)
+        row["origin"] = start.origin if start else None
+        row["objectives_start"] = list(start.ea_objectives) if start and start.ea_objectives else None
+        row["objectives_trained"] = _pair(fit["initial"][i]) if fit and i < len(fit.get("initial", [])) else None
+        row["iteration"] = meta.iteration if meta else 0
+        row["target"] = meta.iters_target if meta else None
+        row["done"] = bool(meta and meta.done)
+        tt = times.get((key, i))
+        row["finished_at"] = tt.done_at if tt else None
+        job = jobs.get((key, i))
+        info = infos.get(job) if job else None
+        row["job"], row["job_state"] = job, info.state if info else None
+        row["reason"] = info.reason if info and info.reason and info.reason != "None" else None
+        rows.append(row)
+    ends = [r["finished_at"] for r in rows if r["finished_at"] is not None and r["mode"] == "trained"]
+    trained = sum(1 for r in rows if r["mode"] == "trained")
+    barrier = max(ends) - min(ends) if ends and len(ends) == trained else None
+    return {"cycle": cycle, "members": rows, "barrier_s": barrier,
+            "first_member_done": min(ends) if ends else None, "last_member_done": max(ends) if ends else None}
+
+
+def collect(run_dir: str | Path, *, slurm: bool = True) -> dict[str, Any]:
+    """Everything ``status`` shows, JSON-ready (times in Unix seconds, durations in seconds). ``slurm=False``:
+    ask Slurm nothing (job states and sacct left out)."""
+    from .orchestrate.plan import build_plan
 
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)
-    latest, states, tasks = _job_states(run)
-    rows: list[dict[str, Any]] = []
-    for stage in build_plan(cfg, run):
-        ids = latest.get(stage.key, [])
-        done = stage_done(stage, run)
-        job_state = sorted({states.get(j, "UNKNOWN") for j in ids})
-        row: dict[str, Any] = {"stage": stage.key, "done": done, "jobs": ids,
-                               "state": "COMPLETED" if done else (",".join(job_state) if ids else "not submitted")}
-        if stage.kind == "adam" and stage.cycle is not None:
-            members = []
-            by_task = {tasks.get(j): j for j in ids}
-            for i in range(len(stage.tasks)):
-                meta = None
-                try:
-                    meta = read_checkpoint_meta(run.member(stage.cycle, i))
-                except EaslurmError:
-                    pass
-                job = by_task.get(i)
-                members.append({"member": i, "iteration": meta.get("iteration") if meta else None,
-                                "target": cfg.adam.iters_per_cycle, "done": task_done(stage, i, run),
-                                "objectives": meta.get("objectives") if meta else None,
-                                "job": job, "job_state": states.get(job) if job else None,
-                                "mtime": (run.member(stage.cycle, i) / "meta.json").stat().st_mtime
-                                if meta else None})
-            row["members"] = members
-        rows.append(row)
-    return rows
+    executor = _executor(run, cfg)
+    plan = build_plan(cfg, run)
+    done = {(s.key, i): t.is_done() for s in plan for i, t in enumerate(s.tasks)}
+    subs = _submissions(run)
+    latest = {k: v[-1][0] for k, v in subs.items()}
+    all_jobs = sorted({j for v in subs.values() for j, _ in v})
+    infos, slurm_note = _job_infos(sorted(set(latest.values()))) if slurm else ({}, None)
+    usage = sacct_usage(all_jobs) if slurm and all_jobs else None
+    times = {(t.stage, t.index): t for t in task_times(cfg, run, plan, done)}
+    stages: list[dict[str, Any]] = []
+    prev_end: float | None = None
+    for s in plan:
+        tts = [times[(s.key, i)] for i in range(len(s.tasks))]
+        n_done = sum(done[(s.key, i)] for i in range(len(s.tasks)))
+        gpus = _gpus(cfg, executor, s.kind)
+        starts = [t.start for t in tts if t.start is not None]
+        ends = [t.end for t in tts if t.end is not None]
+        busy = sum(t.busy_s for t in tts)
+        row: dict[str, Any] = {
+            "stage": s.key, "kind": s.kind, "cycle": s.cycle, "tasks": len(s.tasks), "done": n_done,
+            "start": min(starts) if starts else None, "end": max(ends) if n_done == len(s.tasks) and ends else None,
+            "task_s": busy, "gpus_per_task": gpus, "gpu_h": busy * gpus / 3600, "gpu_h_source": "files",
+            "time_source": sorted({t.source for t in tts if t.source != "none"}),
+            "jobs": [latest[(s.key, i)] for i in range(len(s.tasks)) if (s.key, i) in latest],
+        }
+        row["wall_s"] = row["end"] - row["start"] if row["start"] is not None and row["end"] is not None else None
+        waits = []
+        for i, t in enumerate(tts):
+            first = subs.get((s.key, i), [("", None)])[0][1]
+            if first is not None and t.start is not None:
+                waits.append(max(0.0, t.start - max(first, prev_end or first)))
+        row["queue_wait_s"] = max(waits) if waits else None
+        if usage:
+            jobs = [j for i in range(len(s.tasks)) for j, _ in subs.get((s.key, i), [])]
+            known = [usage[j] for j in jobs if j in usage]
+            if known:
+                row["gpu_h"] = sum(u["gpu_s"] for u in known) / 3600
+                row["task_s"] = sum(u["elapsed_s"] for u in known)
+                row["queue_wait_s"] = max(u["queue_s"] for u in known)
+                row["gpu_h_source"] = "sacct"
+        row["job_states"] = {j: {"state": infos[j].state, "reason": infos[j].reason}
+                             for j in row["jobs"] if j in infos}
+        row["state"] = _stage_state(row, infos)
+        stages.append(row)
+        prev_end = row["end"] if row["end"] is not None else prev_end
+    cycles = [_members(cfg, run, c, times, latest, infos) for c in adam_cycles(cfg)]
+    for cyc in cycles:
+        ea = next((r for r in stages if r["stage"] == f"ea/{cyc['cycle']:03d}"), None)
+        cyc["ea_start_gap_s"] = (ea["start"] - cyc["last_member_done"] if ea and ea["start"] is not None
+                                 and cyc["last_member_done"] is not None else None)
+    starts = [r["start"] for r in stages if r["start"] is not None]
+    ends = [r["end"] for r in stages if r["end"] is not None]
+    return {
+        "run": str(run.root), "executor": executor, "cycles": cfg.run.cycles, "final_phase": cfg.adam.final_phase,
+        "population": cfg.population.size, "member0": cfg.population.member0, "stages": stages,
+        "members": cycles, "slurm_note": slurm_note, "accounting": usage is not None,
+        "complete": all(done.values()),
+        "totals": {"wall_s": (max(ends) - min(starts)) if starts and ends else None,
+                   "task_s": float(sum(r["task_s"] for r in stages)), "gpu_h": sum(r["gpu_h"] for r in stages),
+                   "queue_wait_s": (sum(r["queue_wait_s"] for r in stages if r["queue_wait_s"] is not None)
+                                    if any(r["queue_wait_s"] is not None for r in stages) else None),
+                   "barrier_s": sum(c["barrier_s"] or 0.0 for c in cycles)},
+        "generated": time.time(),
+    }
 
 
-def _eta(rows: list[dict[str, Any]], run: RunDir) -> str:
-    """Remaining time from the average duration of finished Adam+EA cycles (rough, from file times)."""
-    done_cycles = [r for r in rows if r["stage"].startswith("ea/") and r["done"]]
-    total_cycles = [r for r in rows if r["stage"].startswith("ea/")]
-    if not done_cycles or len(done_cycles) == len(total_cycles):
-        return "n/a"
-    t_start = run.config.stat().st_mtime
-    last = run.ea(int(done_cycles[-1]["stage"].split("/")[1])) / "done.json"
-    per_cycle = (last.stat().st_mtime - t_start) / len(done_cycles)
-    remaining = per_cycle * (len(total_cycles) - len(done_cycles))
-    return time.strftime("%H:%M:%S", time.gmtime(remaining)) + " (cycles only)"
+def _stage_state(row: Mapping[str, Any], infos: Mapping[str, Any]) -> str:
+    if row["done"] == row["tasks"]:
+        return "COMPLETED"  # Slurm's word, as the other states in this column
+    states = sorted({(infos[j].state, infos[j].reason) for j in row["jobs"] if j in infos})
+    if states:
+        return ", ".join(st + (f" ({why})" if why and why != "None" and st != "RUNNING" else "")
+                         for st, why in states)
+    if row["done"] or row["start"] is not None:
+        return f"{row['done']}/{row['tasks']} done"
+    return "not started"
 
 
-def format_table(rows: list[dict[str, Any]], run: RunDir) -> str:
-    lines = [f"run: {run.root}", f"{'stage':<10} {'state':<22} jobs", f"{'-' * 10} {'-' * 22} {'-' * 30}"]
-    for r in rows:
-        jobs = " ".join(r["jobs"][:4]) + (" …" if len(r["jobs"]) > 4 else "")
-        lines.append(f"{r['stage']:<10} {r['state']:<22} {jobs}")
-        for m in r.get("members", []):
-            if r["done"] and not m.get("objectives"):
-                continue
-            it = "-" if m["iteration"] is None else f"{m['iteration']}/{m['target']}"
-            obj = "" if not m.get("objectives") else " f=(" + ", ".join(f"{v:.4f}" for v in m["objectives"]) + ")"
-            job = f" job {m['job']} {m['job_state']}" if m.get("job") else ""
-            lines.append(f"    member {m['member']:02d}  iter {it:<12}{'done' if m['done'] else ''}{job}{obj}")
-    lines.append(f"ETA: {_eta(rows, run)}")
+# ----------------------------------------------------------------------------------------------------------------
+# Text
+
+
+def _hms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = round(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _jobs(ids: list[str]) -> str:
+    """``123_0 123_1 123_2 456`` → ``123_[0-2] 456`` (array tasks folded)."""
+    arrays: dict[str, list[int]] = {}
+    plain: list[str] = []
+    for j in ids:
+        a, sep, t = j.partition("_")
+        if sep and t.isdigit():
+            arrays.setdefault(a, []).append(int(t))
+        else:
+            plain.append(j)
+    out = plain[:]
+    for a, ts in arrays.items():
+        ts = sorted(set(ts))
+        contiguous = ts == list(range(ts[0], ts[-1] + 1))
+        body = f"{ts[0]}-{ts[-1]}" if contiguous and len(ts) > 1 else ",".join(map(str, ts))
+        out.append(f"{a}_[{body}]" if len(ts) > 1 else f"{a}_{ts[0]}")
+    return " ".join(out) or "-"
+
+
+def _f(v: list[float] | None) -> str:
+    return "-" if v is None else f"({v[0]:.5g}, {v[1]:.5g})"
+
+
+def _origin(origin: str | None) -> str:
+    """``carried:cycles/001/members/00/G.pt`` → ``carried from member 1/00``; ``ea:c1-g3-s2`` → ``EA child
+    c1-g3-s2``; the initial generator's origins → ``pretrain``/``pretrained``."""
+    kind, _, rest = (origin or "-").partition(":")
+    if kind == "carried":
+        parts = rest.split("/")
+        if len(parts) >= 4 and parts[0] == "cycles" and parts[1].isdigit():
+            return f"carried from {parts[2].rstrip('s')} {int(parts[1])}/{parts[3]}"
+        return f"carried from {rest}"
+    return f"EA child {rest}" if kind == "ea" else kind
+
+
+def format_report(s: Mapping[str, Any]) -> str:
+    """The text ``status`` prints for :func:`collect`'s result."""
+    lines = [f"run: {s['run']}  (executor {s['executor']}; {s['cycles']} cycles"
+             f"{' + final Adam phase' if s['final_phase'] else ''}; population {s['population']}, member 0 "
+             f"{s['member0']}){'  — complete' if s['complete'] else ''}"]
+    if s.get("slurm_note"):
+        lines.append(f"(Slurm did not answer: {s['slurm_note']})")
+    lines.append(f"{'stage':<10} {'state':<26} {'jobs':<18} {'wall':>9} {'task-h':>8} {'GPU-h':>8} {'queue':>9}")
+    for r in s["stages"]:
+        src = "" if r["gpu_h_source"] == "files" else " (sacct)"
+        lines.append(f"{r['stage']:<10} {r['state'][:26]:<26} {_jobs(r['jobs'])[:18]:<18} {_hms(r['wall_s']):>9} "
+                     f"{r['task_s'] / 3600:>8.3f} {r['gpu_h']:>8.3f} {_hms(r['queue_wait_s']):>9}{src}")
+    t = s["totals"]
+    sources = sorted({x for r in s["stages"] for x in r["time_source"]})
+    lines.append(f"{'total':<10} {'':<26} {'':<18} {_hms(t['wall_s']):>9} {t['task_s'] / 3600:>8.3f} "
+                 f"{t['gpu_h']:>8.3f} {_hms(t['queue_wait_s']):>9}")
+    lines.append(f"(times from {', '.join(sources) or 'nothing yet'}; GPU-h = task time × GPUs per task"
+                 f"{', refined by sacct' if s['accounting'] else '; no Slurm accounting to refine them'})")
+    lines.append("")
+    lines.append("barrier cost per cycle (time from the first to the last Adam-trained member finishing):")
+    for c in s["members"]:
+        gap = "" if c["ea_start_gap_s"] is None else f"; the EA phase started {_hms(c['ea_start_gap_s'])} later"
+        lines.append(f"  cycle {c['cycle']}: {_hms(c['barrier_s'])}{gap}")
+    lines.append("")
+    lines.append("members — objectives (mean L1, mean perceptual) on the fitness set: 'start' = measured by the EA "
+                 "phase that wrote the start entry (before this Adam phase), 'trained' = measured by the next EA "
+                 "phase after it")
+    for c in s["members"]:
+        lines.append(f"cycle {c['cycle']}:")
+        for m in c["members"]:
+            it = f"{m['iteration']}/{m['target']}" if m["target"] is not None else "-"
+            job = f"  job {m['job']} {m['job_state'] or ''}" if m.get("job") else ""
+            why = f" ({m['reason']})" if m.get("reason") else ""
+            lines.append(f"  {m['slot']:02d} {m['mode']:<8} {'done' if m['done'] else 'open':<5} iter {it:<11} "
+                         f"start {_f(m['objectives_start']):<20} trained {_f(m['objectives_trained']):<20} "
+                         f"{_origin(m['origin'])}{job}{why}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m easlurm.status", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m easlurm.status", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="run directory")
+    ap.add_argument("--json", action="store_true", help="print the report as JSON (for scripts)")
+    ap.add_argument("--no-slurm", action="store_true", help="ask Slurm nothing (files only)")
     args = ap.parse_args(argv)
     try:
-        rows = collect(args.run)
+        report = collect(args.run, slurm=not args.no_slurm)
     except EaslurmError as exc:
         print(f"easlurm.status: error: {exc}", file=sys.stderr)
         return 2
-    print(format_table(rows, RunDir(args.run)))
+    print(json.dumps(report, indent=2, sort_keys=True, allow_nan=False) if args.json else format_report(report))
     return 0
 
 

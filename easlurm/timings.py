@@ -419,7 +419,7 @@ def rate_key(cfg: Config, kind: str) -> dict[str, Any]:
         return {**net, **perc, **hw, "population": cfg.population.size, "patch": cfg.data.patch_size,
                 "batch": cfg.fusion.batch_size, "att": [cfg.fusion.att_kernel, cfg.fusion.att_channels]}
     if kind == "eval":
-        return {**net, **hw, "sets": sorted(cfg.eval.sets), "lpips": cfg.eval.lpips,
+        return {**net, **hw, "sets": sorted(cfg.eval.sets), "metrics": list(cfg.eval.metrics),
                 "population": cfg.population.size}
     return {**hw, "population": cfg.population.size}
 

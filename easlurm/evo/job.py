@@ -22,12 +22,14 @@ result is byte-identical to an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -41,7 +43,7 @@ from ..leases import Lease, held
 from ..population import (
     MemberMeta, member_complete, member_file, read_member, require_member, slot_mode, write_member,
 )
-from ..runtime import pick_device, tb_writer
+from ..runtime import AttemptLog, pick_device, tb_writer
 from ..store import (
     FileRef, RunDir, atomic_write_bytes, atomic_write_json, commit_checkpoint, load_verified, read_checkpoint_meta,
     read_json, sha256_file, torch_bytes,
@@ -71,11 +73,12 @@ class EADone:
     hypervolume_final: float
     distinct_final: int
     evaluations: int
+    attempts: list[dict[str, Any]] = field(default_factory=list)
     kind: str = "ea"
     schema: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return dataclasses.asdict(self)
 
     @classmethod
     def read(cls, path: Path) -> EADone | None:
@@ -139,7 +142,8 @@ def _cpu_genome(genome: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # Generation checkpoints
 
 
-def _save_progress(folder: Path, st: EAState, F0: np.ndarray, evaluations: int, lease: Lease) -> None:
+def _save_progress(folder: Path, st: EAState, F0: np.ndarray, evaluations: int, attempts: list[dict[str, Any]],
+                   lease: Lease) -> None:
     unique: list[Genome] = []
     index: list[int] = []
     for gnm in st.genomes:
@@ -152,7 +156,7 @@ def _save_progress(folder: Path, st: EAState, F0: np.ndarray, evaluations: int, 
              "slots": index, "z": st.z.to_dict(), "z_initial": st.z_initial.to_dict(), "hv_ref": st.hv_ref,
              "children_F": [list(f) for f in st.children_F], "hypervolume": st.hypervolume,
              "accepted": st.accepted, "rejected": st.rejected, "distinct": st.distinct,
-             "evaluations": evaluations}
+             "evaluations": evaluations, "attempts": attempts}
     lease.check()
     commit_checkpoint(folder, {"genomes.pt": torch_bytes([_cpu_genome(g) for g in unique]),
                                "rows.jsonl": "".join(json.dumps(r, sort_keys=True) + "\n"
@@ -162,7 +166,8 @@ def _save_progress(folder: Path, st: EAState, F0: np.ndarray, evaluations: int, 
     log.info("EA checkpoint after generation %d (%s)", st.generation, folder)
 
 
-def _load_progress(folder: Path, device: torch.device) -> tuple[EAState, np.ndarray, int] | None:
+def _load_progress(folder: Path, device: torch.device
+                   ) -> tuple[EAState, np.ndarray, int, list[dict[str, Any]]] | None:
     meta = read_checkpoint_meta(folder, recover=True)
     if meta is None:
         return None
@@ -187,7 +192,7 @@ def _load_progress(folder: Path, device: torch.device) -> tuple[EAState, np.ndar
                  generation=s["generation"], rows=rows, children_F=[tuple(f) for f in s["children_F"]],
                  hypervolume=s["hypervolume"], accepted=s["accepted"], rejected=s["rejected"],
                  distinct=s["distinct"])
-    return st, np.array(s["F0"], dtype=np.float64), int(s.get("evaluations", 0))
+    return st, np.array(s["F0"], dtype=np.float64), int(s.get("evaluations", 0)), list(s.get("attempts", []))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -200,6 +205,7 @@ def run_ea(run_dir: str | os.PathLike[str], cycle: int, device: str | None = Non
     ``device`` defaults to CUDA when available, else CPU. Raises :class:`CheckpointError` naming the member folder
     when a cycle-C member is missing, corrupt or unfinished, and :class:`ConfigError` for unusable settings.
     """
+    started = time.time()
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)
     n = cfg.population.size
@@ -213,10 +219,11 @@ def run_ea(run_dir: str | os.PathLike[str], cycle: int, device: str | None = Non
         log.info("cycle %d EA phase already complete (%s)", cycle, run.ea(cycle) / "done.json")
         return done
     with Preemption() as pre, held(run.ea(cycle), f"EA phase of cycle {cycle}", cfg.executor.lease_s) as lease:
-        return _run_ea(run, cfg, cycle, device, pre, lease)
+        return _run_ea(run, cfg, cycle, device, pre, lease, started)
 
 
-def _run_ea(run: RunDir, cfg: Config, cycle: int, device: str | None, pre: Preemption, lease: Lease) -> EADone:
+def _run_ea(run: RunDir, cfg: Config, cycle: int, device: str | None, pre: Preemption, lease: Lease,
+            started: float) -> EADone:
     n, ea = cfg.population.size, cfg.ea
     hint = f"written by the Adam phase of cycle {cycle}"
     members = [(run.member(cycle, j), require_member(run.member(cycle, j), "member", ("G.pt", "D.pt"), hint))
@@ -247,10 +254,12 @@ def _run_ea(run: RunDir, cfg: Config, cycle: int, device: str | None, pre: Preem
                     raise CheckpointError(f"{folder}: generator has non-finite objectives {f.tolist()} on the "
                                           f"fitness set (diverged?)")
             st = EAState.initial(genomes, F0, refs)
-            before = 0
+            before, earlier = 0, list[dict[str, Any]]()
         else:
-            st, F0, before = resumed
+            st, F0, before, earlier = resumed
             log.info("cycle %d EA phase: resuming after generation %d", cycle, st.generation)
+        attempt = AttemptLog(earlier, st.generation, dev, started)
+        attempt.loop_started()
         weights = np.array([m.preference for _, m in members], dtype=np.float64)
         fixed = [j for j in range(n) if slot_mode(cfg, j) == "frozen"]
         log.info("cycle %d EA phase: %d members, %d generations, %s selection, %d fitness tiles, on %s",
@@ -271,7 +280,7 @@ def _run_ea(run: RunDir, cfg: Config, cycle: int, device: str | None, pre: Preem
             last = s.generation >= ea.generations
             if not last and (s.generation % ea.checkpoint_every == 0 or pre.requested):
                 tb.flush()
-                _save_progress(progress, s, F0, before + objective.calls, lease)
+                _save_progress(progress, s, F0, before + objective.calls, attempt.entries(s.generation), lease)
             if pre.requested and not last:
                 tb.close()
                 pre.finish()
@@ -280,7 +289,7 @@ def _run_ea(run: RunDir, cfg: Config, cycle: int, device: str | None, pre: Preem
             evolve(st, weights, ea, cycle=cycle, run_seed=cfg.run.seed, fixed=fixed, evaluate=objective,
                    on_generation=on_generation)
             record = _write_outputs(run, cfg, cycle, members, st, F0, fitness, perceptual, before + objective.calls,
-                                    lease)
+                                    attempt.entries(st.generation), lease)
             png = (run.ea(cycle) / "front.png").read_bytes()
             _tb_front(tb, png, step0 + ea.generations)
         finally:
@@ -299,7 +308,8 @@ def _tb_front(tb: Any, png: bytes, step: int) -> None:
 
 
 def _write_outputs(run: RunDir, cfg: Config, cycle: int, members: list[tuple[Path, MemberMeta]], st: EAState,
-                   F0: np.ndarray, fitness: FitnessSet, perceptual: Any, evaluations: int, lease: Lease) -> EADone:
+                   F0: np.ndarray, fitness: FitnessSet, perceptual: Any, evaluations: int,
+                   attempts: list[dict[str, Any]], lease: Lease) -> EADone:
     """Start entries of cycle C+1 first, then the phase's records, done.json last (the commit point)."""
     n, ea = cfg.population.size, cfg.ea
     rows_by_id = {r["id"]: r for r in st.rows}
@@ -360,7 +370,7 @@ def _write_outputs(run: RunDir, cfg: Config, cycle: int, members: list[tuple[Pat
     atomic_write_bytes(ea_dir / "front.png", png)
     done = EADone(cycle=cycle, files={name: sha256_file(ea_dir / name) for name in RECORD_FILES}, starts=starts,
                   hypervolume_initial=hv0, hypervolume_final=st.hypervolume[-1] if st.hypervolume else hv0,
-                  distinct_final=distinct_genomes(st.refs), evaluations=evaluations)
+                  distinct_final=distinct_genomes(st.refs), evaluations=evaluations, attempts=attempts)
     lease.check()
     atomic_write_json(ea_dir / "done.json", done.to_dict())
     log.info("cycle %d EA phase done: hypervolume %.6g → %.6g, %d distinct genomes, %d evaluations", cycle,

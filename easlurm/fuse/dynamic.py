@@ -348,7 +348,8 @@ class AttentionAverager:
         self._layers = dynamic_layers(model)
         if not self._layers:
             raise FusionError("AttentionAverager: the model has no DynamicConv2d layer")
-        self._sums: dict[str, np.ndarray] = {n: np.zeros(l.num_experts, dtype=np.float64) for n, l in self._layers}
+        self._sums: dict[str, np.ndarray] = {n: np.zeros(layer.num_experts, dtype=np.float64)
+                                             for n, layer in self._layers}
         self.count = 0
 
     def update(self) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -43,7 +44,7 @@ from ..config import Config, load_run_config
 from ..errors import CheckpointError, ConfigError
 from ..leases import held
 from ..population import final_cycle, final_members, load_member_file
-from ..runtime import cpu_state, optimizer_state_cpu, pick_device, tb_writer
+from ..runtime import AttemptLog, cpu_state, optimizer_state_cpu, pick_device, tb_writer
 from ..store import RunDir, checkpoint_intact, commit_checkpoint, load_verified, read_checkpoint_meta, torch_bytes
 from ..train.loop import Cadence, run_loop
 from ..train.member import batches, load_optimizers
@@ -72,6 +73,7 @@ class FusionMeta:
     done: bool = False
     val_ids: list[str] = field(default_factory=list)
     attention_layers: int = 0
+    attempts: list[dict[str, Any]] = field(default_factory=list)
     kind: str = "fusion"
     schema: int = 1
 
@@ -111,7 +113,7 @@ def progress(run_dir: str | Path) -> int:
 def distinct_experts(shas: list[str]) -> tuple[list[int], list[int]]:
     """(indices of the first slot holding each distinct genome, slot → distinct index), by G.pt sha256."""
     first: dict[str, int] = {}
-    for slot, sha in enumerate(shas):
+    for sha in shas:
         first.setdefault(sha, len(first))
     unique = [shas.index(sha) for sha in first]
     return unique, [first[sha] for sha in shas]
@@ -251,6 +253,7 @@ class _FusionTrainee:
 
 def run_fusion(run_dir: str | Path, device: str | None = None) -> FusionMeta:
     """Train (or resume, or skip) the fusion stage of a run; return its record (preemption as for members)."""
+    started = time.time()
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)
     with Preemption() as pre, held(run.fusion, "fusion", cfg.executor.lease_s) as lease:
@@ -292,11 +295,12 @@ def run_fusion(run_dir: str | Path, device: str | None = None) -> FusionMeta:
             rng.restore(load_verified(run.fusion, "rng.pt", got[1]))
         tb = tb_writer(run.tb / "fusion", purge_step=it0)
         record = meta
+        attempt = AttemptLog(meta.attempts, it0, dev, started)
 
         def commit(done: int, files: dict[str, bytes]) -> None:
             nonlocal record
             lease.check()
-            record = dataclasses.replace(record, iteration=done)
+            record = dataclasses.replace(record, iteration=done, attempts=attempt.entries(done))
             commit_checkpoint(run.fusion, files, dataclasses.asdict(record))
 
         try:
@@ -307,9 +311,10 @@ def run_fusion(run_dir: str | Path, device: str | None = None) -> FusionMeta:
                 trainee = _FusionTrainee(cfg, model, d, perceptual, opt_att, opt_d, data, dev)
                 run_loop(trainee, start=it0, cadence=Cadence(target, f.checkpoint_every, f.log_every), commit=commit,
                          tb=tb, preempt=pre,
-                         extra_scalars=lambda: {"lr/attention": float(opt_att.param_groups[0]["lr"])})
+                         extra_scalars=lambda: {"lr/attention": float(opt_att.param_groups[0]["lr"])},
+                         attempt=attempt)
             lease.check()
-            return _finish(cfg, run, model, record, tb)
+            return _finish(cfg, run, model, dataclasses.replace(record, attempts=attempt.entries(target)), tb)
         finally:
             tb.close()
 

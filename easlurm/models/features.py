@@ -133,7 +133,7 @@ class VGGFeatureExtractor(nn.Module):
         self.features = nn.Sequential(*layers)
         self.features.load_state_dict(
             {k.removeprefix("features."): v for k, v in state.items() if int(k.split(".")[1]) <= last}, strict=True)
-        for name, actual in self.layer_map.items():
+        for actual in self.layer_map.values():
             self._tap.setdefault(idx_of[actual], actual)
         self._requested = list(self.layer_map.items())
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

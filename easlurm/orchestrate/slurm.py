@@ -233,7 +233,8 @@ class SlurmExecutor:
         prev: str | None = None
         for s in plan:
             sub = Submission(s, tuple(range(len(s.tasks))), (f"<{prev}>",) if prev else ())
-            out += ["", f"# ---- sbatch script: {s.key} ----", render(self.cfg, self.run_dir, sub, self.python).rstrip()]
+            script = render(self.cfg, self.run_dir, sub, self.python).rstrip()
+            out += ["", f"# ---- sbatch script: {s.key} ----", script]
             prev = s.key
         return "\n".join(out) + "\n"
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import TrainingError
-from ..runtime import check_finite_weights
+from ..runtime import AttemptLog, check_finite_weights
 from ..store import torch_bytes
 from .. import rng
 from .preempt import Preemption
@@ -89,16 +89,20 @@ class _LossWatch:
 
 def run_loop(trainee: Trainee, *, start: int, cadence: Cadence, commit: Callable[[int, dict[str, bytes]], Any],
              tb: Any, tb_step0: int = 0, preempt: Preemption | None = None,
-             extra_scalars: Callable[[], Mapping[str, float]] | None = None) -> None:
+             extra_scalars: Callable[[], Mapping[str, float]] | None = None,
+             attempt: AttemptLog | None = None) -> None:
     """Run iterations ``start`` … ``cadence.total - 1`` of ``trainee``.
 
     ``commit(iteration, files)`` is called with the number of finished iterations and the state files (plus
     ``rng.pt``) at every checkpoint step; TensorBoard steps are ``tb_step0 + finished iterations``.
-    ``extra_scalars()`` adds values (e.g. learning rates) to each log step. Raises :class:`TrainingError` on a
+    ``extra_scalars()`` adds values (e.g. learning rates) to each log step; ``attempt`` is told when the loop starts
+    (the commit callback reads it for the stage record). Raises :class:`TrainingError` on a
     non-finite loss (at the next log/checkpoint step, naming the first bad iteration) or non-finite weights (before
     the commit), leaving the last checkpoint as it was.
     """
     watch = _LossWatch()
+    if attempt is not None:
+        attempt.loop_started()
     t_last, it_last = time.perf_counter(), start
     for it in range(start, cadence.total):
         scalars = trainee.step(it)

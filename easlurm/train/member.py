@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -34,7 +35,7 @@ from ..population import (
     MemberMeta, is_adam_trained, load_member_file, member_complete, member_file, phase_iters, read_member,
     require_member, write_member,
 )
-from ..runtime import cpu_state, optimizer_state_cpu, pick_device, tb_writer
+from ..runtime import AttemptLog, cpu_state, optimizer_state_cpu, pick_device, tb_writer
 from ..store import RunDir, torch_bytes
 from .. import rng
 from ..leases import Lease, held
@@ -190,6 +191,7 @@ def train_member(run_dir: str | Path, cycle: int, member: int, device: str | Non
     SIGUSR2/SIGTERM at any point (also during start-up) → checkpoint after the current iteration, then hand the
     process exits with 128 + signal (the Slurm batch script then requeues the job).
     """
+    started = time.time()
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)
     n = cfg.population.size
@@ -201,11 +203,11 @@ def train_member(run_dir: str | Path, cycle: int, member: int, device: str | Non
     # Installed first: a preemption during start-up must not kill the task before its next commit.
     where = f"cycle {cycle} member {member:02d}"
     with Preemption() as pre, held(run.member(cycle, member), where, cfg.executor.lease_s) as lease:
-        return _train_member(run, cfg, cycle, member, device, pre, lease)
+        return _train_member(run, cfg, cycle, member, device, pre, lease, started)
 
 
 def _train_member(run: RunDir, cfg: Config, cycle: int, member: int, device: str | None, pre: Preemption,
-                  lease: Lease) -> MemberMeta:
+                  lease: Lease, started: float) -> MemberMeta:
     folder = run.member(cycle, member)
     meta = read_member(folder, recover=True)  # we own the folder (we hold its lease)
     if meta is not None and meta.done:
@@ -217,7 +219,7 @@ def _train_member(run: RunDir, cfg: Config, cycle: int, member: int, device: str
         # Not Adam-trained: the trained population's entry is the start entry itself, by reference.
         refs = {name: member_file(start_folder, start, name) for name in sorted(start.files.get("sha256", {}))}
         record = dataclasses.replace(start, kind="member", iteration=0, iters_target=0, done=True,
-                                     trained_from=run.rel(start_folder), files={})
+                                     trained_from=run.rel(start_folder), files={}, attempts=[])
         return write_member(folder, record, refs=refs)
 
     dev = pick_device(device)
@@ -227,7 +229,7 @@ def _train_member(run: RunDir, cfg: Config, cycle: int, member: int, device: str
     fresh = meta is None
     if meta is None:  # first start: from the start entry; fresh G moments when the EA reset them
         meta = dataclasses.replace(start, kind="member", iteration=0, iters_target=target, sample_index=0,
-                                   done=False, trained_from=run.rel(start_folder), files={})
+                                   done=False, trained_from=run.rel(start_folder), files={}, attempts=[])
         src_folder, src = start_folder, start
     else:
         src_folder, src = folder, meta
@@ -261,22 +263,25 @@ def _train_member(run: RunDir, cfg: Config, cycle: int, member: int, device: str
     step0 = sum(phase_iters(cfg, c) for c in range(cycle))
     tb = tb_writer(run.tb / f"member_{member:02d}", purge_step=step0 + it0)
     record = meta
+    attempt = AttemptLog(meta.attempts, it0, dev, started)
 
     def commit(done: int, files: dict[str, bytes]) -> None:
         nonlocal record
         lease.check()
         record = write_member(folder, dataclasses.replace(record, iteration=done, sample_index=done * batch,
-                                                          done=done >= target), files)
+                                                          done=done >= target, attempts=attempt.entries(done)),
+                              files)
 
     a = cfg.adam
     try:
         run_loop(_MemberTrainee(cfg, where, step, data, dev), start=it0,
                  cadence=Cadence(target, a.checkpoint_every, a.log_every, a.image_every), commit=commit, tb=tb,
                  tb_step0=step0, preempt=pre,
-                 extra_scalars=lambda: {"lr/generator": float(opt_g.param_groups[0]["lr"])})
+                 extra_scalars=lambda: {"lr/generator": float(opt_g.param_groups[0]["lr"])}, attempt=attempt)
     finally:
         tb.close()
     return record
 
 
-__all__ = ["MemberStep", "StepResult", "batches", "sample_grid", "load_optimizers", "is_done", "progress", "train_member"]
+__all__ = ["MemberStep", "StepResult", "batches", "sample_grid", "load_optimizers", "is_done", "progress",
+           "train_member"]

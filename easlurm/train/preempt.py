@@ -34,7 +34,7 @@ class Preemption:
     def requested(self) -> bool:
         return self.signum is not None
 
-    def __enter__(self) -> "Preemption":
+    def __enter__(self) -> Preemption:
         try:
             for s in _SIGNALS:
                 self._previous[s] = signal.signal(s, self._handler)

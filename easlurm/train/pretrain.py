@@ -5,6 +5,7 @@ loop of :mod:`easlurm.train.loop`); its settings are ``pretrain.*`` (lr, betas, 
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,7 +15,7 @@ import torch.nn as nn
 from .. import factory, rng
 from ..config import load_run_config
 from ..leases import held
-from ..runtime import cpu_state, optimizer_state_cpu, pick_device, tb_writer
+from ..runtime import AttemptLog, cpu_state, optimizer_state_cpu, pick_device, tb_writer
 from ..store import RunDir, checkpoint_intact, commit_checkpoint, load_verified, read_checkpoint_meta, torch_bytes
 from .loop import Cadence, run_loop
 from .member import batches, load_optimizers
@@ -70,6 +71,7 @@ class _PretrainTrainee:
 
 def pretrain(run_dir: str | Path, device: str | None = None) -> dict[str, Any]:
     """Train (or resume, or skip) the L1 pretraining stage; return its meta.json (preemption as for members)."""
+    started = time.time()
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)
     with Preemption() as pre, held(run.pretrain, "pretrain", cfg.executor.lease_s) as lease:
@@ -99,15 +101,18 @@ def pretrain(run_dir: str | Path, device: str | None = None) -> dict[str, Any]:
                        total=p.iters * p.batch_size, num_workers=cfg.data.num_workers)
         tb = tb_writer(run.tb / "pretrain", purge_step=it0)
         record = meta
+        attempt = AttemptLog(meta.get("attempts"), it0, dev, started)
 
         def commit(done: int, files: dict[str, bytes]) -> None:
             nonlocal record
             lease.check()
-            record = commit_checkpoint(run.pretrain, files, {**record, "iteration": done, "done": done >= p.iters})
+            record = commit_checkpoint(run.pretrain, files, {**record, "iteration": done, "done": done >= p.iters,
+                                                             "attempts": attempt.entries(done)})
 
         try:
             run_loop(_PretrainTrainee(g, opt, data, dev), start=it0,
-                     cadence=Cadence(p.iters, p.checkpoint_every, p.log_every), commit=commit, tb=tb, preempt=pre)
+                     cadence=Cadence(p.iters, p.checkpoint_every, p.log_every), commit=commit, tb=tb, preempt=pre,
+                     attempt=attempt)
         finally:
             tb.close()
         return record

@@ -159,6 +159,8 @@ def load_checkpoint(path: str | os.PathLike[str], sha256: str | None = None,
 
 STAGING = ".staging"
 META = "meta.json"
+#: A folder's list of files deleted on purpose by ``python -m easlurm.prune`` (name → sha256, size).
+PRUNED = ".pruned"
 
 
 @dataclass(frozen=True)
@@ -258,6 +260,19 @@ def file_ref(folder: str | os.PathLike[str], name: str, meta: Mapping[str, Any])
     return FileRef(path, expected, meta.get("size", {}).get(name))
 
 
+def was_pruned(ref: FileRef) -> bool:
+    """Whether the file ``ref`` names was deleted on purpose by the prune command (its folder's ``.pruned`` list
+    holds it with the same sha256)."""
+    listed = ref.path.parent / PRUNED
+    if not listed.is_file():
+        return False
+    try:
+        entry = json.loads(listed.read_text(encoding="utf-8")).get(ref.path.name)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(entry, dict) and entry.get("sha256") == ref.sha256
+
+
 def load_verified(folder: str | os.PathLike[str], name: str, meta: Mapping[str, Any] | None = None,
                   map_location: str | torch.device = "cpu") -> Any:
     """Load ``folder/name`` (or the file it references) after checking it against the sha256 in meta.json."""
@@ -266,6 +281,9 @@ def load_verified(folder: str | os.PathLike[str], name: str, meta: Mapping[str, 
     if meta is None:
         raise CheckpointError(f"{folder}: no meta.json (not a checkpoint folder, or never written)")
     ref = file_ref(folder, name, meta)
+    if not ref.path.is_file() and was_pruned(ref):
+        raise CheckpointError(f"{ref.path}: deleted by `python -m easlurm.prune` (only the last cycles keep their "
+                              f"discriminator and optimizer states); this cycle cannot be redone")
     return load_checkpoint(ref.path, sha256=ref.sha256, map_location=map_location)
 
 
@@ -274,7 +292,8 @@ def checkpoint_intact(folder: str | os.PathLike[str], meta: Mapping[str, Any], *
     """True when every file meta.json lists exists with its recorded size (``full``: and its sha256).
 
     The size check is what launchers and done checks use (cheap on a shared filesystem); every reader verifies the
-    sha256 anyway when it loads a file. ``skip``: names not to check (e.g. files a prune removed on purpose).
+    sha256 anyway when it loads a file. Files the prune command deleted (see :func:`was_pruned`) count as
+    present. ``skip``: names not to check.
     """
     skipped = set(skip)
     for name in sorted(meta.get("sha256", {})):
@@ -287,6 +306,8 @@ def checkpoint_intact(folder: str | os.PathLike[str], meta: Mapping[str, Any], *
         try:
             size = ref.path.stat().st_size
         except OSError:
+            if was_pruned(ref):
+                continue  # deleted on purpose by the prune command: the stage that wrote it is still done
             return False
         if ref.size is not None and size != ref.size:
             return False

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -239,6 +240,26 @@ def count_syncs(fn: Callable[[], Any], device: torch.device) -> SyncCount:
     return SyncCount(reads.total, dict(reads.sites), sum(reads.internal.values()), n_cuda, cuda_sites)
 
 
+class _OpCounter(TorchDispatchMode):
+    """Counts aten operator calls below autograd: on a GPU each one that computes is a kernel launch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn: Callable[[], Any]) -> int:
+    """aten operators dispatched by one call of ``fn`` (views and metadata operators included)."""
+    counter = _OpCounter()
+    with counter:
+        fn()
+    return counter.count
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Sections: time limits, results files
 
@@ -418,7 +439,7 @@ def build_demo(out: Path, scale: int) -> dict[str, Any]:
                     synthetic.append(sid)
                     base = rng.random((64, 64, 3))
                     img = np.asarray(Image.fromarray((base * 255).astype(np.uint8)).resize((512, 512),
-                                                                                          Image.BICUBIC))
+                                                                                          Image.Resampling.BICUBIC))
                 Image.fromarray(img).save(Path(tmp) / f"{sid}.png", compress_level=1)
             build_shards(tmp, out / split, scale)
     return {"train": out / "train", "val": out / "val", "synthetic": synthetic, "first_error": first_error,

@@ -65,7 +65,7 @@ def array_regions(raw: bytes, tree: Any) -> list[tuple[int, int, int]]:
 
     walk(tree)
     regions.sort()
-    for (o1, n1, _), (o2, _, _) in zip(regions, regions[1:]):
+    for (o1, n1, _), (o2, _, _) in zip(regions, regions[1:], strict=False):
         if o1 + n1 > o2:
             raise SystemExit("pack: array regions overlap")
     return regions

@@ -48,40 +48,52 @@ def _sites(s: Any) -> list[str]:
 
 def _member(rec: dict[str, Any], peak: Any) -> list[str]:
     rows = rec.get("rows") or []
-    out = [f"Peak used for MFU: {_f(peak, '.1f')} TFLOP/s dense bf16 (datasheet; all variants are divided by it).",
-           "", "| variant | perceptual | ms/it MemberStep | ms/it bare | ratio bare/MemberStep (paired) | it/s | "
-           "samples/s | GFLOP/it | TFLOP/s | MFU | host syncs/it (reads / CUDA) MemberStep · bare | peak GiB "
-           "MemberStep · bare | first it s | TF32 cudnn/matmul, cudnn.benchmark |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|"]
+    out = [f"Peak used for MFU: {_f(peak, '.1f')} TFLOP/s dense bf16 (datasheet; every variant is divided by it). "
+           "Times are medians of synchronised blocks; host CPU is this process's CPU time per iteration (all "
+           "threads): close to the wall time means the host, not the GPU, sets the pace.",
+           "", "| variant | ms/it MemberStep | ms/it bare | ratio bare/MemberStep (paired) | it/s | samples/s | "
+           "GFLOP/it | TFLOP/s | MFU | host CPU ms/it | aten ops/it MemberStep · bare | host syncs/it (reads / "
+           "CUDA) MemberStep · bare | peak GiB | first it s | ms/it bare with flat mix (speed-up) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"]
     for r in rows:
-        fl = r.get("flags", {})
         pk = r.get("peak_gib") or {}
+        ops = r.get("aten_ops_per_it") or {}
+        flat = _g(r, "ms_per_it", "bare, flat mix")
         out.append(
-            f"| {r['label']} | {r.get('perceptual_net')} | {_f(_g(r, 'ms_per_it', 'MemberStep'), '.1f')} | "
-            f"{_f(_g(r, 'ms_per_it', 'bare'), '.1f')} | {_f(r.get('ratio'), '.3f')} ({_f(r.get('ratio_paired'), '.3f')}) | "
+            f"| {r['label']} | {_f(_g(r, 'ms_per_it', 'MemberStep'), '.1f')} | "
+            f"{_f(_g(r, 'ms_per_it', 'bare'), '.1f')} | "
+            f"{_f(r.get('ratio'), '.3f')} ({_f(r.get('ratio_paired'), '.3f')}) | "
             f"{_f(_g(r, 'its_per_s', 'MemberStep'), '.2f')} | {_f(r.get('samples_per_s'), '.1f')} | "
             f"{_f(_g(r, 'flops_per_it', 'MemberStep', default=0) / 1e9, '.1f')} | "
             f"{_f(_g(r, 'tflops', 'MemberStep'), '.3f')} | {_pct(r.get('mfu'))} | "
+            f"{_f((_g(r, 'host_cpu_s_per_it', 'MemberStep') or 0) * 1e3, '.1f')} | "
+            f"{ops.get('MemberStep', '–')} · {ops.get('bare', '–')} | "
             f"{_syncs(_g(r, 'syncs_per_it', 'MemberStep'))} · {_syncs(_g(r, 'syncs_per_it', 'bare'))} | "
-            f"{_f(pk.get('MemberStep'), '.1f')} · {_f(pk.get('bare'), '.1f')} | "
-            f"{_f(_g(r, 'first_iteration_s', 'MemberStep'), '.2f')} | "
-            f"{fl.get('tf32_cudnn')}/{fl.get('tf32_matmul')}, {fl.get('cudnn_benchmark')} |")
+            f"{_f(pk.get('MemberStep'), '.1f')} | {_f(_g(r, 'first_iteration_s', 'MemberStep'), '.2f')} | "
+            + (f"{flat:.1f} ({r.get('flat_mix_speedup', 0):.3f}×) |" if flat is not None else "– |"))
     for r in rows:
-        eq = r.get("equivalence")
-        note = (f"Adam first moments G {eq['opt_g']:.1e} / D {eq['opt_d']:.1e}" if isinstance(eq, dict)
-                else f"**FAILED**: {r.get('equivalence_error')}")
+        sm = r.get("same_math") or {}
+        diffs = ", ".join(f"{k} {v:.1e}" for k, v in sm.items() if k not in ("ok", "tolerance"))
+        fl = r.get("flags") or {}
         out += ["", f"**{r['label']}**: {r.get('arch')} {r.get('num_feat')}×{r.get('num_block')} "
-                f"({_f(r.get('g_params'), ',')} G parameters), batch {r.get('batch')} × {r.get('patch')}² HR, member "
-                f"{r.get('member')} w = {r.get('preference')}, GAN {r.get('gan')}, layers {r.get('layers')}; "
+                f"({_f(r.get('g_params'), ',')} G parameters in {r.get('g_tensors')} tensors), batch "
+                f"{r.get('batch')} × {r.get('patch')}² HR, member {r.get('member')} w = {r.get('preference')}, GAN "
+                f"{r.get('gan')}, perceptual {r.get('perceptual_net')} {r.get('layers')}; bf16 autocast "
+                f"{r.get('bf16_autocast')}, channels_last {r.get('channels_last')}, TF32 cuDNN/cuBLAS "
+                f"{fl.get('tf32_cudnn')}/{fl.get('tf32_matmul')}, cudnn.benchmark {fl.get('cudnn_benchmark')}; "
                 f"{r.get('reps')} reps × {r.get('iters_per_rep')} it per side, spread (max−min)/median "
-                f"{_f(_g(r, 'spread', 'MemberStep'), '.3f')} / {_f(_g(r, 'spread', 'bare'), '.3f')}; same math: "
-                f"{note}. Host syncs of one MemberStep iteration by call site:"]
+                + ", ".join(f"{k} {x:.3f}" for k, x in (r.get("spread") or {}).items())
+                + f"; same math after one step from identical states ({'ok' if sm.get('ok') else '**NOT OK**'}, "
+                f"relative difference of Adam first moments vs MemberStep, tolerance {sm.get('tolerance')}): "
+                f"{diffs}; peak GiB per side {pk_str(r.get('peak_gib'))}. Host syncs of one MemberStep iteration "
+                "by call site:"]
         out += _sites(_g(r, "syncs_per_it", "MemberStep")) or ["  - none"]
     j = rec.get("job")
     if j:
         out += ["", f"**Whole job** ({j['label']}, `train_member` for {j['iters']} iterations, "
                 f"{j['num_workers']} loader workers, timed by bench/adam_step.py's JobClock): steady "
-                f"{j['steady'] * 1e3:.1f} ms/it (MemberStep alone {_f((j.get('memberstep_alone_s') or 0) * 1e3, '.1f')} "
+                f"{j['steady'] * 1e3:.1f} ms/it (MemberStep alone "
+                f"{_f((j.get('memberstep_alone_s') or 0) * 1e3, '.1f')} "
                 f"ms/it → ratio alone/steady **{_f(j.get('ratio_alone_to_steady'), '.3f')}**); per steady iteration: "
                 f"step {j['step'] * 1e3:.1f} ms, loader wait {j['loader'] * 1e3:.1f} ms, TensorBoard "
                 f"{j['tensorboard'] * 1e3:.1f} ms, checkpoint {j['checkpoint'] * 1e3:.1f} ms, other "
@@ -94,6 +106,10 @@ def _member(rec: dict[str, Any], peak: Any) -> list[str]:
         if rec.get(what):
             out += ["", f"{what.capitalize()}: " + "; ".join(rec[what])]
     return out
+
+
+def pk_str(pk: Any) -> str:
+    return ", ".join(f"{k} {v:.1f}" for k, v in (pk or {}).items()) or "–"
 
 
 def _loader(rec: dict[str, Any]) -> list[str]:
@@ -120,7 +136,8 @@ def _ea(rec: dict[str, Any]) -> list[str]:
            f"photos, repeated ×{fz.get('repeated')} to reach it), eval batch {fz.get('eval_batch')}, perceptual "
            f"{rec.get('perceptual_net')}; cuDNN as the EA job sets it: {rec.get('cudnn')}.",
            "",
-           f"- population objectives (first evaluations, s): {', '.join(_f(x, '.2f') for x in rec.get('initial_evaluations_s') or [])}; "
+           "- population objectives (first evaluations, s): "
+           f"{', '.join(_f(x, '.2f') for x in rec.get('initial_evaluations_s') or [])}; "
            f"HR feature cache on: {rec.get('target_cache_on')}; peak {_f(rec.get('peak_gib_eval'), '.1f')} GiB",
            f"- seconds per generation: {', '.join(_f(x, '.2f') for x in gen)} "
            f"({_g(rec, 'generations', 'evaluations')} evaluations in {_g(rec, 'generations', 'count')} generation(s); "
@@ -189,6 +206,9 @@ def _real_run(rec: dict[str, Any]) -> list[str]:
     speeds = rec.get("member_iters_per_s")
     if speeds:
         out += ["", f"Members' logged iterations/s (TensorBoard speed/iters_per_s, in step order): {speeds}"]
+        alone = rec.get("alone_iters_per_s")
+        if alone:
+            out.append(f"One member alone on the GPU: {alone['its_per_s']:.2f} it/s ({alone['label']}).")
     if rec.get("results_md"):
         out += ["", "Results table of the run:", "", "```", rec["results_md"].rstrip(), "```"]
     if rec.get("last_task_log"):
@@ -217,8 +237,9 @@ def render(data: dict[str, Any]) -> str:
     bf = next((r for r in rows if r.get("label") == "RRDB bf16"), None)
     heads = {
         "device": f"{dev.get('name', '?')}",
-        "member_step": (f"RRDB bf16: ratio {_f(bf.get('ratio'), '.3f')} (target ≥ 0.95), {_f(_g(bf, 'its_per_s', 'MemberStep'), '.2f')} it/s, "
-                        f"MFU {_pct(bf.get('mfu'))} (target ≥ 35 %), syncs/it {_syncs(_g(bf, 'syncs_per_it', 'MemberStep'))}"
+        "member_step": (f"RRDB bf16: ratio {_f(bf.get('ratio'), '.3f')} (target ≥ 0.95), "
+                        f"{_f(_g(bf, 'its_per_s', 'MemberStep'), '.2f')} it/s, MFU {_pct(bf.get('mfu'))} "
+                        f"(target ≥ 35 %), syncs/it {_syncs(_g(bf, 'syncs_per_it', 'MemberStep'))}"
                         if bf else f"{len(rows)} variant(s)"),
         "loader": ", ".join(f"{r['workers']} workers {_f(r.get('ratio_to_consumer'), '.1f')}×"
                             for r in _g(sec, "loader", "rows") or []) + " of the bf16 RRDB step (target ≥ 2×)",
@@ -228,7 +249,8 @@ def render(data: dict[str, Any]) -> str:
                    f"{_f(_g(sec, 'fusion', 'step', 'peak_gib'), '.1f')} GiB; averaging "
                    f"{_f(_g(sec, 'fusion', 'averaging', 's_per_image'), '.3f')} s/image"),
         "real_run": f"{_f(_g(sec, 'real_run', 'launcher_total_s'), '.0f')} s, exit {_g(sec, 'real_run', 'exit_code')}",
-        "extras": ", ".join(f"{r['label']}: {_f(r.get('ratio'), '.3f')}, {_f(_g(r, 'its_per_s', 'MemberStep'), '.2f')} it/s"
+        "extras": ", ".join(f"{r['label']}: {_f(r.get('ratio'), '.3f')}, "
+                            f"{_f(_g(r, 'its_per_s', 'MemberStep'), '.2f')} it/s"
                             for r in _g(sec, "extras", "rows") or [])
         + (f"; job ratio alone/steady {_f(_g(sec, 'extras', 'job', 'ratio_alone_to_steady'), '.3f')}"
            if _g(sec, "extras", "job") else ""),

@@ -79,6 +79,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,10 @@ def section_real_run(ctx: Ctx, record: dict[str, Any], out_dirs: list[Path]) -> 
             shutil.copyfile(results_md, d / "real_run_results.md")
             if (run_dir / "eval" / "pareto.png").is_file():
                 shutil.copyfile(run_dir / "eval" / "pareto.png", d / "real_run_pareto.png")
+    alone = ctx.shared.get("member_rows", {}).get("MSRResNet TF32")
+    if alone:  # the run's config trains in fp32 with torch's default TF32 convolutions: section 1's TF32 row
+        record["alone_iters_per_s"] = {"label": "MSRResNet TF32 MemberStep (section 1)",
+                                       "its_per_s": alone["its_per_s"]["MemberStep"]}
     try:
         record["member_iters_per_s"] = _member_speeds(run_dir)
     except Exception as exc:  # noqa: BLE001 - a missing number, not a failed run
@@ -276,13 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         later = [s for s in SECTIONS[k + 1:] if only is None or s[0] in only]
         reserve = 0.0 if smoke else sum(s[4] for s in later)  # GPU: keep each later section's minimum
         budget_s = smoke_budget if smoke else gpu_budget
-        if fn is None:
-            def fn(record: dict[str, Any], _ctx: Ctx = ctx) -> None:  # noqa: E731
-                section_real_run(_ctx, record, outs)
-            run_section(results, clock, name, title, budget_s, reserve, fn, device)
-        else:
-            run_section(results, clock, name, title, budget_s, reserve,
-                        lambda record, fn=fn: fn(ctx, record), device)
+        body = partial(section_real_run, ctx, out_dirs=outs) if fn is None else partial(fn, ctx)
+        run_section(results, clock, name, title, budget_s, reserve, body, device)
     results.data["meta"]["finished"] = now_iso()
     results.data["meta"]["elapsed_s"] = time.time() - t0
     results.flush()

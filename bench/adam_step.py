@@ -100,6 +100,20 @@ class BareStep:
     def amp(self) -> Any:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
+    def direction(self, g1: Sequence[torch.Tensor | None], g2: Sequence[torch.Tensor | None]
+                  ) -> list[torch.Tensor | None]:
+        """The per-tensor normalised mix, one tensor at a time (bench/gpu_check.py times a flat variant)."""
+        out: list[torch.Tensor | None] = []
+        for a, b in zip(g1, g2):
+            step = None
+            if a is not None:
+                step = (self.w_dist / (a.norm(2) + self.eps)) * a
+            if b is not None:
+                t = (self.w_perc / (b.norm(2) + self.eps)) * b
+                step = t if step is None else step + t
+            out.append(step)
+        return out
+
     @staticmethod
     def bce(logits: torch.Tensor, real: bool) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 1.0 if real else 0.0))
@@ -127,13 +141,7 @@ class BareStep:
         g1 = (torch.autograd.grad(l_dist, self.params, retain_graph=self.w_perc != 0.0, allow_unused=True)
               if self.w_dist != 0.0 else (None,) * n)
         g2 = (torch.autograd.grad(l_perc, self.params, allow_unused=True) if self.w_perc != 0.0 else (None,) * n)
-        for p, a, b in zip(self.params, g1, g2):
-            step = None
-            if a is not None:
-                step = (self.w_dist / (a.norm(2) + self.eps)) * a
-            if b is not None:
-                t = (self.w_perc / (b.norm(2) + self.eps)) * b
-                step = t if step is None else step + t
+        for p, step in zip(self.params, self.direction(g1, g2)):
             p.grad = step
         self.opt_g.step()
         self.opt_g.zero_grad(set_to_none=True)

@@ -129,7 +129,7 @@ def section_device(ctx: Ctx, record: dict[str, Any]) -> None:
     import importlib.metadata
 
     versions = {}
-    for mod, dist in (("numpy", "numpy"), ("h5py", "h5py"), ("lpips", "lpips"), ("submitit", "submitit"),
+    for mod, dist in (("numpy", "numpy"), ("h5py", "h5py"), ("lpips", "lpips"), ("DISTS_pytorch", "dists-pytorch"),
                       ("torchvision", "torchvision"), ("skimage", "scikit-image"), ("sklearn", "scikit-learn"),
                       ("tensorboard", "tensorboard"), ("yaml", "PyYAML"), ("PIL", "pillow"),
                       ("matplotlib", "matplotlib")):
@@ -638,7 +638,7 @@ def _time_fusion_steps(ctx: Ctx, parts: tuple[Any, ...], data: list[Any], steps:
     for k in range(steps):
         if ctx.clock.left() < 3 * first + 5:
             break
-        ts.append(ctx.timed(partial(fusion_step, *parts, *data[k % 2], iteration=k)))  # type: ignore[misc]
+        ts.append(ctx.timed(partial(fusion_step, *parts, *data[k % 2])))
     return {"batch": data[0][1].shape[0], "patch": data[0][1].shape[-1], "first_s": first, "s": ts,
             "median_s": median(ts) if ts else None, "peak_gib": peak_gib(dev)}
 

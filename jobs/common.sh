@@ -1,4 +1,5 @@
-# Sourced by the jobs/*.sh sbatch scripts: run a stage CLI, inside the Apptainer image when EASLURM_IMAGE is set.
+# Sourced by the jobs/*.sh sbatch scripts: run one task of a run's plan, inside the Apptainer image when
+# EASLURM_IMAGE is set.
 #   EASLURM_IMAGE   path of easlurm.sif (unset: use the python on PATH, e.g. an activated venv)
 #   EASLURM_BINDS   extra comma-separated bind mounts (data folders, weights); the run dir is always bound
 #   EASLURM_PYTHON  interpreter outside a container (default: python)
@@ -18,8 +19,9 @@ easlurm_forward_env() {  # easlurm_forward_env PREFIX
     done
 }
 
-easlurm_run() {  # easlurm_run RUN_DIR MODULE ARGS...
-    local run_dir="$1"; shift
+easlurm_command() {  # easlurm_command RUN_DIR: fills the array CMD with the interpreter (inside the image when set)
+    local run_dir="$1"
+    CMD=("${EASLURM_PYTHON:-python}")
     if [ -n "${EASLURM_IMAGE:-}" ]; then
         local app="${APPTAINER:-apptainer}" prefix=APPTAINERENV_
         case "$(basename "$app")" in singularity*) prefix=SINGULARITYENV_;; esac
@@ -30,9 +32,35 @@ easlurm_run() {  # easlurm_run RUN_DIR MODULE ARGS...
             for b in "${extra[@]}"; do binds+=(--bind "$b"); done
         fi
         easlurm_forward_env "$prefix"
-        exec "$app" exec --cleanenv --env PYTHONNOUSERSITE=1 --nv "${binds[@]}" "$EASLURM_IMAGE" python -m "$@"
+        CMD=("$app" exec --cleanenv --env PYTHONNOUSERSITE=1 --nv "${binds[@]}" "$EASLURM_IMAGE" python)
     fi
-    exec "${EASLURM_PYTHON:-python}" -m "$@"
+}
+
+# easlurm_task RUN_DIR STAGE INDEX: run one task of the run's plan, as the launcher's own scripts do
+# (easlurm/orchestrate/sbatch.py): the task is a child of this batch shell, which forwards the pre-timeout signal
+# (submit with --signal=B:USR2@SECONDS) and SIGTERM to it; a task that committed its checkpoint at the signal
+# exits 140 and the job is requeued from here, on the host, where scontrol exists even when the image has no Slurm
+# commands. It continues from that checkpoint in its next allocation.
+easlurm_task() {
+    local run_dir="$1" stage="$2" index="$3" me child rc
+    easlurm_command "$run_dir"
+    if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then me="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"; else me="${SLURM_JOB_ID:-}"; fi
+    echo "[easlurm] $(date +%FT%T) job ${me:-none} $stage task $index on $(hostname), restart ${SLURM_RESTART_COUNT:-0}"
+    export PYTHONUNBUFFERED=1
+    "${CMD[@]}" -u -m easlurm.orchestrate.runner "$run_dir" "$stage" "$index" &
+    child=$!
+    trap 'kill -USR2 "$child" 2>/dev/null' USR2
+    trap 'kill -TERM "$child" 2>/dev/null' TERM
+    set +e
+    while kill -0 "$child" 2>/dev/null; do wait "$child"; done
+    wait "$child"; rc=$?
+    set -e
+    if [ "$rc" -eq 140 ] && [ -n "$me" ]; then
+        echo "[easlurm] $(date +%FT%T) checkpoint committed at the pre-timeout signal; requeueing $me"
+        scontrol requeue "$me" && exit 0
+        echo "[easlurm] requeue refused or scontrol missing: resubmit this task (or relaunch with --resume)"
+    fi
+    exit "$rc"
 }
 
 easlurm_need_run_dir() {  # fail early, naming the problem, instead of inside the container

@@ -2,12 +2,12 @@
 # Fusion: train the attention branches over the final experts, average, merge into RUN/fusion/fused.pt.
 #   sbatch jobs/fuse.sh RUN_DIR
 #SBATCH --job-name=easlurm-fuse
-#SBATCH --ntasks=1
 #SBATCH --gpus-per-node=1
 #SBATCH --cpus-per-task=8
 #SBATCH --mem=32G
 #SBATCH --time=12:00:00
-#SBATCH --signal=USR2@90
+#SBATCH --ntasks=1
+#SBATCH --signal=B:USR2@180
 #SBATCH --requeue
 #SBATCH --open-mode=append
 #SBATCH --output=slurm-%x-%j.out
@@ -15,4 +15,4 @@
 jobs_dir="${EASLURM_JOBS:-${SLURM_SUBMIT_DIR:-$(dirname "$(readlink -f "$0")")/..}/jobs}"
 source "$jobs_dir/common.sh"
 easlurm_need_run_dir "${1:-}"
-easlurm_run "$1" easlurm.fuse --run "$1"
+easlurm_task "$1" fuse 0

@@ -284,3 +284,36 @@ def test_time_limits_checkpoint_and_continue_without_spending_a_retry(slurm_clus
     m = re.search(r"resuming after generation (\d+)", ea_log)
     assert m and 0 < int(m.group(1)) < gens, ea_log[-3000:]
     assert json.loads((run / "cycles" / "000" / "ea" / "fitness.json").read_text())["evaluations"] < 2 * gens + 2
+
+
+def test_plain_sbatch_scripts_run_a_whole_run_and_forward_the_warning_signal(slurm_cluster, make_run):
+    """jobs/*.sh, chained by hand as the README shows: the same tasks as the launcher's; the batch shell forwards
+    the pre-timeout signal (sent here at once with scancel --signal=USR2 --batch) to the member, which commits and
+    is requeued from the host, continuing from its checkpoint."""
+    run = make_run(["run.cycles=1", "adam.iters_per_cycle=400", "adam.checkpoint_every=100000",
+                    "adam.log_every=100000", "adam.image_every=100000", "ea.generations=1"], name="plain")
+    env = {**slurm_cluster.env(), "EASLURM_JOBS": str(REPO / "jobs"), "EASLURM_PYTHON": sys.executable}
+    small = ["--mem=2G", "--cpus-per-task=1", f"--chdir={run}"]
+
+    def sbatch(*args: str) -> str:
+        res = subprocess.run(["sbatch", "--parsable", *small, *args], capture_output=True, text=True, env=env,
+                             check=True)
+        return res.stdout.strip().split(";")[0]
+
+    pre = sbatch(str(REPO / "jobs" / "pretrain.sh"), str(run))
+    init = sbatch(f"--dependency=afterok:{pre}", str(REPO / "jobs" / "init.sh"), str(run))
+    adam = sbatch("--array=0-2", f"--dependency=afterok:{init}", str(REPO / "jobs" / "adam.sh"), str(run), "0")
+    log0 = run / f"slurm-easlurm-adam-{adam}_0.out"
+    _wait(lambda: log0.is_file() and "member 00: starting at iteration 0/400" in log0.read_text(), 300,
+          "member 0 to start")
+    time.sleep(3)  # a few iterations in
+    subprocess.run(["scancel", "--signal=USR2", "--batch", f"{adam}_0"], check=True, env=env)
+    ea = sbatch(f"--dependency=afterok:{adam}", str(REPO / "jobs" / "ea.sh"), str(run), "0")
+    final = sbatch("--array=0-2", f"--dependency=afterok:{ea}", str(REPO / "jobs" / "adam.sh"), str(run), "1")
+    fuse = sbatch(f"--dependency=afterok:{final}", str(REPO / "jobs" / "fuse.sh"), str(run))
+    sbatch(f"--dependency=afterok:{fuse}", str(REPO / "jobs" / "eval.sh"), str(run))
+    _wait(lambda: (run / "eval" / "results.md").is_file(), 600, "the evaluation")
+    text = log0.read_text()
+    assert "checkpoint committed at the pre-timeout signal; requeueing" in text, text[-3000:]
+    resumed = [int(m) for m in re.findall(r"member 00: resuming at iteration (\d+)/400", text)]
+    assert resumed and 0 < resumed[0] < 400, text[-3000:]

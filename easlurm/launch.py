@@ -153,9 +153,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="override a config field, e.g. --set adam.lr=2e-4 (repeatable)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and the job scripts; submit nothing")
     ap.add_argument("--detach", action="store_true", help="slurm: exit after submitting the whole chain")
+    ap.add_argument("--preflight", action="store_true",
+                    help="run the config's whole plan here in minutes on the demo photos, structure kept and sizes "
+                         "shrunk (a run dir given with --run-dir holds it; default: a temporary folder)")
     args = ap.parse_args(argv)
     echo = print
     try:
+        if args.preflight:
+            if not args.config or args.resume:
+                raise ConfigError("--preflight needs --config (it proves a config, not a run)")
+            from .preflight import run_preflight
+
+            run_preflight(load_config(args.config, args.overrides), args.run_dir, echo)
+            return 0
         from .bill import render as render_bill
         from .orchestrate.plan import build_plan, pending_stages
 

@@ -1,0 +1,180 @@
+"""``python -m easlurm.launch --config X --preflight``: prove a config's whole plan in minutes before it spends
+GPU-hours.
+
+The preflight runs X's plan end to end on this machine (local executor, CPU unless GPUs are configured locally) on
+the built-in demo photos, with X's **structure kept** — architecture family, population size (at most 5), member-0
+mode, selection, GAN type, gradient mix, first/final phase layout (at least 3 cycles, the final phase included),
+fitness tile rule and mean, evaluation metrics — and its **sizes shrunk**: network widths and depths, iterations,
+generations, batches, patch and tile sizes, perceptual layers that fit 32-pixel patches. It prints what it kept,
+what it shrank (``field: real → preflight``) and what the real run will need that the preflight cannot use here
+(the pretrained checkpoint, data folders, VGG19 weights, the container image, benchmark sets), then the results
+table. A failure is the same one-line error a real run would give, minutes instead of hours in.
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Config, to_dict, validate
+
+#: Blocks of VGG whose feature maps are still larger than 2×2 on a 32-pixel patch.
+_SMALL_PATCH_BLOCKS = ("conv1", "conv2", "conv3")
+
+
+@dataclass
+class Shrunk:
+    """The preflight config and what changed: ``kept`` (field: value), ``shrunk`` (field, real, preflight), and
+    ``needs`` (what the real run needs that was not checked here)."""
+    cfg: Config
+    kept: list[tuple[str, Any]] = field(default_factory=list)
+    shrunk: list[tuple[str, Any, Any]] = field(default_factory=list)
+    needs: list[str] = field(default_factory=list)
+
+    def report(self) -> str:
+        lines = ["preflight: structure kept"]
+        lines += [f"  {k}: {v}" for k, v in self.kept]
+        lines.append("preflight: sizes shrunk (real → preflight)")
+        lines += [f"  {k}: {a!r} → {b!r}" for k, a, b in self.shrunk]
+        if self.needs:
+            lines.append("preflight: not checked here — the real run also needs")
+            lines += [f"  - {n}" for n in self.needs]
+        return "\n".join(lines)
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _set(cfg: Config, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    obj: Any = cfg
+    for part in parents:
+        obj = getattr(obj, part)
+    setattr(obj, last, value)
+
+
+def shrink(real: Config, demo_dir: str | Path) -> Shrunk:
+    """The preflight version of ``real`` (see the module docstring); ``demo_dir`` holds the demo shards."""
+    cfg = copy.deepcopy(real)
+    out = Shrunk(cfg)
+    for k in ("model.arch", "population.member0", "ea.selection", "loss.gan_type", "adam.mix", "adam.final_phase",
+              "data.scale", "data.fitness_tile_choice", "data.fitness_mean", "ea.max_replacements",
+              "ea.reset_adam", "eval.metrics"):
+        out.kept.append((k, _get(real, k)))
+
+    def change(dotted: str, value: Any) -> None:
+        old = _get(cfg, dotted)
+        if old != value:
+            out.shrunk.append((dotted, old, value))
+            _set(cfg, dotted, value)
+
+    n = min(real.population.size, 5)
+    change("population.size", n)
+    if n == real.population.size:
+        out.kept.append(("population.size", n))
+    change("ea.neighbourhood", min(real.ea.neighbourhood, n))
+    change("run.cycles", max(3, min(real.run.cycles, 3)))
+    change("run.name", f"{real.run.name}-preflight")
+    # Data: the demo photos (9 train, 3 val), 32-pixel patches and fitness tiles.
+    change("data.demo", True)
+    change("data.demo_dir", str(demo_dir))
+    for name in ("train", "val", "fitness"):
+        if getattr(real.data, name):
+            out.needs.append(f"data.{name}: {getattr(real.data, name)} (a shard folder)")
+        change(f"data.{name}", None)
+    change("data.patch_size", 32)
+    change("data.fitness_tile", 8 * real.data.scale)
+    change("data.fitness_images", min(real.data.fitness_images, 3))
+    change("data.fitness_max_tiles", min(real.data.fitness_max_tiles, 4))
+    change("data.num_workers", 0)
+    # Networks: the same family, tiny.
+    change("model.num_feat", 8)
+    change("model.num_block", 1)
+    change("model.num_grow_ch", 4)
+    change("discriminator.num_feat", 4)
+    if real.model.pretrained:
+        out.needs.append(f"model.pretrained: {real.model.pretrained} (its {real.model.pretrained_key!r} entry)")
+    change("model.pretrained", None)
+    layers = {k: v for k, v in real.loss.perceptual.layers.items() if k.startswith(_SMALL_PATCH_BLOCKS)}
+    change("loss.perceptual.layers", layers or {"conv3_4": 1.0})
+    if real.loss.perceptual.net == "vgg19":
+        out.needs.append("VGG19 weights vgg19-dcbb9e9d.pth staged (python -m easlurm.assets check)")
+    change("loss.perceptual.net", "auto")
+    # Lengths.
+    change("pretrain.iters", 4)
+    change("pretrain.batch_size", 2)
+    change("pretrain.checkpoint_every", 2)
+    change("adam.batch_size", 2)
+    change("adam.iters_per_cycle", 6)
+    if real.adam.first_phase_iters is not None:
+        change("adam.first_phase_iters", 4)
+    if real.adam.final_phase_iters is not None:
+        change("adam.final_phase_iters", 4)
+    change("adam.checkpoint_every", 3)
+    change("adam.log_every", 2)
+    change("adam.image_every", 6)
+    change("ea.generations", 2)
+    change("ea.eval_batch", 4)
+    change("ea.checkpoint_every", 1)
+    change("fusion.iters", 4)
+    change("fusion.milestones", [m for m in (2,) if real.fusion.milestones])
+    change("fusion.batch_size", 2)
+    change("fusion.att_channels", 4)
+    change("fusion.checkpoint_every", 2)
+    if real.fusion.average_set:
+        out.needs.append(f"fusion.average_set: {real.fusion.average_set} (training images)")
+    change("fusion.average_set", None)
+    change("fusion.average_images", 3)
+    for name, path in sorted(real.eval.sets.items()):
+        out.needs.append(f"eval.sets.{name}: {path}")
+    change("eval.sets", {})
+    change("eval.tile", None)
+    # Where it runs: here, in this environment.
+    if real.container.image:
+        out.needs.append(f"container.image: {real.container.image}")
+    change("container.image", None)
+    change("executor.kind", "local")
+    change("executor.local.max_parallel", 2)
+    change("executor.max_retries", 0)
+    validate(cfg)
+    return out
+
+
+def run_preflight(real: Config, run_dir: str | Path | None = None, echo: Any = print) -> Path:
+    """Shrink ``real``, run its whole plan with the local executor in ``run_dir`` (a temporary folder when None),
+    print the report and the results table; return the run directory. Raises what the run raises."""
+    from .config import write_config
+    from .data.samples import build_samples
+    from .orchestrate.local import LocalExecutor
+    from .orchestrate.plan import build_plan
+    from .store import RunDir, make_run_dir
+
+    root = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix=f"easlurm-preflight-{real.run.name}-"))
+    demo = root / "demo"
+    build_samples(demo, scale=real.data.scale)
+    s = shrink(real, demo.resolve())
+    s.cfg.data.train, s.cfg.data.val = str((demo / "train").resolve()), str((demo / "val").resolve())
+    echo(s.report())
+    run = RunDir(root / "run")
+    make_run_dir(run.root)
+    write_config(s.cfg, run.root, argv=["preflight", real.run.name])
+    LocalExecutor(s.cfg, run, echo).run(build_plan(s.cfg, run))
+    md = run.eval / "results.md"
+    if md.is_file():
+        echo(md.read_text(encoding="utf-8").rstrip())
+    echo(f"preflight passed: {run.root}")
+    return run.root
+
+
+def as_dict(s: Shrunk) -> dict[str, Any]:
+    """JSON-ready form of a :class:`Shrunk` (for tests and tools)."""
+    return {"config": to_dict(s.cfg), "kept": s.kept, "shrunk": s.shrunk, "needs": s.needs}
+
+
+__all__ = ["Shrunk", "shrink", "run_preflight", "as_dict"]

@@ -43,7 +43,7 @@ class Cadence:
 class Trainee(Protocol):
     """What a stage plugs into :func:`run_loop`."""
 
-    where: str  #: names the stage in errors, e.g. "cycle 3 member 02"
+    where: str  #: names the stage in errors, e.g. "Adam phase of cycle 3, member 02"
 
     def step(self, iteration: int) -> Mapping[str, torch.Tensor]:
         """One iteration; returns its scalars (0-d tensors, left on the device: the loop syncs only to log)."""

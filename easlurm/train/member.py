@@ -201,7 +201,7 @@ def train_member(run_dir: str | Path, cycle: int, member: int, device: str | Non
     if not 0 <= cycle <= last:
         raise CheckpointError(f"cycle {cycle}: the run's Adam phases are cycles 0..{last}")
     # Installed first: a preemption during start-up must not kill the task before its next commit.
-    where = f"cycle {cycle} member {member:02d}"
+    where = f"Adam phase of cycle {cycle}, member {member:02d}"
     with Preemption() as pre, held(run.member(cycle, member), where, cfg.executor.lease_s) as lease:
         return _train_member(run, cfg, cycle, member, device, pre, lease, started)
 
@@ -223,7 +223,7 @@ def _train_member(run: RunDir, cfg: Config, cycle: int, member: int, device: str
         return write_member(folder, record, refs=refs)
 
     dev = pick_device(device)
-    where = f"cycle {cycle} member {member:02d}"
+    where = f"Adam phase of cycle {cycle}, member {member:02d}"
     g = factory.build_generator(cfg)
     d = factory.build_discriminator(cfg)
     fresh = meta is None

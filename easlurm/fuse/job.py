@@ -293,7 +293,7 @@ def run_fusion(run_dir: str | Path, device: str | None = None) -> FusionMeta:
         perceptual = factory.build_perceptual(cfg).to(dev)
         if got is not None:
             rng.restore(load_verified(run.fusion, "rng.pt", got[1]))
-        tb = tb_writer(run.tb / "fusion", purge_step=it0)
+        tb = tb_writer(run.tb / "fusion", purge_step=it0 + 1)
         record = meta
         attempt = AttemptLog(meta.attempts, it0, dev, started)
 

@@ -261,7 +261,7 @@ def _train_member(run: RunDir, cfg: Config, cycle: int, member: int, device: str
                    start_index=it0 * batch, total=target * batch, num_workers=cfg.data.num_workers)
     print(f"[train] {where}: {'resuming' if it0 else 'starting'} at iteration {it0}/{target} on {dev}", flush=True)
     step0 = sum(phase_iters(cfg, c) for c in range(cycle))
-    tb = tb_writer(run.tb / f"member_{member:02d}", purge_step=step0 + it0)
+    tb = tb_writer(run.tb / f"member_{member:02d}", purge_step=step0 + it0 + 1)
     record = meta
     attempt = AttemptLog(meta.attempts, it0, dev, started)
 

@@ -63,35 +63,24 @@ def _foreign_lease(folder: Path, age_s: float, **extra) -> Path:
 
 
 @pytest.mark.slow
-def test_second_live_task_on_one_member_refuses_naming_the_holder(make_run):
-    run = _started(make_run, ["adam.iters_per_cycle=100000", "adam.checkpoint_every=100000", "adam.log_every=1000"])
-    folder = RunDir(run).member(0, 1)
-    holder = subprocess.Popen(_train_cli(run, 1), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                              env=_ENV)
-    try:
-        assert holder.stdout is not None
-        assert "starting at iteration 0" in holder.stdout.readline()  # printed while holding the lease
-        with pytest.raises(LeaseBusy, match=rf"^Adam phase of cycle 0, member 01: {folder} is being worked on by "
-                                            rf"pid {holder.pid} on {socket.gethostname()} \(lease "):
-            train_member(run, 0, 1)
-        assert holder.poll() is None  # the holder is untouched and still training
-        assert holder_of(folder)["pid"] == holder.pid
-    finally:
-        holder.kill()
-        holder.wait()
-    assert read_member(folder) is None  # the refused task wrote nothing
-
-
-@pytest.mark.slow
-def test_kill9_retry_takes_the_lease_over_without_any_slurm_command(make_run, tmp_path):
+def test_a_live_second_task_refuses_and_a_kill9_retry_takes_over_without_any_slurm_command(make_run, tmp_path):
     run = _started(make_run, ["adam.iters_per_cycle=30", "adam.checkpoint_every=2", "adam.log_every=1000",
                               "adam.image_every=1000"])
     folder = RunDir(run).member(0, 2)
-    first = subprocess.Popen(_train_cli(run, 2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_ENV)
+    first = subprocess.Popen(_train_cli(run, 2), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             env=_ENV)
     try:
+        assert first.stdout is not None
+        assert "starting at iteration 0" in first.stdout.readline()  # printed while holding the lease
+        # Two live tasks on one member: the second refuses, naming the first.
+        with pytest.raises(LeaseBusy, match=rf"^Adam phase of cycle 0, member 02: {folder} is being worked on by "
+                                            rf"pid {first.pid} on {socket.gethostname()} \(lease "):
+            train_member(run, 0, 2)
+        assert first.poll() is None and holder_of(folder)["pid"] == first.pid  # the holder is untouched
         _wait(lambda: (m := read_member(folder)) is not None and 2 <= m.iteration < 30, first, "a checkpoint")
         first.send_signal(signal.SIGKILL)
     finally:
+        first.kill()
         first.wait()
     assert first.returncode == -signal.SIGKILL
     assert holder_of(folder)["pid"] == first.pid  # the dead task's lease is still there
@@ -108,11 +97,12 @@ def test_kill9_retry_takes_the_lease_over_without_any_slurm_command(make_run, tm
                            timeout=300)
     assert retry.returncode == 0, retry.stderr
     assert not calls.exists(), calls.read_text()
+    subprocess.run(["squeue", "--me"], env={"PATH": str(bindir)}, check=False)  # the tripwires do fire
+    assert calls.read_text() == "squeue --me\n"
     meta = read_member(folder)
     assert meta is not None and meta.done and meta.iteration == 30 and verify_checkpoint_dir(folder)
     assert "resuming at iteration" in retry.stdout
-    assert not (folder / LEASE_NAME).exists()  # released at the end
-    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".lease")) == []
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".lease")) == []  # released, no leftovers
 
 
 def test_silent_lease_on_another_host_is_taken_over_after_lease_s(make_run):

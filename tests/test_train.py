@@ -163,26 +163,44 @@ def _wait_for_iteration(folder: Path, proc: subprocess.Popen, at_least: int, bel
     raise AssertionError("no checkpoint appeared")
 
 
-@pytest.mark.slow
-def test_exact_resume_after_sigkill(make_run):
-    over = ["adam.iters_per_cycle=20", "adam.checkpoint_every=3", "adam.log_every=1000", "adam.image_every=1000"]
-    straight, killed = _started(make_run, over, "straight"), _started(make_run, over, "killed")
-    subprocess.run(_cli(straight, "--cycle", "0", "--member", "1"), check=True, capture_output=True, env=_ENV)
+# Interrupted phases: 16 iterations, a checkpoint every 5 (a signal's commit falls between two of them).
+INTERRUPT = ("adam.iters_per_cycle=16", "adam.checkpoint_every=5", "adam.log_every=1000", "adam.image_every=1000")
 
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory, demo_shards: Path) -> Path:
+    """Member 1's Adam phase of cycle 0, run uninterrupted in a subprocess: the reference the interrupted runs
+    (same config, their own run directories) must reproduce to the bit."""
+    from easlurm.config import write_config
+
+    from conftest import TINY
+
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.demo_dir={demo_shards}", *TINY, *INTERRUPT])
+    run = tmp_path_factory.mktemp("straight") / "run"
+    write_config(cfg, run, argv=["pytest"])
+    pretrain(run)
+    init_population(run)
+    subprocess.run(_cli(run, "--cycle", "0", "--member", "1"), check=True, capture_output=True, env=_ENV)
+    return run
+
+
+@pytest.mark.slow
+def test_exact_resume_after_sigkill(make_run, straight):
+    killed = _started(make_run, INTERRUPT, "killed")
     folder = RunDir(killed).member(0, 1)
     proc = subprocess.Popen(_cli(killed, "--cycle", "0", "--member", "1"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=_ENV)
     try:
-        killed_at = _wait_for_iteration(folder, proc, 3, 20)
+        killed_at = _wait_for_iteration(folder, proc, 5, 16)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     meta = read_member(folder)
-    assert meta is not None and killed_at <= meta.iteration < 20 and not meta.done
+    assert meta is not None and killed_at <= meta.iteration < 16 and not meta.done
     resumed = subprocess.run(_cli(killed, "--cycle", "0", "--member", "1"), capture_output=True, text=True, env=_ENV)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming at iteration {meta.iteration}/20" in resumed.stdout
+    assert f"resuming at iteration {meta.iteration}/16" in resumed.stdout
     _assert_same_result(straight, killed, 0, 1)
     # A finished phase is a no-op: nothing is rewritten.
     before = {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir())}
@@ -192,17 +210,15 @@ def test_exact_resume_after_sigkill(make_run):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR2])
-def test_preemption_signal_commits_exits_128_plus_signal_and_resumes(make_run, sig):
-    over = ["adam.iters_per_cycle=12", "adam.checkpoint_every=1000", "adam.log_every=1000", "adam.image_every=1000"]
-    straight, pre = _started(make_run, over, "straight"), _started(make_run, over, "pre")
-    subprocess.run(_cli(straight, "--cycle", "0", "--member", "2"), check=True, capture_output=True, env=_ENV)
-    folder = RunDir(pre).member(0, 2)
-    proc = subprocess.Popen(_cli(pre, "--cycle", "0", "--member", "2"), stdout=subprocess.PIPE,
+def test_preemption_signal_commits_exits_128_plus_signal_and_resumes(make_run, straight, sig):
+    pre = _started(make_run, INTERRUPT, "pre")
+    folder = RunDir(pre).member(0, 1)
+    proc = subprocess.Popen(_cli(pre, "--cycle", "0", "--member", "1"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=_ENV)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # printed inside the preemption handlers, just before the first iteration
-        assert "starting at iteration 0/12" in line, line
+        assert "starting at iteration 0/16" in line, line
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
     finally:
@@ -211,10 +227,10 @@ def test_preemption_signal_commits_exits_128_plus_signal_and_resumes(make_run, s
     assert proc.returncode == 128 + sig, err
     assert f"stopped by signal {sig} after committing a checkpoint" in err
     meta = read_member(folder)
-    assert meta is not None and 0 < meta.iteration < 12 and not meta.done  # saved mid-interval, on the signal
+    assert meta is not None and 0 < meta.iteration < 16 and not meta.done  # committed on the signal
     assert verify_checkpoint_dir(folder)
-    subprocess.run(_cli(pre, "--cycle", "0", "--member", "2"), check=True, capture_output=True, env=_ENV)
-    _assert_same_result(straight, pre, 0, 2)
+    subprocess.run(_cli(pre, "--cycle", "0", "--member", "1"), check=True, capture_output=True, env=_ENV)
+    _assert_same_result(straight, pre, 0, 1)
 
 
 def test_nan_loss_stops_with_one_clear_error_and_keeps_the_checkpoint(make_run, monkeypatch):

@@ -210,3 +210,26 @@ def test_stage_refuses_a_live_holder_before_touching_its_folder(make_run):
     with pytest.raises(LeaseBusy, match=rf"pid {parent} on "):
         train_member(run, 0, 1)
     assert (folder / ".staging" / "G.pt").read_bytes() == b"being written"
+
+
+def test_a_live_process_of_the_same_slurm_job_on_this_host_is_not_taken_over(tmp_path, monkeypatch):
+    """Two processes of one allocation (two launchers in one salloc shell, two tasks of a job step) share
+    SLURM_JOB_ID: "the holder is this very job" must not override "the holder is alive here"."""
+    code = ("import sys, time; from pathlib import Path; from easlurm.leases import acquire; "
+            "acquire(Path(sys.argv[1]), 'launcher', ttl=60); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              env=_ENV | {"SLURM_JOB_ID": "555"})
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        monkeypatch.setenv("SLURM_JOB_ID", "555")
+        with pytest.raises(LeaseBusy, match=rf"launcher: {tmp_path} is being worked on by job 555, pid "
+                                            rf"{holder.pid} on {socket.gethostname()}"):
+            acquire(tmp_path, "launcher", ttl=60)
+        assert holder_of(tmp_path)["pid"] == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+    # Once that process is gone, the same job takes the lease at once (a requeued task).
+    t0 = time.monotonic()
+    with held(tmp_path, "launcher", ttl=60):
+        assert time.monotonic() - t0 < 5

@@ -7,7 +7,8 @@ contenders on different nodes compare times from one clock (a probe file written
 
 A contender takes the lease over when the holder is provably gone:
 
-* the holder is this very Slurm job (a requeued task),
+* the holder is this very Slurm job (a requeued task) and not a live process on this host (two processes of one
+  allocation share the job id),
 * the holder ran on this host and its pid no longer exists, or
 * the lease was not renewed for ``ttl`` seconds (a killed task on another node, or a forgotten job).
 
@@ -139,9 +140,14 @@ class Lease:
 
 
 def _stale(holder: dict[str, Any], mtime: float, me: dict[str, Any], folder: Path, ttl: float) -> bool:
+    here = holder.get("host") == me["host"] and isinstance(holder.get("pid"), int)
+    if here and holder["pid"] != me["pid"] and _pid_alive(holder["pid"]):
+        # Alive on this host, whatever its job id: two processes of one allocation share SLURM_JOB_ID (two
+        # launchers in one salloc shell), and a requeued task's predecessor is dead by the time it starts.
+        return False
     if holder.get("job") and holder.get("job") == me["job"]:
         return True
-    if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"]):
+    if here and not _pid_alive(holder["pid"]):
         return True
     return _now(folder) - mtime > ttl
 

@@ -67,7 +67,9 @@ def check_finite_weights(where: str, iteration: int, modules: Mapping[str, nn.Mo
 
 
 def tb_writer(folder: Path, purge_step: int | None = None) -> Any:
-    """A TensorBoard ``SummaryWriter`` on ``folder``; ``purge_step`` drops events a resumed run will rewrite."""
+    """A TensorBoard ``SummaryWriter`` on ``folder``; ``purge_step`` drops the events at or after that step (those a
+    resumed run will rewrite): pass the first step the writer will log, i.e. the committed step + 1 — the committed
+    step itself was logged before its commit and is not logged again."""
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=str(folder), purge_step=purge_step)

@@ -77,3 +77,53 @@ def test_non_tensor_pickles_are_refused(tmp_path):
     (tmp_path / "x.pt").write_bytes(pickle.dumps(Evil()))
     with pytest.raises(CheckpointError, match=r"x\.pt: cannot load checkpoint"):
         load_checkpoint(tmp_path / "x.pt")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# References: a write-once folder may point at another's file instead of copying it.
+
+
+def _two_folders(tmp_path):
+    from easlurm.store import file_ref
+
+    a, b = tmp_path / "cycles" / "001" / "members" / "00", tmp_path / "cycles" / "002" / "start" / "00"
+    meta_a = commit_checkpoint(a, {"G.pt": torch_bytes({"w": torch.arange(4.0)}), "D.pt": b"d"}, {"done": True})
+    meta_b = commit_checkpoint(b, {"rng.pt": torch_bytes({"s": torch.zeros(1)})}, {"kind": "start"},
+                               refs={"G.pt": file_ref(a, "G.pt", meta_a)})
+    return a, b, meta_a, meta_b
+
+
+def test_a_reference_is_followed_by_loads_and_intact_checks(tmp_path):
+    from easlurm.store import checkpoint_intact, file_ref
+
+    a, b, meta_a, meta_b = _two_folders(tmp_path)
+    assert meta_b["refs"] == {"G.pt": "../../../001/members/00/G.pt"}
+    assert meta_b["sha256"]["G.pt"] == meta_a["sha256"]["G.pt"] and meta_b["size"]["G.pt"] == meta_a["size"]["G.pt"]
+    assert not (b / "G.pt").exists()  # no copy
+    assert file_ref(b, "G.pt", meta_b).path == a / "G.pt"
+    assert torch.equal(load_verified(b, "G.pt")["w"], torch.arange(4.0))
+    assert checkpoint_intact(b, meta_b) and checkpoint_intact(b, meta_b, full=True) and verify_checkpoint_dir(b)
+    # A partial update of b keeps the reference; a name given as a file replaces it.
+    meta_b = commit_checkpoint(b, {"rng.pt": b"r2"}, {"kind": "start"})
+    assert meta_b["refs"] == {"G.pt": "../../../001/members/00/G.pt"} and verify_checkpoint_dir(b)
+    meta_b = commit_checkpoint(b, {"G.pt": b"own"}, {"kind": "start"})
+    assert "refs" not in meta_b and (b / "G.pt").read_bytes() == b"own" and verify_checkpoint_dir(b)
+    with pytest.raises(ValueError, match=r"\['G.pt'\] given both as file and as reference"):
+        commit_checkpoint(b, {"G.pt": b"x"}, {}, refs={"G.pt": file_ref(a, "G.pt", meta_a)})
+
+
+def test_a_changed_or_missing_reference_target_fails_verification(tmp_path):
+    from easlurm.store import checkpoint_intact
+
+    a, b, _, meta_b = _two_folders(tmp_path)
+    (a / "G.pt").write_bytes(torch_bytes({"w": torch.arange(4.0) + 1}))  # same size, other bytes
+    assert checkpoint_intact(b, meta_b)  # the cheap size check cannot tell …
+    assert not checkpoint_intact(b, meta_b, full=True) and not verify_checkpoint_dir(b)  # … the sha256 can
+    with pytest.raises(CheckpointError, match=rf"^{a / 'G.pt'}: sha256 mismatch"):
+        load_verified(b, "G.pt")
+    (a / "G.pt").unlink()
+    assert not checkpoint_intact(b, meta_b)
+    with pytest.raises(CheckpointError, match=rf"^{a / 'G.pt'}: checkpoint not found"):
+        load_verified(b, "G.pt")
+    with pytest.raises(CheckpointError, match=r"optim\.pt: not listed in .*meta\.json"):
+        load_verified(b, "optim.pt")

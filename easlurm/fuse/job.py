@@ -53,7 +53,7 @@ from .dynamic import attention_parameters, average_attention, dynamic_layers, ma
 from .merge import merge_from_dynamic
 
 __all__ = ["ATTENTION_KEY", "FusionMeta", "run_fusion", "is_done", "progress", "distinct_experts", "build_fusion_model",
-           "attention_state", "averaging_crops", "fusion_step"]
+           "attention_state", "average_set", "averaging_crops", "fusion_step"]
 
 log = logging.getLogger("easlurm.fuse")
 
@@ -159,15 +159,12 @@ def _same_folder(a: Path, b: Path) -> bool:
         return False
 
 
-def averaging_crops(cfg: Config) -> tuple[list[str], Iterator[torch.Tensor]]:
-    """The attention-averaging set: ids and (lazily) 1×3×h×w LR centre crops (half height and width), RGB in [0, 1].
+def average_set(cfg: Config) -> Path:
+    """The shard folder the attention is averaged over: ``fusion.average_set``, null → ``data.train``.
 
-    The first ``fusion.average_images`` entries (sorted ids) of ``fusion.average_set`` (null → ``data.train``).
     Raises :class:`ConfigError` when that folder is an evaluation set (``data.val`` or an ``eval.sets`` path):
     weights fitted on the images they are scored on would flatter the fused model.
     """
-    from ..data.dataset import ShardReader, to_tensor
-
     dirs = factory.data_dirs(cfg)
     src = Path(cfg.fusion.average_set) if cfg.fusion.average_set else dirs.train
     evaluation = ([("data.val", dirs.val)] if dirs.val is not None else []) + \
@@ -176,7 +173,17 @@ def averaging_crops(cfg: Config) -> tuple[list[str], Iterator[torch.Tensor]]:
         if _same_folder(src, path):
             raise ConfigError(f"fusion.average_set: {src} is also {name}; average the attention over training "
                               f"images (the reference uses 100 DIV2K training images), never an evaluation set")
-    reader = ShardReader(src, scale=cfg.data.scale)
+    return src
+
+
+def averaging_crops(cfg: Config) -> tuple[list[str], Iterator[torch.Tensor]]:
+    """The attention-averaging set: ids and (lazily) 1×3×h×w LR centre crops (half height and width), RGB in [0, 1].
+
+    The first ``fusion.average_images`` entries (sorted ids) of :func:`average_set`.
+    """
+    from ..data.dataset import ShardReader, to_tensor
+
+    reader = ShardReader(average_set(cfg), scale=cfg.data.scale)
     ids = list(reader.ids)[: cfg.fusion.average_images]
 
     def crops() -> Iterator[torch.Tensor]:
@@ -256,6 +263,7 @@ def run_fusion(run_dir: str | Path, device: str | None = None) -> FusionMeta:
     started = time.time()
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)
+    average_set(cfg)  # a refused averaging set must not cost the whole fusion training first
     with Preemption() as pre, held(run.fusion, "fusion", cfg.executor.lease_s) as lease:
         got = _read_meta(run, recover=True)  # the fusion stage owns RUN/fusion
         if got is not None and got[0].done and checkpoint_intact(run.fusion, got[1], full=True):
@@ -293,7 +301,7 @@ def run_fusion(run_dir: str | Path, device: str | None = None) -> FusionMeta:
         perceptual = factory.build_perceptual(cfg).to(dev)
         if got is not None:
             rng.restore(load_verified(run.fusion, "rng.pt", got[1]))
-        tb = tb_writer(run.tb / "fusion", purge_step=it0)
+        tb = tb_writer(run.tb / "fusion", purge_step=it0 + 1)
         record = meta
         attempt = AttemptLog(meta.attempts, it0, dev, started)
 

@@ -43,7 +43,7 @@ class Cadence:
 class Trainee(Protocol):
     """What a stage plugs into :func:`run_loop`."""
 
-    where: str  #: names the stage in errors, e.g. "cycle 3 member 02"
+    where: str  #: names the stage in errors, e.g. "Adam phase of cycle 3, member 02"
 
     def step(self, iteration: int) -> Mapping[str, torch.Tensor]:
         """One iteration; returns its scalars (0-d tensors, left on the device: the loop syncs only to log)."""
@@ -80,9 +80,11 @@ class _LossWatch:
         if self.first_bad is None:
             return
         bad = self.first_bad.tolist()
-        hits = [(it, name) for it, name in zip(bad, self.names) if it >= 0]
+        # Earliest iteration first; within it, the trainee's order (loss terms before derived values such as
+        # gradient norms, which a non-finite loss poisons in the same iteration).
+        hits = [(it, k, name) for k, (it, name) in enumerate(zip(bad, self.names)) if it >= 0]
         if hits:
-            it, name = min(hits)
+            it, _, name = min(hits)
             raise TrainingError(f"{where}: {name} loss is not finite at iteration {it}; stopped, the last "
                                 f"checkpoint is kept")
 

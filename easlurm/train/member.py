@@ -201,7 +201,7 @@ def train_member(run_dir: str | Path, cycle: int, member: int, device: str | Non
     if not 0 <= cycle <= last:
         raise CheckpointError(f"cycle {cycle}: the run's Adam phases are cycles 0..{last}")
     # Installed first: a preemption during start-up must not kill the task before its next commit.
-    where = f"cycle {cycle} member {member:02d}"
+    where = f"Adam phase of cycle {cycle}, member {member:02d}"
     with Preemption() as pre, held(run.member(cycle, member), where, cfg.executor.lease_s) as lease:
         return _train_member(run, cfg, cycle, member, device, pre, lease, started)
 
@@ -223,7 +223,7 @@ def _train_member(run: RunDir, cfg: Config, cycle: int, member: int, device: str
         return write_member(folder, record, refs=refs)
 
     dev = pick_device(device)
-    where = f"cycle {cycle} member {member:02d}"
+    where = f"Adam phase of cycle {cycle}, member {member:02d}"
     g = factory.build_generator(cfg)
     d = factory.build_discriminator(cfg)
     fresh = meta is None
@@ -261,7 +261,7 @@ def _train_member(run: RunDir, cfg: Config, cycle: int, member: int, device: str
                    start_index=it0 * batch, total=target * batch, num_workers=cfg.data.num_workers)
     print(f"[train] {where}: {'resuming' if it0 else 'starting'} at iteration {it0}/{target} on {dev}", flush=True)
     step0 = sum(phase_iters(cfg, c) for c in range(cycle))
-    tb = tb_writer(run.tb / f"member_{member:02d}", purge_step=step0 + it0)
+    tb = tb_writer(run.tb / f"member_{member:02d}", purge_step=step0 + it0 + 1)
     record = meta
     attempt = AttemptLog(meta.attempts, it0, dev, started)
 

@@ -99,7 +99,7 @@ def pretrain(run_dir: str | Path, device: str | None = None) -> dict[str, Any]:
         data = batches(factory.data_dirs(cfg).train, cfg, p.batch_size,
                        rng.derive_seed(cfg.run.seed, SEED_TAG, 0xDA7A), start_index=it0 * p.batch_size,
                        total=p.iters * p.batch_size, num_workers=cfg.data.num_workers)
-        tb = tb_writer(run.tb / "pretrain", purge_step=it0)
+        tb = tb_writer(run.tb / "pretrain", purge_step=it0 + 1)
         record = meta
         attempt = AttemptLog(meta.get("attempts"), it0, dev, started)
 

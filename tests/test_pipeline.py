@@ -1,0 +1,160 @@
+"""Whole runs, 3 cycles end to end with the debug executor: the paper configs shrunk (their architecture family,
+member-0 mode, selection and GAN type kept) and the tiny config's member-0 × selection matrix. Each finished run is
+checked for what the run-state model promises: stage outputs written once, every lineage row's checkpoint present
+with its sha256, member 0 handled as its mode says, and a rerun that runs nothing."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from easlurm import factory
+from easlurm.config import Config, load_config, load_run_config, write_config
+from easlurm.evo import job as ea_job
+from easlurm.orchestrate.local import DebugExecutor
+from easlurm.orchestrate.plan import build_plan, pending_stages
+from easlurm.population import member_file, read_member
+from easlurm.store import RunDir, load_verified, sha256_file, verify_checkpoint_dir
+
+from conftest import TINY
+
+REPO = Path(__file__).resolve().parents[1]
+CYCLES = 3
+
+# Sizes only: tiny networks on 32 px patches, a few iterations per stage, every phase length distinct.
+SHRINK = (*TINY, f"run.cycles={CYCLES}", "adam.iters_per_cycle=3", "adam.first_phase_iters=2",
+          "adam.final_phase=true", "adam.final_phase_iters=2", "adam.checkpoint_every=2", "adam.image_every=2",
+          "ea.eval_batch=4", "data.fitness_tile=32", "fusion.iters=2", "fusion.checkpoint_every=1",
+          "fusion.batch_size=2", "fusion.average_images=2", "eval.metrics=[psnr, ssim]")
+
+
+def _paper_config(name: str, demo: Path) -> Config:
+    """``configs/<name>.yaml`` shrunk: data → the demo photos, no pretrained file (a pretrain stage instead), the
+    perceptual network that is available offline with layers that fit 32 px patches, no benchmark sets."""
+    layers = {"srresnet": "{conv3_4: 1.0}", "rrdb": "{conv1_2: 0.1, conv2_2: 0.1, conv3_4: 1.0}"}[name]
+    cfg = load_config(REPO / "configs" / f"{name}.yaml", [
+        f"data.train={demo / 'train'}", f"data.val={demo / 'val'}", "model.pretrained=null", "model.num_grow_ch=4",
+        "loss.perceptual.net=auto", f"loss.perceptual.layers={layers}", "fusion.average_set=null", "eval.sets={}",
+        *SHRINK])
+    full = load_config(REPO / "configs" / f"{name}.yaml")
+    for field in ("model.arch", "population.member0", "ea.selection", "loss.gan_type", "adam.mix",
+                  "fusion.att_kernel", "fusion.l1_weight"):
+        section, key = field.split(".")
+        assert getattr(getattr(cfg, section), key) == getattr(getattr(full, section), key), field
+    return cfg
+
+
+def _run_to_the_end(cfg: Config, root: Path) -> tuple[RunDir, list[tuple[str, int]]]:
+    write_config(cfg, root, argv=["pytest"])
+    run = RunDir(root)
+    cfg = load_run_config(root)
+    ex = DebugExecutor(cfg, run, echo=lambda m: None)
+    ex.run(build_plan(cfg, run))
+    return run, ex.calls
+
+
+def _expected_calls(n: int) -> list[tuple[str, int]]:
+    keys = ["pretrain", "init"]
+    for c in range(CYCLES + 1):
+        keys += [f"adam/{c:03d}"] * n + ([f"ea/{c:03d}"] if c < CYCLES else [])
+    keys += ["fuse", "eval"]
+    out, seen = [], {}
+    for k in keys:
+        out.append((k, seen.get(k, 0)))
+        seen[k] = seen.get(k, 0) + 1
+    return out
+
+
+def check_finished_run(run: RunDir, calls: list[tuple[str, int]]) -> dict[str, Any]:
+    """The checks every finished run must pass; returns facts for the caller's mode-specific checks."""
+    cfg = load_run_config(run.root)
+    n = cfg.population.size
+    assert calls == _expected_calls(n)
+    plan = build_plan(cfg, run)
+    assert pending_stages(plan) == []
+    # Every checkpoint folder of every stage verifies in full: its own files and the files it references.
+    folders = [run.pretrain, run.fusion] + [f(c, i) for c in range(CYCLES + 1) for i in range(n)
+                                            for f in (run.start, run.member)]
+    for folder in folders:
+        assert verify_checkpoint_dir(folder), folder
+    # Write-once: each EA phase's done record still matches the start entries it wrote, after every later stage.
+    for c in range(CYCLES):
+        assert ea_job.is_done(run.root, c), c
+    # The lineage acceptance: every checkpoint a row names exists and matches its sha256.
+    named = 0
+    for c in range(CYCLES):
+        rows = [json.loads(line) for line in (run.ea(c) / "lineage.jsonl").read_text().splitlines()]
+        assert len(rows) == cfg.ea.generations * n
+        for r in rows:
+            for p in r["parents"]:
+                if "checkpoint" in p:
+                    assert sha256_file(run.root / p["checkpoint"]) == p["sha256"], (c, r["id"], p)
+                    named += 1
+            if "checkpoint" in r:
+                assert sha256_file(run.root / r["checkpoint"]) == r["checkpoint_sha256"], (c, r["id"])
+                named += 1
+    assert named > 0
+    # The fused model is a plain backbone; evaluation scored it.
+    g = factory.build_generator(cfg)
+    g.load_state_dict(load_verified(run.fusion, "fused.pt"), strict=True)
+    assert (run.eval / "results.csv").is_file()
+    # A second pass runs nothing.
+    again = DebugExecutor(cfg, run, echo=lambda m: None)
+    again.run(plan)
+    assert again.calls == []
+    return {"cfg": cfg, "g0": [member_file(run.member(c, 0), read_member(run.member(c, 0)), "G.pt").path
+                               for c in range(CYCLES + 1)]}
+
+
+def _slot0_never_replaced(run: RunDir) -> bool:
+    for c in range(CYCLES):
+        for line in (run.ea(c) / "lineage.jsonl").read_text().splitlines():
+            if 0 in json.loads(line)["accepted_into"]:
+                return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("selection", ["moead", "nsga2"])
+@pytest.mark.parametrize("member0", ["frozen", "trained"])
+def test_tiny_runs_end_to_end(member0, selection, demo_shards, tmp_path):
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.demo_dir={demo_shards}", *SHRINK,
+                                                       f"population.member0={member0}", f"ea.selection={selection}"])
+    run, calls = _run_to_the_end(cfg, tmp_path / "run")
+    facts = check_finished_run(run, calls)
+    g0 = facts["g0"]
+    if member0 == "frozen":
+        # Never trained, never replaced: every cycle's member 0 is the init stage's generator file itself.
+        assert set(g0) == {run.start(0, 0) / "G.pt"} and _slot0_never_replaced(run)
+        assert all(not (run.member(c, 0) / "G.pt").exists() for c in range(CYCLES + 1))
+    else:
+        assert g0 == [run.member(c, 0) / "G.pt" for c in range(CYCLES + 1)]  # trained every phase
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["srresnet", "rrdb"])
+def test_shrunk_paper_configs_run_end_to_end(name, demo_shards, tmp_path):
+    cfg = _paper_config(name, demo_shards)
+    run, calls = _run_to_the_end(cfg, tmp_path / "run")
+    facts = check_finished_run(run, calls)
+    cfg = facts["cfg"]
+    assert cfg.model.arch == {"srresnet": "msrresnet", "rrdb": "rrdbnet"}[name]
+    g0 = facts["g0"]
+    # Member 0 is never Adam-trained (frozen: SRResNet; EA-only: RRDB): its members folders hold no generator file.
+    assert all(not (run.member(c, 0) / "G.pt").exists() for c in range(CYCLES + 1))
+    if cfg.population.member0 == "frozen":
+        assert set(g0) == {run.start(0, 0) / "G.pt"} and _slot0_never_replaced(run)
+    else:
+        assert cfg.population.member0 == "ea_only"
+        # Its generator is the init stage's or a genome the EA put there, never a trained file.
+        assert all(p == run.start(0, 0) / "G.pt" or p.parent.parent.name == "start" for p in g0)
+    # Phase lengths: first, middle and final phases as configured.
+    iters = [read_member(run.member(c, 1)).iteration for c in range(CYCLES + 1)]
+    assert iters == [2, 3, 3, 2]
+    # The GAN type reached the discriminator's loss: the members' D moved.
+    d_start = load_verified(run.start(0, 1), "D.pt")
+    d_end = load_verified(run.member(CYCLES, 1), "D.pt")
+    assert any(not torch.equal(d_start[k], d_end[k]) for k in d_start)

@@ -1,11 +1,12 @@
 """``python -m easlurm.launch --config X --preflight``: prove a config's whole plan in minutes before it spends
 GPU-hours.
 
-The preflight runs X's plan end to end on this machine (local executor, CPU unless GPUs are configured locally) on
-the built-in demo photos, with X's **structure kept** — architecture family, population size (at most 5), member-0
-mode, selection, GAN type, gradient mix, first/final phase layout (at least 3 cycles, the final phase included),
-fitness tile rule and mean, evaluation metrics — and its **sizes shrunk**: network widths and depths, iterations,
-generations, batches, patch and tile sizes, perceptual layers that fit 32-pixel patches. It prints what it kept,
+The preflight runs X's plan end to end on this machine, in this process (the debug executor: every stage function
+with its real inputs and outputs, one after another), on the built-in demo photos, with X's **structure kept** —
+architecture family, member-0 mode, selection, GAN type, gradient mix, first/final phase layout (3 cycles, the
+final phase included), fitness tile rule and mean, evaluation metrics — and its **sizes shrunk**: population (at most
+3), network widths and depths, iterations, generations, batches, patch and tile sizes, perceptual layers that fit
+32-pixel patches, and evaluation on two small crops of the demo's validation photos. It prints what it kept,
 what it shrank (``field: real → preflight``) and what the real run will need that the preflight cannot use here
 (the pretrained checkpoint, data folders, VGG19 weights, the container image, benchmark sets), then the results
 table. A failure is the same one-line error a real run would give, minutes instead of hours in.
@@ -74,7 +75,7 @@ def shrink(real: Config, demo_dir: str | Path) -> Shrunk:
             out.shrunk.append((dotted, old, value))
             _set(cfg, dotted, value)
 
-    n = min(real.population.size, 5)
+    n = min(real.population.size, 3)
     change("population.size", n)
     if n == real.population.size:
         out.kept.append(("population.size", n))
@@ -133,7 +134,7 @@ def shrink(real: Config, demo_dir: str | Path) -> Shrunk:
     change("fusion.average_images", 3)
     for name, path in sorted(real.eval.sets.items()):
         out.needs.append(f"eval.sets.{name}: {path}")
-    change("eval.sets", {})
+    change("eval.sets", {"preflight-crops": str(Path(demo_dir) / "crops")})
     change("eval.tile", None)
     # Where it runs: here, in this environment.
     if real.container.image:
@@ -151,25 +152,43 @@ def run_preflight(real: Config, run_dir: str | Path | None = None, echo: Any = p
     print the report and the results table; return the run directory. Raises what the run raises."""
     from .config import write_config
     from .data.samples import build_samples
-    from .orchestrate.local import LocalExecutor
+    from .orchestrate.local import DebugExecutor
     from .orchestrate.plan import build_plan
     from .store import RunDir, make_run_dir
 
     root = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix=f"easlurm-preflight-{real.run.name}-"))
     demo = root / "demo"
     build_samples(demo, scale=real.data.scale)
+    _write_crops(demo / "val", demo / "crops", 16 * real.data.scale)
     s = shrink(real, demo.resolve())
     s.cfg.data.train, s.cfg.data.val = str((demo / "train").resolve()), str((demo / "val").resolve())
     echo(s.report())
     run = RunDir(root / "run")
     make_run_dir(run.root)
     write_config(s.cfg, run.root, argv=["preflight", real.run.name])
-    LocalExecutor(s.cfg, run, echo).run(build_plan(s.cfg, run))
+    DebugExecutor(s.cfg, run, echo).run(build_plan(s.cfg, run))
     md = run.eval / "results.md"
     if md.is_file():
         echo(md.read_text(encoding="utf-8").rstrip())
     echo(f"preflight passed: {run.root}")
     return run.root
+
+
+def _write_crops(val_shards: Path, out: Path, size: int, count: int = 2) -> None:
+    """``count`` centre crops of ``size`` HR pixels of the first validation photos as PNGs (a fast test set)."""
+    from PIL import Image
+
+    from .data.dataset import ShardReader
+
+    out.mkdir(parents=True, exist_ok=True)
+    reader = ShardReader(val_shards)
+    try:
+        for eid in list(reader.ids)[:count]:
+            h, w = reader.entries[eid]["hr_shape"][:2]
+            y, x = max(0, (h - size) // 2), max(0, (w - size) // 2)
+            Image.fromarray(reader.read(eid, "hr", y, x, min(size, h), min(size, w))).save(out / f"{eid}.png")
+    finally:
+        reader.close()
 
 
 def as_dict(s: Shrunk) -> dict[str, Any]:

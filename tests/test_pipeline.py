@@ -5,6 +5,8 @@ with its sha256, member 0 handled as its mode says, and a rerun that runs nothin
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +33,6 @@ SHRINK = (*TINY, f"run.cycles={CYCLES}", "adam.iters_per_cycle=3", "adam.first_p
           "fusion.batch_size=2", "fusion.average_images=2", "eval.metrics=[psnr, ssim]")
 
 
-def _paper_config(name: str, demo: Path) -> Config:
-    """``configs/<name>.yaml`` shrunk: data → the demo photos, no pretrained file (a pretrain stage instead), the
-    perceptual network that is available offline with layers that fit 32 px patches, no benchmark sets."""
-    layers = {"srresnet": "{conv3_4: 1.0}", "rrdb": "{conv1_2: 0.1, conv2_2: 0.1, conv3_4: 1.0}"}[name]
-    cfg = load_config(REPO / "configs" / f"{name}.yaml", [
-        f"data.train={demo / 'train'}", f"data.val={demo / 'val'}", "model.pretrained=null", "model.num_grow_ch=4",
-        "loss.perceptual.net=auto", f"loss.perceptual.layers={layers}", "fusion.average_set=null", "eval.sets={}",
-        *SHRINK])
-    full = load_config(REPO / "configs" / f"{name}.yaml")
-    for field in ("model.arch", "population.member0", "ea.selection", "loss.gan_type", "adam.mix",
-                  "fusion.att_kernel", "fusion.l1_weight"):
-        section, key = field.split(".")
-        assert getattr(getattr(cfg, section), key) == getattr(getattr(full, section), key), field
-    return cfg
-
-
 def _run_to_the_end(cfg: Config, root: Path) -> tuple[RunDir, list[tuple[str, int]]]:
     write_config(cfg, root, argv=["pytest"])
     run = RunDir(root)
@@ -68,11 +54,12 @@ def _expected_calls(n: int) -> list[tuple[str, int]]:
     return out
 
 
-def check_finished_run(run: RunDir, calls: list[tuple[str, int]]) -> dict[str, Any]:
+def check_finished_run(run: RunDir, calls: list[tuple[str, int]] | None) -> dict[str, Any]:
     """The checks every finished run must pass; returns facts for the caller's mode-specific checks."""
     cfg = load_run_config(run.root)
     n = cfg.population.size
-    assert calls == _expected_calls(n)
+    if calls is not None:
+        assert calls == _expected_calls(n)
     plan = build_plan(cfg, run)
     assert pending_stages(plan) == []
     # Every checkpoint folder of every stage verifies in full: its own files and the files it references.
@@ -136,11 +123,26 @@ def test_tiny_runs_end_to_end(member0, selection, demo_shards, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["srresnet", "rrdb"])
-def test_shrunk_paper_configs_run_end_to_end(name, demo_shards, tmp_path):
-    cfg = _paper_config(name, demo_shards)
-    run, calls = _run_to_the_end(cfg, tmp_path / "run")
-    facts = check_finished_run(run, calls)
+def test_shrunk_paper_configs_run_end_to_end(name, tmp_path):
+    """The preflight of each paper config (easlurm.preflight): its structure kept, its sizes shrunk."""
+    from easlurm.preflight import run_preflight, shrink
+
+    full = load_config(REPO / "configs" / f"{name}.yaml")
+    lines: list[str] = []
+    run = RunDir(run_preflight(full, tmp_path, echo=lines.append))
+    facts = check_finished_run(run, None)
     cfg = facts["cfg"]
+    for field in ("model.arch", "population.member0", "ea.selection", "loss.gan_type", "adam.mix",
+                  "fusion.att_kernel", "fusion.l1_weight"):
+        section, key = field.split(".")
+        assert getattr(getattr(cfg, section), key) == getattr(getattr(full, section), key), field
+    report = "\n".join(lines)
+    assert "preflight: structure kept" in report and "preflight passed" in report
+    assert "model.pretrained: /path/to/" in report and "VGG19 weights" in report  # what the real run needs
+    assert shrink(full, tmp_path / "demo").cfg.run.cycles == CYCLES
+    again = DebugExecutor(cfg, run, echo=lambda m: None)
+    again.run(build_plan(cfg, run))
+    assert again.calls == []
     assert cfg.model.arch == {"srresnet": "msrresnet", "rrdb": "rrdbnet"}[name]
     g0 = facts["g0"]
     # Member 0 is never Adam-trained (frozen: SRResNet; EA-only: RRDB): its members folders hold no generator file.
@@ -153,8 +155,22 @@ def test_shrunk_paper_configs_run_end_to_end(name, demo_shards, tmp_path):
         assert all(p == run.start(0, 0) / "G.pt" or p.parent.parent.name == "start" for p in g0)
     # Phase lengths: first, middle and final phases as configured.
     iters = [read_member(run.member(c, 1)).iteration for c in range(CYCLES + 1)]
-    assert iters == [2, 3, 3, 2]
+    assert iters == [4, 6, 6, 4]
     # The GAN type reached the discriminator's loss: the members' D moved.
     d_start = load_verified(run.start(0, 1), "D.pt")
     d_end = load_verified(run.member(CYCLES, 1), "D.pt")
     assert any(not torch.equal(d_start[k], d_end[k]) for k in d_start)
+
+
+OTHER_CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.stem not in ("srresnet", "rrdb"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", OTHER_CONFIGS, ids=[p.relative_to(REPO / "configs").as_posix() for p in OTHER_CONFIGS])
+def test_every_shipped_config_passes_its_preflight(path, tmp_path):
+    """CI proves every file in configs/ (the paper configs above, with their own checks)."""
+    res = subprocess.run([sys.executable, "-m", "easlurm.launch", "--config", str(path), "--preflight", "--run-dir",
+                          str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "preflight: sizes shrunk" in res.stdout and "preflight passed" in res.stdout
+    assert "| bicubic |" in res.stdout

@@ -115,7 +115,9 @@ class LocalExecutor:
                         continue
                     running.remove(r)
                     r.log.close()
-                    if rc == 0 and stage.tasks[r.index].is_done():
+                    # Files are the truth: a task stopped by a signal right after its final commit (exit 140/143)
+                    # is finished, not failed.
+                    if stage.tasks[r.index].is_done():
                         finished += 1
                         elapsed = time.monotonic() - t0
                         eta = elapsed / finished * (len(todo) - finished)

@@ -229,6 +229,10 @@ def collect(run_dir: str | Path, *, slurm: bool = True) -> dict[str, Any]:
                 row["gpu_h_source"] = "sacct"
         row["job_states"] = {j: {"state": infos[j].state, "reason": infos[j].reason}
                              for j in row["jobs"] if j in infos}
+        if s.kind == "ea" and s.cycle is not None:
+            fit = _fitness(run, s.cycle)
+            counts = fit.get("distinct_genomes") if fit else None
+            row["distinct_genomes"] = counts[-1] if counts else (cfg.population.size if fit else None)
         row["state"] = _stage_state(row, infos)
         stages.append(row)
         prev_end = row["end"] if row["end"] is not None else prev_end
@@ -329,6 +333,10 @@ def format_report(s: Mapping[str, Any]) -> str:
                  f"{t['gpu_h']:>8.3f} {_hms(t['queue_wait_s']):>9}")
     lines.append(f"(times from {', '.join(sources) or 'nothing yet'}; GPU-h = task time × GPUs per task"
                  f"{', refined by sacct' if s['accounting'] else '; no Slurm accounting to refine them'})")
+    distinct = [f"cycle {int(r['stage'][3:])}: {r['distinct_genomes']}/{s['population']}" for r in s["stages"]
+                if r.get("distinct_genomes") is not None]
+    if distinct:
+        lines.append("distinct genomes after each EA phase: " + ", ".join(distinct))
     lines.append("")
     lines.append("barrier cost per cycle (time from the first to the last Adam-trained member finishing):")
     for c in s["members"]:

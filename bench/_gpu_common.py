@@ -259,7 +259,7 @@ class SyncProbe:
         self._marks.append((label, self.reads.total, self._cuda_count()))
 
     @contextlib.contextmanager
-    def counting(self) -> Iterator["SyncProbe"]:
+    def counting(self) -> Iterator[SyncProbe]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             self._caught = caught

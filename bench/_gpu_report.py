@@ -121,12 +121,14 @@ def _loop(ls: Any) -> list[str]:
     """The per-iteration host syncs of the real training loop around MemberStep (section 1's ``loop_syncs``)."""
     if not isinstance(ls, dict):
         return []
+    def pair(it: dict[str, Any], part: str) -> str:
+        cuda = it.get(f"{part}_cuda")
+        return f"{it.get(f'{part}_reads')}" + ("" if cuda is None else f" / {cuda}")
+
     cells = []
     for it in ls.get("per_iteration") or []:
         what = "checkpoint" if it.get("checkpoint") else "log" if it.get("log") else "plain"
-        cuda = lambda k: "" if it.get(k) is None else f" / {it[k]}"  # noqa: E731
-        cells.append(f"iteration {it['iteration']} ({what}): step {it.get('step_reads')}{cuda('step_cuda')}, "
-                     f"loop {it.get('loop_reads')}{cuda('loop_cuda')}")
+        cells.append(f"iteration {it['iteration']} ({what}): step {pair(it, 'step')}, loop {pair(it, 'loop')}")
     return [f"  - training loop (run_loop with the member trainee, {ls.get('iterations')} iterations, log every "
             f"{ls.get('log_every')}, checkpoint at the end; host reads / CUDA syncs): " + "; ".join(cells)]
 
@@ -155,7 +157,7 @@ def _ea(rec: dict[str, Any]) -> list[str]:
     fz = rec.get("fitness") or {}
     gen = _g(rec, "generations", "seconds") or []
     out = [f"N = {rec.get('n')}, {rec.get('selection')} selection, {fz.get('tiles')} fitness tiles of "
-           f"{fz.get('tile')} px in {fz.get('images')} images of {fz.get('tiles_per_image')} (the reference's "
+           f"{fz.get('tile')} px in {fz.get('images')} images of {fz.get('tiles_per_image')} (the config's "
            f"{fz.get('reference')}; the demo gives {fz.get('from_demo_tiles')} tiles from {fz.get('demo_images')} "
            f"photos through FitnessTiles, repeated ×{fz.get('repeated')} and regrouped to reach it), objectives "
            f"averaged per {fz.get('mean')}, eval batch {fz.get('eval_batch')} ({rec.get('batches_per_evaluation')} "

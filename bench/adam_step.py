@@ -19,8 +19,9 @@ Two questions, one run:
    ``--job-iters`` iterations and the config's log/image/checkpoint cadence, timed per iteration, interleaved with
    the step blocks. ``MemberStep.__call__`` is wrapped (in this process only) to clock the steps inside the job
    (CUDA events on a GPU, so the wrapper adds no host sync), and so are the loader, the TensorBoard writer and the
-   checkpoint serialisation and writes, to say where the rest goes. **job ratio = MemberStep alone / job per iteration** (steady state: after the first
-   step; "whole" adds start-up: models, VGG weights, member init, data, TensorBoard writer). Each job run is
+   checkpoint serialisation and writes, to say where the rest goes. **job ratio = MemberStep alone / job per
+   iteration** (steady state: after the first step; "whole" adds start-up: models, VGG weights, member init, data,
+   TensorBoard writer). Each job run is
    compared with MemberStep alone in the repetitions just before and after it (same machine load).
 
 Timing is per iteration, median and inter-quartile range over repetitions, read on two clocks: wall time and this

@@ -72,6 +72,7 @@ REAL_RUN_SMOKE: list[str] = [
     "executor.local.max_parallel=2", "executor.local.gpus=[]",
 ]
 # =====================================================================================================================
+# ruff: noqa: E402  (the settings above come first on purpose, so the imports follow them)
 
 import argparse
 import os
@@ -120,7 +121,7 @@ _DONE = re.compile(r"^\[local\] (\S+): done in ([0-9.]+) s")
 _START = re.compile(r"^\[local\] (\S+): (\d+) task")
 
 
-def _reader(stream: Any, q: "queue.Queue[str | None]") -> None:
+def _reader(stream: Any, q: queue.Queue[str | None]) -> None:
     for line in iter(stream.readline, ""):
         q.put(line)
     q.put(None)
@@ -146,7 +147,7 @@ def section_real_run(ctx: Ctx, record: dict[str, Any], out_dirs: list[Path]) -> 
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=ctx.scratch, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, start_new_session=True)
-    q: "queue.Queue[str | None]" = queue.Queue()
+    q: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_reader, args=(proc.stdout, q), daemon=True).start()
     try:
         while True:

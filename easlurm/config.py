@@ -29,7 +29,7 @@ import yaml
 from .config_checks import check_command_values, check_text, forbidden_char, shown
 from .errors import ConfigError
 from .config_schema import (  # noqa: F401  (re-exported: import the sections from easlurm.config)
-    Config, RunConfig, DataConfig, ModelConfig, DiscriminatorConfig, PerceptualConfig,
+    EvalMetric, Config, RunConfig, DataConfig, ModelConfig, DiscriminatorConfig, PerceptualConfig,
     LossConfig, PopulationConfig, AdamConfig, PretrainConfig, EAConfig, FusionConfig,
     EvalConfig, StageResources, SlurmConfig, LocalConfig, ExecutorConfig, ContainerConfig,
 )

@@ -80,7 +80,7 @@ def test_an_unlocked_flavour_stops_the_build_with_a_clear_message(tmp_path, flav
 
 def test_test_section_checks_torch_and_the_gpu_when_a_driver_is_present():
     test = "\n".join(_sections(DEF.read_text())["test"])
-    assert "import easlurm, torch, torchvision, lpips, h5py, submitit" in test
+    assert "import easlurm, torch, torchvision, lpips, h5py, tqdm" in test
     assert "command -v nvidia-smi" in test and "torch.cuda.is_available()" in test
     assert "easlurm.assets check" in test
 
@@ -128,9 +128,8 @@ def test_apptainer_command_binds_run_dir_and_data(tmp_path):
     binds = [argv[k + 1] for k, w in enumerate(argv) if w == "--bind"]
     assert str(run) in binds and str(train) in binds and "/scratch/weights" in binds
     assert argv[argv.index("/images/easlurm.sif") + 1:] == ["python", "-m", "easlurm.evo", "--run", str(run)]
-    # submitit's python= is one shell string: it must survive spaces in paths.
-    py = container.python_command(cfg, run)
-    assert shlex.split(py) == argv[: argv.index("/images/easlurm.sif") + 1] + ["python"]
+    # The sbatch script holds it as one shell line: it must survive spaces in paths.
+    assert shlex.split(" ".join(shlex.quote(w) for w in argv)) == argv
 
 
 def test_image_must_be_a_sif(tmp_path):
@@ -139,10 +138,12 @@ def test_image_must_be_a_sif(tmp_path):
 
 
 @pytest.mark.parametrize("script,args,expect", [
-    ("fuse.sh", [], ["-m", "easlurm.fuse", "--run", "{run}"]),
-    ("adam.sh", ["2"], ["-m", "easlurm.train", "--run", "{run}", "--cycle", "2", "--member", "1"]),
-    ("ea.sh", ["3"], ["-m", "easlurm.evo", "--run", "{run}", "--cycle", "3"]),
-    ("eval.sh", ["div2k=/data/div 2k"], ["-m", "easlurm.evaluate", "--run", "{run}", "--sets", "div2k=/data/div 2k"]),
+    ("pretrain.sh", [], ["-u", "-m", "easlurm.orchestrate.runner", "{run}", "pretrain", "0"]),
+    ("init.sh", [], ["-u", "-m", "easlurm.orchestrate.runner", "{run}", "init", "0"]),
+    ("fuse.sh", [], ["-u", "-m", "easlurm.orchestrate.runner", "{run}", "fuse", "0"]),
+    ("adam.sh", ["2"], ["-u", "-m", "easlurm.orchestrate.runner", "{run}", "adam/002", "1"]),
+    ("ea.sh", ["3"], ["-u", "-m", "easlurm.orchestrate.runner", "{run}", "ea/003", "0"]),
+    ("eval.sh", [], ["-u", "-m", "easlurm.orchestrate.runner", "{run}", "eval", "0"]),
 ])
 def test_job_scripts_honour_easlurm_image(tmp_path, script, args, expect):
     run = tmp_path / "my run's dir"
@@ -157,7 +158,7 @@ def test_job_scripts_honour_easlurm_image(tmp_path, script, args, expect):
     res = subprocess.run(["bash", str(REPO / "jobs" / script), str(run), *args], capture_output=True, text=True,
                          env=env)
     assert res.returncode == 0, res.stderr
-    words = res.stdout.splitlines()
+    words = [w for w in res.stdout.splitlines() if not w.startswith("[easlurm]")]
     assert words[:9] == ["exec", "--cleanenv", "--env", "PYTHONNOUSERSITE=1", "--nv", "--bind", str(run), "--bind",
                          "/data"]
     assert words[9:11] == ["/img/easlurm.sif", "python"]
@@ -183,7 +184,7 @@ env | grep -E '^(APPTAINERENV|SINGULARITYENV)_' | sort | sed 's/^/ENV /'
 _HOST_ENV = {
     "SLURM_JOB_ID": "4242", "SLURM_ARRAY_JOB_ID": "4240", "SLURM_ARRAY_TASK_ID": "2",
     "SLURM_JOB_NODELIST": "gpu[01,03-04]", "SLURM_CPUS_PER_TASK": "8", "SLURMD_NODENAME": "gpu03",
-    "SUBMITIT_EXECUTOR": "slurm", "CUDA_VISIBLE_DEVICES": "0,1", "OMP_NUM_THREADS": "8",
+    "CUDA_VISIBLE_DEVICES": "0,1", "OMP_NUM_THREADS": "8",
     "HDF5_USE_FILE_LOCKING": "FALSE", "EASLURM_LEASE_S": "120", "EASLURM_CACHE": "/home/u/.cache/easlurm",
     "PYTHONPATH": "/home/u/hacks", "LD_PRELOAD": "/home/u/evil.so", "TORCH_HOME": "/home/u/.torch",
 }
@@ -224,17 +225,26 @@ def test_the_job_gets_exactly_the_forwarded_variables(tmp_path, runtime, prefix)
     assert env == {prefix + k: v for k, v in _FORWARDED.items()}  # commas kept; PYTHONPATH, LD_PRELOAD … dropped
 
 
-def test_submitits_python_string_forwards_the_same_way(tmp_path):
-    # submitit writes `<python> -u -m submitit.core._submit <folder>` into the batch script, run by bash.
+def test_the_launcher_s_sbatch_script_forwards_the_same_way(tmp_path):
+    # The launcher writes its own batch script (easlurm.orchestrate.sbatch); run its task line with bash.
+    from easlurm.orchestrate.plan import build_plan
+    from easlurm.orchestrate.sbatch import Submission, render
+    from easlurm.store import RunDir
+
     fake = _fake_runtime(tmp_path)
     cfg = _cfg(tmp_path, "container.image=/images/easlurm.sif", f"container.binary={fake}")
-    line = container.python_command(cfg, tmp_path / "run dir") + " -u -m submitit.core._submit /r/slurm/adam-000"
-    res = subprocess.run(["bash", "-c", f"export SUBMITIT_EXECUTOR=slurm\n{line}"], capture_output=True, text=True,
-                         env=_host_env())
+    run = RunDir(tmp_path / "run dir")
+    stage = next(s for s in build_plan(cfg, run) if s.key == "adam/000")
+    script = render(cfg, run, Submission(stage, (2,)))
+    line = next(x for x in script.splitlines() if "easlurm.orchestrate.runner" in x).rstrip(" &")
+    res = subprocess.run(["bash", "-c", f"task=2\n{line}"], capture_output=True, text=True, env=_host_env())
     assert res.returncode == 0, res.stderr
     args, env = _parse(res.stdout)
-    assert args[-6:] == ["/images/easlurm.sif", "python", "-u", "-m", "submitit.core._submit", "/r/slurm/adam-000"]
-    assert ["--bind", str(tmp_path / "run dir")] == args[args.index("--bind"):args.index("--bind") + 2]
+    assert args[-7:] == ["/images/easlurm.sif", "python", "-u", "-m", "easlurm.orchestrate.runner", str(run.root),
+                         "adam/000"] or args[-8:-1] == ["/images/easlurm.sif", "python", "-u", "-m",
+                                                        "easlurm.orchestrate.runner", str(run.root), "adam/000"]
+    assert args[-1] == "2"
+    assert ["--bind", str(run.root)] == args[args.index("--bind"):args.index("--bind") + 2]
     assert env == {"APPTAINERENV_" + k: v for k, v in _FORWARDED.items()}
 
 
@@ -251,7 +261,7 @@ def test_job_scripts_forward_the_same_variables_as_the_launcher(tmp_path):
     # the script's own settings (EASLURM_IMAGE) are EASLURM_* too, and harmless inside
     want = {**_FORWARDED, "EASLURM_IMAGE": "/img/easlurm.sif"}
     assert forwarded == {"APPTAINERENV_" + k: v for k, v in want.items()}
-    assert container.FORWARD_PREFIXES == ("SLURM_", "SLURMD_", "SUBMITIT_", "EASLURM_")  # the list common.sh copies
+    assert container.FORWARD_PREFIXES == ("SLURM_", "SLURMD_", "EASLURM_")  # the list common.sh copies
     common = (REPO / "jobs" / "common.sh").read_text()
     for name in (*container.FORWARD_NAMES, *container.NOT_FORWARDED,
                  *(f"${{!{p}@}}" for p in container.FORWARD_PREFIXES)):

@@ -180,7 +180,7 @@ def validate(cfg: Config) -> Config:
     """Checks that involve more than one field; each error names the fields."""
     for kind in ("pretrain", "init", "adam", "ea", "fuse", "eval"):
         res = getattr(cfg.executor.slurm, kind)
-        if res.signal_lead_s >= res.time_min * 60:
+        if res.signal_lead_s is not None and res.signal_lead_s >= res.time_min * 60:
             raise ConfigError(f"executor.slurm.{kind}.signal_lead_s: {res.signal_lead_s} s is not shorter than "
                               f"its time limit (time_min {res.time_min})")
     for name in ("discriminator.betas", "adam.betas", "pretrain.betas", "fusion.betas"):

@@ -205,9 +205,9 @@ class StageResources:
     gpus: int = _f(1, min=0)
     cpus: int = _f(4, min=1)
     mem_gb: int = _f(16, min=1)
-    signal_lead_s: int = _f(180, min=60, doc="seconds before the time limit at which the stage is told to "
-                                              "checkpoint (one iteration + one checkpoint commit + Slurm's ~30 s "
-                                              "signal granularity)")
+    signal_lead_s: int | None = _f(None, min=60, doc="seconds before the time limit at which the stage is told to "
+                                                     "checkpoint; null → from the stage's checkpoint size and step "
+                                                     "time (easlurm.orchestrate.sbatch.signal_lead)")
     extra: dict[str, str] = _f(factory=dict, doc="extra sbatch flags, e.g. {constraint: a100}")
 
 

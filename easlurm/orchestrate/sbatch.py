@@ -71,6 +71,45 @@ class Submission:
     dependency: tuple[str, ...] = ()
 
 
+#: Shared-filesystem write rate assumed for a checkpoint commit (bytes/s; plus sha256 at ~500 MB/s), conservative.
+_WRITE_BPS = 100e6
+#: Seconds of one unit of work (an iteration; an EA generation) assumed when the run has measured none.
+_UNIT_S = {"pretrain": 5.0, "adam": 5.0, "fuse": 5.0, "ea": 60.0}
+
+
+def signal_lead(cfg: Config, run: RunDir, kind: str) -> int:
+    """Seconds before the time limit at which stage ``kind`` is warned (``executor.slurm.<kind>.signal_lead_s``, or
+    when null: derived from what the stage must still do after the warning). The warning is acted on after the
+    current unit of work (an iteration, or an EA generation) and then costs one checkpoint commit, and slurmctld
+    sends due signals only every ~30 s; so: 45 s + 2 × (one unit + one commit), rounded up to 10 s, at least 60 s,
+    at most a third of the time limit. A unit's time comes from the run's own records when it measured one
+    (RUN's stage attempts), else a conservative default; the commit's size from the configured networks."""
+    res: StageResources = getattr(cfg.executor.slurm, kind)
+    if res.signal_lead_s is not None:
+        return res.signal_lead_s
+    if kind not in _UNIT_S:
+        return 60
+    from ..footprint import checkpoint_sizes
+
+    sizes = checkpoint_sizes(cfg)
+    commit = {"adam": sizes["G.pt"] + sizes["D.pt"] + sizes["optim.pt"],
+              "pretrain": sizes["G.pt"] + sizes["pretrain optim.pt"],
+              "fuse": sizes["fusion attention.pt"] + sizes["D.pt"] + sizes["fusion optim.pt"],
+              "ea": cfg.population.size * sizes["G.pt"]}[kind] + sizes["rng.pt"]
+    unit = _UNIT_S[kind]
+    try:
+        from ..bill import measured_rates
+
+        rate = measured_rates(run, cfg).stages.get(kind)
+        if rate is not None and rate.seconds_per_unit > 0:
+            unit = rate.seconds_per_unit
+    except Exception:  # noqa: BLE001 - no records yet (a new run, a dry run): the default stands
+        pass
+    lead = 45 + 2 * (unit + commit / _WRITE_BPS + commit / 500e6)
+    lead = max(60, int(-(-lead // 10) * 10))
+    return min(lead, max(60, res.time_min * 60 // 3))
+
+
 def directives(cfg: Config, run: RunDir, sub: Submission) -> list[tuple[str, str]]:
     """The ``#SBATCH`` options of a submission, in order."""
     s = cfg.executor.slurm
@@ -86,7 +125,7 @@ def directives(cfg: Config, run: RunDir, sub: Submission) -> list[tuple[str, str
              ("cpus-per-task", str(res.cpus)), ("mem", f"{res.mem_gb}G")]
     if res.gpus:
         opts.append(("gres", f"gpu:{res.gpus}"))
-    opts += [("signal", f"B:USR2@{res.signal_lead_s}"), ("requeue", "")]
+    opts += [("signal", f"B:USR2@{signal_lead(cfg, run, sub.stage.kind)}"), ("requeue", "")]
     for key in ("partition", "account", "qos"):
         if getattr(s, key):
             opts.append((key, str(getattr(s, key))))

@@ -1,0 +1,72 @@
+"""The launcher's own sbatch scripts: the warning lead, the signal trap and requeue, array indices = members."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from easlurm.config import load_config
+from easlurm.orchestrate.plan import build_plan
+from easlurm.orchestrate.sbatch import Submission, directives, render, signal_lead
+from easlurm.store import RunDir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cfg(name: str, *overrides: str):
+    return load_config(REPO / "configs" / name, list(overrides))
+
+
+def test_the_warning_lead_follows_the_checkpoint_cost(tmp_path):
+    run = RunDir(tmp_path / "run")
+    rrdb, tiny = _cfg("rrdb.yaml"), _cfg("tiny.yaml", f"data.demo_dir={tmp_path}")
+    # A bigger checkpoint (RRDB: G + D + Adam states ≈ 375 MB) needs a longer lead than a tiny one ...
+    assert signal_lead(rrdb, run, "adam") > signal_lead(tiny, run, "adam") >= 60
+    # ... an EA generation is a longer unit of work than an iteration ...
+    assert signal_lead(rrdb, run, "ea") > signal_lead(rrdb, run, "adam")
+    # ... a stage without checkpoints gets the minimum, and a configured lead always wins.
+    assert signal_lead(rrdb, run, "eval") == 60
+    assert signal_lead(_cfg("rrdb.yaml", "executor.slurm.adam.signal_lead_s=300"), run, "adam") == 300
+    # Never more than a third of the time limit.
+    short = _cfg("rrdb.yaml", "executor.slurm.ea.time_min=3")
+    assert signal_lead(short, run, "ea") == 60
+
+
+def test_member_array_script_traps_the_signal_and_requeues_from_the_host(tmp_path):
+    cfg = _cfg("tiny.yaml", f"data.demo_dir={tmp_path}")
+    run = RunDir(tmp_path / "run")
+    adam = next(s for s in build_plan(cfg, run) if s.key == "adam/001")
+    sub = Submission(adam, (0, 2), ("12_0", "12_2"))
+    opts = dict(directives(cfg, run, sub))
+    assert opts["array"] == "0,2%3"  # the unfinished members themselves: SLURM_ARRAY_TASK_ID is the member slot
+    assert opts["signal"].startswith("B:USR2@") and "requeue" in opts
+    assert opts["dependency"] == "afterok:12_0:12_2" and opts["kill-on-invalid-dep"] == "yes"
+    script = render(cfg, run, sub)
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    body = script.split("set -u", 1)[1]
+    # The task is a background child the shell waits on, so a trapped signal runs at once and is forwarded.
+    assert "easlurm.orchestrate.runner" in body and body.index("&\nchild=$!") < body.index("trap 'kill -USR2")
+    assert 'if [ "$rc" -eq 140 ]' in body and 'scontrol requeue "$me"' in body
+
+
+def test_the_trap_forwards_the_warning_and_the_shell_requeues_after_exit_140(tmp_path):
+    """The script's own shell logic, run with bash: a stand-in task that commits on USR2 and exits 140, and a
+    stand-in scontrol that records the requeue (no Slurm needed)."""
+    cfg = _cfg("tiny.yaml", f"data.demo_dir={tmp_path}")
+    run = RunDir(tmp_path / "run")
+    stage = next(s for s in build_plan(cfg, run) if s.key == "ea/000")
+    script = render(cfg, run, Submission(stage, (0,)), python=str(tmp_path / "python"))
+    (tmp_path / "python").write_text("#!/bin/bash\ntrap 'echo committed; exit 140' USR2\necho started\n"
+                                     "while :; do sleep 0.1; done\n")
+    (tmp_path / "scontrol").write_text(f"#!/bin/bash\necho \"$@\" > {tmp_path}/requeued\n")
+    for f in ("python", "scontrol"):
+        (tmp_path / f).chmod(0o755)
+    (tmp_path / "job.sh").write_text(script)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "SLURM_JOB_ID": "77"}
+    proc = subprocess.Popen(["bash", str(tmp_path / "job.sh")], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    while "started" not in proc.stdout.readline():
+        pass
+    proc.send_signal(12)  # SIGUSR2, what --signal=B:USR2@LEAD sends to the batch shell
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "committed" in out and "requeueing 77" in out
+    assert (tmp_path / "requeued").read_text().split() == ["requeue", "77"]

@@ -1,16 +1,19 @@
-"""bench/paper_claim.py: hypervolume in the (−PSNR, LPIPS) plane, equal generator budgets, the identity carry.
+"""bench/paper_claim.py: hypervolume in the (−PSNR, LPIPS) plane, equal generator budgets, and arms that really
+differ in the way the benchmark claims.
 
-The hypervolume cases are computed by hand as unions of axis-aligned boxes in the PSNR–LPIPS plane. The budget
-checks run the whole benchmark once, in-process and micro-sized (debug executor, 2 members, 2 iterations), and read
-the update counts back from the members' meta.json files.
+The hypervolume cases are computed by hand as unions of axis-aligned boxes in the PSNR–LPIPS plane. The arm checks
+run the quick config end to end once, in-process and micro-sized (debug executor, 3 members, 2 iterations per Adam
+phase, one EA generation), and read everything back from the run directories the product wrote.
 """
 from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -87,44 +90,62 @@ def test_shared_reference_refuses_non_finite() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Budgets from the configs
+# Arms and budgets from the configs
 
 
 @pytest.mark.parametrize("config", [pc.CONFIG_FULL, pc.CONFIG_QUICK], ids=["full", "quick"])
-def test_planned_updates_equal_for_every_arm(config: Path, tmp_path: Path) -> None:
-    from easlurm.config import load_config
+def test_bench_configs_give_every_arm_the_same_budget(config: Path, tmp_path: Path) -> None:
+    from easlurm.config import load_config, to_dict
 
     raw = yaml.safe_load(config.read_text())
-    expected = raw["population"]["size"] * raw["run"]["cycles"] * raw["adam"]["iters_per_cycle"]
-    fake_g = tmp_path / "G.pt"
-    counts = {arm.name: pc.planned_updates(load_config(config, pc.arm_overrides(arm, 0, fake_g, tmp_path)), arm)
-              for arm in pc.ARMS}
-    assert set(counts.values()) == {expected}, counts
+    # Adam phases: one per cycle plus the final phase (adam.final_phase defaults to the reference's true).
+    expected = raw["population"]["size"] * (raw["run"]["cycles"] + 1) * raw["adam"]["iters_per_cycle"]
+    cfgs = {arm.name: load_config(config, pc.arm_overrides(arm, 0, tmp_path / "G.pt", tmp_path)) for arm in pc.ARMS}
+    assert {name: pc.planned_updates(c) for name, c in cfgs.items()} == {a.name: expected for a in pc.ARMS}
+    assert {(c.ea.selection, c.adam.mix) for c in cfgs.values()} == {
+        ("moead", "normalised"), ("nsga2", "normalised"), ("identity", "normalised"), ("identity", "weighted_sum")}
+    # Apart from the arm keys, every arm runs the very same config.
+    flat = [to_dict(c) for c in cfgs.values()]
+    for d in flat:
+        d["ea"].pop("selection")
+        d["adam"].pop("mix")
+    assert all(d == flat[0] for d in flat)
 
 
-def test_planned_updates_leave_out_a_frozen_member(tmp_path: Path) -> None:
+def test_planned_updates_leave_out_an_untrained_member0(tmp_path: Path) -> None:
     from easlurm.config import load_config
 
     arm = pc.ARM_BY_NAME["ea_moead"]
     cfg = load_config(pc.CONFIG_FULL, pc.arm_overrides(arm, 0, tmp_path / "G.pt", tmp_path,
-                                                       ["population.freeze_first=true"]))
-    assert pc.planned_updates(cfg, arm) == (cfg.population.size - 1) * cfg.run.cycles * cfg.adam.iters_per_cycle
+                                                       ["population.member0=frozen"]))
+    assert pc.planned_updates(cfg) == (cfg.population.size - 1) * (cfg.run.cycles + 1) * cfg.adam.iters_per_cycle
+
+
+def test_user_overrides_cannot_merge_the_arms(tmp_path: Path) -> None:
+    with pytest.raises(pc.BenchError, match="define the arms"):
+        pc.arm_overrides(pc.ARMS[0], 0, tmp_path / "G.pt", tmp_path, ["adam.mix=weighted_sum"])
+
+
+def test_cli_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert pc.main(["--max-parallel", "0"]) == 2
+    assert "--max-parallel" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# One micro run of the whole benchmark (in-process)
+# The quick config end to end, micro-sized (in-process, debug executor)
 
 MICRO = (
     "model.num_feat=8", "model.num_block=1", "discriminator.num_feat=4", "adam.batch_size=2",
     "adam.iters_per_cycle=2", "adam.checkpoint_every=2", "adam.log_every=1", "adam.image_every=2",
-    "pretrain.iters=2", "pretrain.batch_size=2", "pretrain.checkpoint_every=2", "population.size=2",
-    "run.cycles=2", "ea.generations=1", "ea.neighbourhood=2", "data.fitness_images=1", "data.fitness_max_tiles=2", "fusion.iters=2",
-    "fusion.checkpoint_every=2", "fusion.att_channels=4", "data.val_images=1",
+    "pretrain.iters=2", "pretrain.batch_size=2", "pretrain.checkpoint_every=2", "ea.generations=1",
+    "data.fitness_images=1", "data.fitness_max_tiles=2", "fusion.iters=2", "fusion.checkpoint_every=2",
+    "fusion.att_channels=4", "fusion.average_images=2",
 )
+N, PHASES, ITERS = 3, 2, 2   # quick config: 3 members, 1 cycle + the final Adam phase; MICRO: 2 iterations
 
 
 @pytest.fixture(scope="module")
-def micro_run(tmp_path_factory: pytest.TempPathFactory, demo_shards: Path) -> tuple[Path, list]:
+def micro_run(tmp_path_factory: pytest.TempPathFactory, demo_shards: Path) -> tuple[Path, Any, Any]:
     from PIL import Image
 
     from easlurm.data.samples import sample_image
@@ -136,112 +157,109 @@ def micro_run(tmp_path_factory: pytest.TempPathFactory, demo_shards: Path) -> tu
     Image.fromarray(sample_image("astronaut")[100:164, 100:196]).save(sets / "astronaut.png")
     Image.fromarray(sample_image("coffee")[50:114, 200:264]).save(sets / "coffee.png")
     torch.set_num_threads(1)
-    results = pc.run_benchmark(pc.CONFIG_QUICK, [0], root / "work", executor="debug", demo_dir=demo_shards,
-                               overrides=[*MICRO, f"eval.sets={{mini: {sets}}}"], echo=lambda _: None)
-    return root, results
+    pretrains, results = pc.run_benchmark(pc.CONFIG_QUICK, [0], root / "work", executor="debug",
+                                          demo_dir=demo_shards, overrides=[*MICRO, f"eval.sets={{mini: {sets}}}"],
+                                          echo=lambda _: None)
+    return root, pretrains, results
 
 
-def test_every_arm_records_the_same_generator_updates(micro_run: tuple[Path, list]) -> None:
-    from easlurm.store import RunDir, read_checkpoint_meta
-
-    _, results = micro_run
-    assert [r.arm.name for r in results] == [a.name for a in pc.ARMS]
-    assert {r.planned for r in results} == {2 * 2 * 2}  # members × cycles × iterations (MICRO)
-    assert {r.recorded for r in results} == {8}
-    for r in results:
-        assert pc.recorded_updates(r.run_dir, r.arm) == 8
-        if r.arm.is_population:  # every member of every cycle ran its full Adam phase
-            run = RunDir(r.run_dir)
-            iters = [read_checkpoint_meta(run.member(c, i))["iteration"] for c in range(2) for i in range(2)]
-            assert iters == [2, 2, 2, 2]
-    esrgan = read_checkpoint_meta(results[-1].run_dir / "esrgan")
-    assert esrgan["updates"] == 8 and esrgan["weights"]["l1"] == 0.01
-
-
-def test_arms_share_the_seed_pretrained_start(micro_run: tuple[Path, list]) -> None:
-    from easlurm import factory
-    from easlurm.config import load_run_config
-    from easlurm.store import RunDir, read_checkpoint_meta
-
-    root, results = micro_run
-    start = torch.load(root / "work" / "seed0" / "pretrain_run" / "pretrain" / "G.pt", weights_only=True)
-    for r in results:
-        if r.arm.is_population:
-            meta = read_checkpoint_meta(RunDir(r.run_dir).member(0, 0))
-            assert meta["origin"].startswith("pretrained:") and meta["origin"].endswith("pretrain/G.pt")
-    # The ESRGAN arm scored its start too: the pretrained row equals scoring the start state again.
-    rows = {row["model"]: row for row in pc._read_rows(results[-1].run_dir / "eval" / "results.csv")}
-    assert {"esrgan", "pretrained", "bicubic"} <= set(rows)
-    cfg = load_run_config(results[-1].run_dir)
-    g = factory.build_generator(cfg)
-    g.load_state_dict(start)
-    again = pc.score_models(cfg, [("start", g)])[0]
-    assert again.psnr == pytest.approx(rows["pretrained"]["psnr"], abs=1e-4)
-    assert again.lpips == pytest.approx(rows["pretrained"]["lpips"], abs=1e-6)
-
-
-def test_identity_carry_copies_members_and_resets_generator_moments(micro_run: tuple[Path, list]) -> None:
-    from easlurm.store import RunDir, load_verified, read_checkpoint_meta, read_json
-
-    _, results = micro_run
-    run = RunDir(next(r.run_dir for r in results if r.arm.name == "adam_only"))
-    for c in (0, 1):
-        assert read_json(run.ea(c) / "done.json")["kind"] == "identity"
-        assert not (run.ea(c) / "lineage.jsonl").exists()  # the real EA job never ran
-    for i in range(2):
-        # Cycle 1 was trained in place after the first carry; the last carry (1 → 2) is still untouched.
-        trained, carried = read_checkpoint_meta(run.member(1, i)), read_checkpoint_meta(run.member(2, i))
-        assert carried["origin"] == f"cycles/001/members/{i:02d}"
-        assert carried["sha256"]["G.pt"] == trained["sha256"]["G.pt"]
-        assert carried["sha256"]["D.pt"] == trained["sha256"]["D.pt"]
-        assert carried["preference"] == trained["preference"] and carried["iteration"] == 0
-        optim = load_verified(run.member(2, i), "optim.pt", carried)
-        old = load_verified(run.member(1, i), "optim.pt", trained)
-        assert optim["g"] is None and old["g"] is not None  # generator moments reset, as after a real EA phase
-        assert torch.equal(optim["d"]["state"][0]["exp_avg"], old["d"]["state"][0]["exp_avg"])
-
-
-def test_ea_arms_ran_the_real_ea_job(micro_run: tuple[Path, list]) -> None:
-    from easlurm.store import RunDir, read_json
-
-    _, results = micro_run
-    for r in results[:2]:
-        fitness = read_json(RunDir(r.run_dir).ea(0) / "fitness.json")
-        assert fitness["selection"] == r.arm.name.split("_")[1]
-        assert r.ea_stats["children_per_phase"] == 2 and len(r.ea_stats["accepted"]) == 2
-
-
-def test_score_models_matches_easlurm_evaluate(micro_run: tuple[Path, list]) -> None:
-    from easlurm.config import load_run_config
-    from easlurm.evaluate import final_models
+def _run(results: Any, name: str) -> Any:
     from easlurm.store import RunDir
 
-    _, results = micro_run
-    arm = results[0]
-    cfg = load_run_config(arm.run_dir)
-    entry = final_models(cfg, RunDir(arm.run_dir))[0]
-    mine = pc.score_models(cfg, [(entry.label, entry.model)])[0]
-    theirs = next(r for r in arm.rows if r["model"] == entry.label)
-    assert mine.psnr == pytest.approx(theirs["psnr"], abs=1e-4)
-    assert mine.ssim == pytest.approx(theirs["ssim"], abs=1e-6)
-    assert mine.lpips == pytest.approx(theirs["lpips"], abs=1e-6)
+    return RunDir(next(r.run_dir for r in results if r.arm.name == name))
 
 
-def test_results_files_and_hypervolumes(micro_run: tuple[Path, list], tmp_path: Path) -> None:
-    _, results = micro_run
+def _g_sha(folder: Path) -> str:
+    from easlurm.population import member_file, read_member
+
+    meta = read_member(folder)
+    assert meta is not None
+    return member_file(folder, meta, "G.pt").sha256
+
+
+def test_every_arm_records_the_same_generator_updates(micro_run: tuple[Path, Any, Any]) -> None:
+    from easlurm.population import read_member
+
+    _, _, results = micro_run
+    assert [r.arm.name for r in results] == [a.name for a in pc.ARMS]
+    assert {(r.planned, r.recorded) for r in results} == {(N * PHASES * ITERS,) * 2}
+    for r in results:
+        for c in range(PHASES):
+            for i in range(N):
+                meta = read_member(_run(results, r.arm.name).member(c, i))
+                assert meta is not None and meta.done and meta.iteration == ITERS
+
+
+def test_arms_share_the_seed_pretrained_start(micro_run: tuple[Path, Any, Any]) -> None:
+    from easlurm.population import load_member_file, read_member
+
+    root, pretrains, results = micro_run
+    start = torch.load(pretrains[0].generator, weights_only=True)
+    assert pretrains[0].generator == root / "work" / "seed0" / "pretrain_run" / "pretrain" / "G.pt"
+    for r in results:
+        folder = _run(results, r.arm.name).start(0, 0)
+        meta = read_member(folder)
+        assert meta is not None and meta.origin.startswith(f"pretrained:{pretrains[0].generator}")
+        g = load_member_file(folder, meta, "G.pt")
+        assert g.keys() == start.keys() and all(torch.equal(g[k], start[k]) for k in g)
+
+
+def test_identity_arms_create_no_ea_children(micro_run: tuple[Path, Any, Any]) -> None:
+    from easlurm.population import read_member
+    from easlurm.store import read_json
+
+    _, _, results = micro_run
+    for name in ("adam_only", "weighted_sum"):
+        run = _run(results, name)
+        assert pc.lineage_children(run, 0) == 0
+        assert read_json(run.ea(0) / "fitness.json")["selection"] == "identity"
+        for j in range(N):  # every slot carries its own trained generator into the next cycle
+            start = read_member(run.start(1, j))
+            assert start is not None and start.origin == f"carried:cycles/000/members/{j:02d}/G.pt"
+            assert start.reset_g_optimizer  # generator moments reset, as after a real EA phase
+            assert _g_sha(run.start(1, j)) == _g_sha(run.member(0, j))
+    for r in results:
+        assert r.ea_stats["children"] == ([0] if not r.arm.evolves else [N])  # ea.generations=1: N children
+    for name in ("ea_moead", "ea_nsga2"):
+        rows = [json.loads(line) for line in (_run(results, name).ea(0) / "lineage.jsonl").read_text().splitlines()]
+        assert len(rows) == N and all(row["id"].startswith("c0-g0-") for row in rows)
+
+
+def test_only_the_gradient_mix_separates_weighted_sum_from_adam_only(micro_run: tuple[Path, Any, Any]) -> None:
+    from easlurm.config import load_run_config
+
+    _, _, results = micro_run
+    assert load_run_config(_run(results, "weighted_sum").root).adam.mix == "weighted_sum"
+    assert {load_run_config(_run(results, n).root).adam.mix for n in ("ea_moead", "ea_nsga2", "adam_only")} == {
+        "normalised"}
+    # Cycle 0's Adam phase comes before any EA phase: arms with the same mix train byte-identical members from the
+    # same start, data and seeds, so a difference there can only come from adam.mix.
+    for i in range(N):
+        same = {_g_sha(_run(results, n).member(0, i)) for n in ("ea_moead", "ea_nsga2", "adam_only")}
+        assert len(same) == 1
+        assert _g_sha(_run(results, "weighted_sum").member(0, i)) not in same
+        assert _g_sha(_run(results, "weighted_sum").start(0, i)) == _g_sha(_run(results, "adam_only").start(0, i))
+
+
+def test_results_count_bicubic_once_and_hypervolumes_match(micro_run: tuple[Path, Any, Any], tmp_path: Path) -> None:
+    _, pretrains, results = micro_run
+    for r in results:  # the product's evaluation: a bicubic row, every final member and the fused model
+        assert [row["model"] for row in r.rows] == ["bicubic", *(f"member_{i}" for i in range(N)), "fused"]
     meta = {"quick": True, "command": "pytest", "config": "configs/bench/paper_claim_quick.yaml",
-            "machine": "test", "max_parallel": 1, "omp": "1", "perceptual_net": "vgg16", "wall_s": 1.0,
-            "date": "today", "scale": 4, "num_feat": 8, "num_block": 1, "pretrain_iters": 2, "population": 2,
-            "prefs": "1, 0", "cycles": 2, "iters": 2, "generations": 1, "fusion_iters": 2, "batch": 2,
-            "patch": 32, "lr": 1e-4}
-    data = pc.write_results(results, tmp_path, "pc_test", meta)
+            "machine": "test", "max_parallel": 1, "omp": "1", "torch": torch.__version__, "perceptual_net": "vgg16",
+            "wall_s": 1.0, "date": "today", "scale": 4, "num_feat": 8, "num_block": 1, "pretrain_iters": 2,
+            "population": N, "prefs": "1, 0.5, 0", "cycles": 1, "phases": "2 + 2", "generations": 1,
+            "fusion_iters": 2, "batch": 2, "patch": 32, "lr": 1e-4}
+    data = pc.write_results(pretrains, results, tmp_path, "pc_test", meta)
     assert data["updates_equal"]
     for suffix in (".md", ".csv", "_summary.csv", ".png"):
         assert (tmp_path / f"pc_test{suffix}").stat().st_size > 0
     md = (tmp_path / "pc_test.md").read_text()
     assert "QUICK SMOKE RUN" in md and "**equal**" in md
-    # Recompute one arm's hypervolume from the csv with the recorded reference point.
     rows = list(csv.DictReader(open(tmp_path / "pc_test.csv")))
+    assert [r["model"] for r in rows if r["arm"] == "reference"] == ["pretrained", "bicubic"]
+    assert sum(r["model"] == "fused" for r in rows) == len(pc.ARMS)
+    # Recompute one arm's hypervolume from the csv with the recorded reference point.
     summ = list(csv.DictReader(open(tmp_path / "pc_test_summary.csv")))
     ref = (float(summ[0]["ref_neg_psnr"]), float(summ[0]["ref_lpips"]))
     pts = [(float(r["psnr"]), float(r["lpips"])) for r in rows if r["arm"] == "ea_moead" and r["model"] != "fused"]
@@ -249,3 +267,24 @@ def test_results_files_and_hypervolumes(micro_run: tuple[Path, list], tmp_path: 
     assert pc.front_hypervolume(pts, ref) == pytest.approx(hv, abs=2e-6)
     arm_pts = np.array([(float(r["psnr"]), float(r["lpips"])) for r in rows if r["arm"] != "reference"])
     assert np.all(-arm_pts[:, 0] < ref[0]) and np.all(arm_pts[:, 1] < ref[1])  # every arm model inside the ref
+    assert {s["ea_children"] for s in summ if s["arm"] in ("adam_only", "weighted_sum")} == {"0"}
+
+
+def test_disagreeing_bicubic_rows_are_refused(micro_run: tuple[Path, Any, Any]) -> None:
+    import dataclasses
+
+    _, pretrains, results = micro_run
+    bad = [dict(row, psnr=row["psnr"] + 1.0) if row["model"] == "bicubic" else row for row in results[1].rows]
+    with pytest.raises(pc.BenchError, match="bicubic rows"):
+        pc.collect(pretrains, [results[0], dataclasses.replace(results[1], rows=bad), *results[2:]])
+
+
+def test_rerun_resumes_without_work(micro_run: tuple[Path, Any, Any], demo_shards: Path) -> None:
+    root, _, results = micro_run
+    sets = root / "mini"
+    said: list[str] = []
+    _, again = pc.run_benchmark(pc.CONFIG_QUICK, [0], root / "work", executor="debug", demo_dir=demo_shards,
+                                overrides=[*MICRO, f"eval.sets={{mini: {sets}}}"], echo=said.append)
+    assert not any(r.worked for r in again)
+    assert not any("[debug]" in line for line in said)  # no stage ran again
+    assert [r.rows for r in again] == [r.rows for r in results]

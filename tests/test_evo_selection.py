@@ -107,7 +107,8 @@ def test_moead_state_roundtrip_and_validation() -> None:
     with pytest.raises(EvoError, match="exceeds"):
         MoeadState(np.array([2.0, 0.0]), np.array([1.0, 1.0]))
     with pytest.raises(EvoError, match="out of range"):
-        moead_replace([1.0, 1.0], np.ones((3, 2)), uniform_preferences(3), [0, 3], MoeadState.from_population(np.ones((3, 2))))
+        moead_replace([1.0, 1.0], np.ones((3, 2)), uniform_preferences(3), [0, 3],
+                      MoeadState.from_population(np.ones((3, 2))))
 
 
 # ---------------------------------------------------------------- NSGA-II

@@ -95,7 +95,9 @@ class SlurmExecutor:
         now = time.monotonic()
         if is_held(TaskView(done=False, job=job, state=info.state, reason=info.reason)):
             self.book.held_since.setdefault(job, now)
-        dep_failed = any(infos.get(d, slurm_state.JobInfo("UNKNOWN")).state != "COMPLETED" for d in deps)
+        # kill_invalid_depend cancels a job whose dependency failed: that cancel is not a person's.
+        failed = slurm_state.TERMINAL_STATES - {"COMPLETED"}
+        dep_failed = any(infos.get(d, slurm_state.JobInfo("UNKNOWN")).state in failed for d in deps)
         progress = task.progress()
         return TaskView(done=False, job=job, state=info.state, reason=info.reason, exit_code=info.exit_code,
                         cancelled_by_us=job in cancelled or (info.state == "CANCELLED" and dep_failed),

@@ -6,8 +6,9 @@ and stopped at the end of the session. It sets ``os.environ["SLURM_CONF"]`` for 
 
 ``slurm_cluster_noacct`` (session): a production-like cluster: no accounting (``sacct`` says "accounting storage is
 disabled") and a short ``MinJobAge`` (finished jobs are forgotten after 10 s). When ``slurm_cluster`` itself has no
-accounting it is reused; otherwise a second cluster runs beside it in its own state dir on other ports (slurmctld 6827, slurmd 6828) — starting one takes about 3 s, which is cheaper
-and less fragile than restarting the main cluster in the other mode and back. Tests switch to it with
+accounting it is reused; otherwise a second cluster runs beside it in its own state dir on other ports (slurmctld
+6827, slurmd 6828) — starting one takes about 3 s, which is cheaper and less fragile than restarting the main
+cluster in the other mode and back. Tests switch to it with
 ``monkeypatch.setenv("SLURM_CONF", str(cluster.conf))``.
 
 Skips (with the reason) only when Slurm cannot be installed (no apt-get, not root); a cluster that is installed

@@ -16,12 +16,15 @@ import sys
 import time
 import unicodedata
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from . import __version__
 from .config import Config, load_config, load_run_config, to_dict, write_config
 from .errors import ConfigError, EaslurmError
 from .store import RunDir, atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from .orchestrate.base import Executor
 
 Echo = Callable[[str], None]
 EXECUTORS = ("slurm", "local", "debug")
@@ -128,8 +131,8 @@ def prepare_run(config: str | None, run_dir: str | None, resume: str | None, ove
     return cfg, run
 
 
-def make_executor(cfg: Config, run: RunDir, echo: Echo, resuming: bool = False) -> object:
-    """The executor for ``cfg.executor.kind`` (each implements :class:`easlurm.orchestrate.base.Executor`)."""
+def make_executor(cfg: Config, run: RunDir, echo: Echo, resuming: bool = False) -> Executor:
+    """The executor for ``cfg.executor.kind``."""
     from .orchestrate.local import DebugExecutor, LocalExecutor
     from .orchestrate.slurm import SlurmExecutor
 
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         executor = make_executor(cfg, run, echo, resuming=bool(args.resume))
         if args.dry_run:
             todo = pending_stages(plan) if run.config.is_file() else plan  # a new run: everything
-            echo(executor.describe(todo).rstrip())  # type: ignore[attr-defined]
+            echo(executor.describe(todo).rstrip())
             echo(render_bill(cfg, run))
             echo(f"# dry run: nothing was submitted or written (executor {cfg.executor.kind})")
             return 0
@@ -186,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             echo(f"run directory: {run.root}  (executor: {cfg.executor.kind})")
             echo(render_bill(cfg, run, short=True))
             t0 = time.monotonic()
-            executor.run(plan, detach=args.detach)  # type: ignore[attr-defined]
+            executor.run(plan, detach=args.detach)
         if args.detach:
             return 0
         echo(f"finished in {time.monotonic() - t0:.0f} s")

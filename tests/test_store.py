@@ -127,3 +127,12 @@ def test_a_changed_or_missing_reference_target_fails_verification(tmp_path):
         load_verified(b, "G.pt")
     with pytest.raises(CheckpointError, match=r"optim\.pt: not listed in .*meta\.json"):
         load_verified(b, "optim.pt")
+
+
+def test_run_directories_are_private_to_the_group_or_shared_with_it(tmp_path):
+    from easlurm.store import make_run_dir
+
+    private = make_run_dir(tmp_path / "a")
+    assert stat.S_IMODE(os.stat(private).st_mode) == 0o750  # never world-readable, whatever the umask
+    shared = make_run_dir(tmp_path / "b", group_shared=True)
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o2770  # group members write; new files keep the group

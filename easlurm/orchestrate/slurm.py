@@ -51,6 +51,8 @@ class SlurmExecutor:
         self.python = python or ("python" if cfg.container.image else sys.executable)
         self.policy = Policy(cfg.executor.max_retries, cfg.executor.hold_timeout_min * 60)
         self.book = _Book()
+        self._stage_seen: dict[str, float] = {}
+        self._last_progress: dict[str, int] = {}
         self.decisions: list[tuple[str, int, Decision]] = []  # the latest round's, for reports and tests
 
     # -------------------------------------------------------------------------------------------- bookkeeping
@@ -128,6 +130,7 @@ class SlurmExecutor:
         else:
             self._query_failures = 0
         self.decisions = []
+        self._report_progress(pending)
         todo: dict[str, list[int]] = {}
         for s in pending:
             for i in range(len(s.tasks)):
@@ -160,6 +163,20 @@ class SlurmExecutor:
                                                                 if latest.get((s.key, i), ("",))[0] in stale})
         self._submit(pending, todo, latest, window)
         return False
+
+    def _report_progress(self, pending: list[Stage]) -> None:
+        """One line whenever the number of finished tasks of the current stage changes: done/total, elapsed and a
+        rough ETA for the stage (from the pace of its finished tasks)."""
+        s = pending[0]
+        done = sum(1 for t in s.tasks if t.is_done())
+        now = time.monotonic()
+        first_seen = self._stage_seen.setdefault(s.key, now)
+        if self._last_progress.get(s.key) == done:
+            return
+        self._last_progress[s.key] = done
+        elapsed = now - first_seen
+        eta = f", ETA {elapsed / done * (len(s.tasks) - done):.0f} s" if 0 < done < len(s.tasks) else ""
+        self.echo(f"[slurm] {s.key}: {done}/{len(s.tasks)} task(s) done ({elapsed:.0f} s{eta})")
 
     def _give_up(self, pending: list[Stage], latest: dict[tuple[str, int], tuple[str, list[str]]],
                  infos: dict[str, slurm_state.JobInfo] | None, stage: Stage, i: int, d: Decision) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from easlurm.data.dataset import RandomPatchDataset, TileDataset
+from easlurm.data.dataset import RandomPatchDataset
 from easlurm.data.images import list_images, read_rgb
 from easlurm.data.shards import build_shards
 from easlurm.errors import DataError
@@ -181,8 +181,6 @@ def test_entries_smaller_than_patch_are_named(tmp_path: Path) -> None:
     RandomPatchDataset(tmp_path / "out", 16, 4, 10)
     with pytest.raises(DataError, match="scale 4, not 2"):
         RandomPatchDataset(tmp_path / "out", 16, 2, 10)
-    with pytest.raises(DataError, match="no entry 'absent'"):
-        TileDataset(tmp_path / "out", 8, 4, ids=["absent"])
 
 
 def test_rgb16_tiff_is_refused(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from easlurm.data.bicubic import bicubic_downscale
-from easlurm.data.dataset import ImageDataset, RandomPatchDataset, TileDataset, infinite_loader
+from easlurm.data.dataset import RandomPatchDataset, ShardReader, infinite_loader
 from easlurm.data.shards import build_shards
 
 SIZES = {"b_wide": (40, 72), "a_tall": (64, 32), "c_small": (24, 24)}
@@ -120,46 +120,15 @@ def test_dataset_pickles_without_handles(shards: tuple[Path, dict]) -> None:
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
-def test_tiles_fixed_order(shards: tuple[Path, dict]) -> None:
-    d, images = shards
-    ds = TileDataset(d, 16, 4)
-    # a_tall 64x32: 4 rows x 2 cols; b_wide 40x72: 2 rows x 4 cols; c_small 24x24: 1 tile.
-    expected = ([("a_tall", y, x) for y in (0, 16, 32, 48) for x in (0, 16)]
-                + [("b_wide", y, x) for y in (0, 16) for x in (0, 16, 32, 48)]
-                + [("c_small", 0, 0)])
-    assert ds.tiles == expected and len(ds) == 17
-    lr, hr = ds[9]  # b_wide, y 0, x 16
-    assert np.array_equal(_np(hr), images["b_wide"][0:16, 16:32])
-    assert np.array_equal(_np(lr), bicubic_downscale(images["b_wide"][:40, :72], 4)[0:4, 4:8])
-    capped = TileDataset(d, 16, 4, max_tiles_per_image=3, max_images=2)
-    assert capped.tiles == expected[:3] + expected[8:11]
-    assert capped.manifest_rows()[3] == {"id": "b_wide", "y": 0, "x": 0, "size": 16}
-    assert set(capped.source_hashes()) == {"a_tall", "b_wide"}
-    picked = TileDataset(d, 16, 4, ids=["c_small", "a_tall"], max_tiles_per_image=1)
-    assert picked.tiles == [("a_tall", 0, 0), ("c_small", 0, 0)]
-
-
-def test_image_dataset_returns_whole_images(shards: tuple[Path, dict]) -> None:
-    d, images = shards
-    ds = ImageDataset(d)
-    assert len(ds) == 3
-    lr, hr, eid = ds[1]
-    assert eid == "b_wide"
-    assert np.array_equal(_np(hr), images["b_wide"][:40, :72])
-    assert lr.shape == (3, 10, 18)
-    loader = torch.utils.data.DataLoader(ds, batch_size=1)
-    assert [batch[2][0] for batch in loader] == ["a_tall", "b_wide", "c_small"]
-
-
 def test_reader_caps_open_shard_files(shards: tuple[Path, dict]) -> None:
     d, images = shards  # 3 entries in 2 shards (shard_size=2)
-    ds = ImageDataset(d)
-    ds.reader.max_open = 1
+    reader = ShardReader(d, scale=4)
+    reader.max_open = 1
     for _ in range(2):
-        for k, eid in enumerate(ds.ids):
-            _, hr, _ = ds[k]
+        for eid in reader.ids:
+            hr = reader.read_full(eid, "hr")
             h, w = images[eid].shape[0] // 4 * 4, images[eid].shape[1] // 4 * 4
-            assert np.array_equal(_np(hr), images[eid][:h, :w])
-            assert len(ds.reader._files) == 1
-    ds.reader.close()
-    assert len(ds.reader._files) == 0
+            assert np.array_equal(hr, images[eid][:h, :w])
+            assert len(reader._files) == 1
+    reader.close()
+    assert len(reader._files) == 0

@@ -6,7 +6,8 @@ Modules (import what you need; this package imports nothing heavy on its own):
   ``torch_bicubic_downscale``.
 * :mod:`easlurm.data.images` — ``read_rgb`` (uint8 HWC RGB, explicit format policy), ``list_images``.
 * :mod:`easlurm.data.shards` — ``build_shards``, ``load_manifest``, ``verify_shards``.
-* :mod:`easlurm.data.dataset` — ``RandomPatchDataset``, ``TileDataset``, ``ImageDataset``, ``infinite_loader``.
+* :mod:`easlurm.data.dataset` — ``RandomPatchDataset``, ``infinite_loader``, ``ShardReader``;
+  :mod:`easlurm.data.fitness` — the EA's fitness tiles.
 * :mod:`easlurm.data.fitness` — ``FitnessTiles``: the EA's fitness set (N distinct source images, the reference's
   tile choice, per-image mean weights).
 * :mod:`easlurm.data.samples` — ``build_samples`` (train/val shards from photos shipped in wheels).

@@ -57,7 +57,7 @@ def test_pending_for_resources_is_not_held():
 
 
 def test_a_job_cancelled_by_a_user_is_not_resubmitted_except_on_resume():
-    v, why, _ = verdict(job="7", state="CANCELLED")
+    v, why, _ = verdict(job="7", state="CANCELLED", never_ran=False)
     assert v is Verdict.GIVE_UP and "cancelled by a user" in why and "--resume" in why
     v, _, spends = verdict(job="7", state="CANCELLED", resuming=True)
     assert v is Verdict.SUBMIT and not spends
@@ -96,3 +96,9 @@ def test_a_failed_state_query_waits():
 def test_completed_without_outputs_is_a_failure():
     v, why, spends = verdict(job="7", state="COMPLETED", exit_code=0)
     assert v is Verdict.SUBMIT and spends and "without its outputs" in why
+
+
+def test_a_queued_job_cancelled_before_it_ran_is_resubmitted():
+    """Slurm cancels a queued job whose dependency was requeued or failed (kill_invalid_depend)."""
+    v, why, spends = verdict(job="7", state="CANCELLED", never_ran=True)
+    assert v is Verdict.SUBMIT and not spends and "before it ran" in why

@@ -9,8 +9,9 @@ Rules (every case has a unit test, tests/test_decide.py):
 * **Held** — held by an admin or user, REQUEUE_HOLD, SPECIAL_EXIT, or pending for a reason it cannot outgrow (bad
   constraints, a partition that does not exist) → wait, showing Slurm's reason, until held longer than
   ``executor.hold_timeout_min``; then stop following (the queue is left as it is) saying how to release it.
-* **Cancelled by a user** (not by this launcher) → give up: the person meant it. ``--resume`` resubmits it.
-  Cancelled by this launcher (a queued job whose dependency had failed) → resubmit, no retry spent.
+* **Cancelled while it ran** → give up: a person meant it. ``--resume`` resubmits it. **Cancelled before it ran** —
+  by this launcher, or by Slurm, which cancels a queued job when a job it waits for is requeued or fails, and
+  whose record does not say who cancelled — → resubmit, no retry spent (to stop a run, cancel its running jobs).
 * **Unknown** — Slurm has forgotten the job (``MinJobAge``, no accounting) — is judged by the files, never assumed
   running: not done → it ended without finishing → like a failure below.
 * **Preempted, timed out, or ended by the pre-timeout signal after committing a checkpoint** (exit 140 = 128 +
@@ -55,6 +56,7 @@ class TaskView:
     reason: str = ""                # Slurm's reason while waiting
     exit_code: int | None = None
     cancelled_by_us: bool = False   # this launcher cancelled the job (its dependency had failed)
+    never_ran: bool = False         # Slurm says it never started (cancelled while queued)
     held_for_s: float = 0.0         # how long the job has been seen held
     retries: int = 0                # retries spent on this task since its last progress
     progressed: bool = False        # committed a later checkpoint than at its previous attempt
@@ -105,6 +107,12 @@ def decide(view: TaskView, policy: Policy) -> Decision:
             return Decision(Verdict.SUBMIT, f"job {job} was cancelled by this launcher (its dependency failed)")
         if view.resuming:
             return Decision(Verdict.SUBMIT, f"job {job} was cancelled; resubmitting on --resume")
+        if view.never_ran:
+            # Slurm itself cancels a queued job whose dependency can no longer be satisfied (kill_invalid_depend),
+            # e.g. once an admin requeued the job it waits for, and the record does not say who cancelled: a queued
+            # job is resubmitted; a person stops a run by cancelling its running jobs.
+            return Decision(Verdict.SUBMIT, f"job {job} was cancelled before it ran (Slurm does so when a job it "
+                                            f"waits for is requeued or fails); resubmitting it")
         return Decision(Verdict.GIVE_UP, f"job {job} was cancelled by a user; not resubmitted (launch again with "
                                          f"--resume to continue the run)")
     if state in _RESUMABLE or view.exit_code in PREEMPTED_EXIT:

@@ -103,6 +103,7 @@ class SlurmExecutor:
         progress = task.progress()
         return TaskView(done=False, job=job, state=info.state, reason=info.reason, exit_code=info.exit_code,
                         cancelled_by_us=job in cancelled or (info.state == "CANCELLED" and dep_failed),
+                        never_ran=info.elapsed_s == 0,
                         held_for_s=now - self.book.held_since.get(job, now),
                         retries=self.book.retries.get(key, 0),
                         progressed=progress > self.book.progress_at_submit.get(key, progress),

@@ -169,6 +169,7 @@ class JobInfo:
     state: str
     reason: str = ""
     exit_code: int | None = None
+    elapsed_s: float | None = None
 
 
 def job_states(
@@ -247,6 +248,7 @@ class _Row:
     state: str            # normalised
     reason: str = ""      # Slurm's reason for a waiting job ("JobHeldAdmin", "Resources", …); "None" → ""
     exit_code: int | None = None  # the job's exit status when Slurm reports one (ExitCode=rc:signal)
+    elapsed_s: float | None = None  # how long it ran (0: cancelled before it started)
 
     @property
     def key(self) -> str:
@@ -294,7 +296,7 @@ def _sacct_rows(ids: Sequence[str], timeout_s: float) -> list[_Row]:
     for chunk in _chunks(ids):
         # --allocations drops job steps (123.batch); an explicit --jobs list makes sacct search from the epoch.
         argv = ["sacct", "--noheader", "--parsable2", "--allocations",
-                "--format=JobID,JobIDRaw,State,Reason,ExitCode",
+                "--format=JobID,JobIDRaw,State,Reason,ExitCode,ElapsedRaw",
                 f"--jobs={','.join(chunk)}"]
         proc = _run(argv, timeout_s)
         if proc.returncode != 0:
@@ -311,7 +313,7 @@ def _squeue_rows(ids: Sequence[str], timeout_s: float) -> list[_Row]:
     rows: list[_Row] = []
     for chunk in _chunks(ids):
         # --array gives each pending task its own line; --states=all keeps finished jobs (until MinJobAge).
-        argv = ["squeue", "--noheader", "--states=all", "--array", "--format=%i|%A|%T|%r|",
+        argv = ["squeue", "--noheader", "--states=all", "--array", "--format=%i|%A|%T|%r||%M",
                 f"--jobs={','.join(chunk)}"]
         proc = _run(argv, timeout_s)
         if proc.returncode != 0:
@@ -323,7 +325,7 @@ def _squeue_rows(ids: Sequence[str], timeout_s: float) -> list[_Row]:
     return rows
 
 
-_SCONTROL_FIELDS = re.compile(r"(?:^|\s)(JobId|ArrayJobId|ArrayTaskId|JobState|Reason|ExitCode)=(\S*)")
+_SCONTROL_FIELDS = re.compile(r"(?:^|\s)(JobId|ArrayJobId|ArrayTaskId|JobState|Reason|ExitCode|RunTime)=(\S*)")
 
 
 def _scontrol_rows(job_id: str, timeout_s: float) -> list[_Row]:
@@ -346,16 +348,18 @@ def _scontrol_rows(job_id: str, timeout_s: float) -> list[_Row]:
             label = f"{fields['ArrayJobId']}_{task}" if task.isdigit() else f"{fields['ArrayJobId']}_[{task}]"
         else:
             label = raw
-        rows.extend(_rows_from_fields(label, raw, state, fields.get("Reason", ""), fields.get("ExitCode", "")))
+        rows.extend(_rows_from_fields(label, raw, state, fields.get("Reason", ""), fields.get("ExitCode", ""),
+                                      fields.get("RunTime", "")))
     return rows
 
 
 def _parse_table(text: str) -> list[_Row]:
-    """Rows from ``JOBID|RAWID|STATE|REASON|EXITCODE`` lines (sacct --parsable2 and squeue --format alike)."""
+    """Rows from ``JOBID|RAWID|STATE|REASON|EXITCODE|ELAPSED`` lines (sacct --parsable2 and squeue --format
+    alike)."""
     rows: list[_Row] = []
     for line in text.splitlines():
         parts = line.strip().split("|")
-        if len(parts) != 5:
+        if len(parts) != 6:
             continue
         rows.extend(_rows_from_fields(*parts))
     return rows
@@ -373,18 +377,35 @@ _TASK_RE = re.compile(r"(\d+)_(\d+)")
 _RANGE_RE = re.compile(r"(\d+)_\[([^\]]*)\]")
 
 
-def _rows_from_fields(label: str, raw_id: str, raw_state: str, raw_reason: str = "", raw_exit: str = ""
-                      ) -> list[_Row]:
+def _elapsed(text: str) -> float | None:
+    """Seconds from sacct's ElapsedRaw (``"42"``) or squeue/scontrol's ``[D-]HH:MM:SS`` / ``MM:SS``; None when
+    absent or unparsable."""
+    t = text.strip()
+    if not t or t in ("N/A", "INVALID"):
+        return None
+    if t.isdigit():
+        return float(t)
+    days, _, clock = t.rpartition("-")
+    try:
+        parts = [int(p) for p in clock.split(":")]
+        secs = sum(v * m for v, m in zip(reversed(parts), (1, 60, 3600)))
+        return float(secs + (int(days) * 86400 if days else 0))
+    except ValueError:
+        return None
+
+
+def _rows_from_fields(label: str, raw_id: str, raw_state: str, raw_reason: str = "", raw_exit: str = "",
+                      raw_elapsed: str = "") -> list[_Row]:
     state = normalise_state(raw_state)
     label, raw_id = label.strip(), raw_id.strip()
     reason = "" if raw_reason.strip() in ("", "None", "(null)") else raw_reason.strip()
-    code = _exit_code(raw_exit)
+    code, ran = _exit_code(raw_exit), _elapsed(raw_elapsed)
     if m := _TASK_RE.fullmatch(label):
-        return [_Row(m.group(1), m.group(2), raw_id, state, reason, code)]
+        return [_Row(m.group(1), m.group(2), raw_id, state, reason, code, ran)]
     if m := _RANGE_RE.fullmatch(label):
-        return [_Row(m.group(1), task, raw_id, state, reason, code) for task in _expand_tasks(m.group(2))]
+        return [_Row(m.group(1), task, raw_id, state, reason, code, ran) for task in _expand_tasks(m.group(2))]
     if label.isdigit():
-        return [_Row(None, None, label, state, reason, code)]
+        return [_Row(None, None, label, state, reason, code, ran)]
     return []  # heterogeneous components ("12+0") and steps are not asked for
 
 
@@ -412,7 +433,7 @@ def _rows_by_key(rows: Iterable[_Row]) -> dict[str, _Row]:
 
 
 def _info(row: _Row) -> JobInfo:
-    return JobInfo(row.state, row.reason, row.exit_code)
+    return JobInfo(row.state, row.reason, row.exit_code, row.elapsed_s)
 
 
 def _resolve(job_id: str, rows: dict[str, _Row]) -> dict[str, JobInfo]:

@@ -150,35 +150,45 @@ def test_detached_run_cancelled_and_forgotten_by_slurm_resumes_on_slurm(slurm_cl
 
 
 def test_user_cancel_stops_the_launcher_and_a_requeued_task_resumes(slurm_cluster, make_run):
-    """An admin's `scontrol requeue` of a running member: it commits, runs again and resumes from its checkpoint.
-    A person's `scancel` of the queued EA job: the launcher stops (it does not undo a person's decision); --resume
-    continues the run."""
+    """A person's `scancel` of a running member: the launcher stops (it does not undo a person's decision).
+    `--resume` resubmits it (it continues from its checkpoint); an admin's `scontrol requeue` of that task: it
+    commits, runs again as the same job and resumes from its checkpoint, and the queued EA job, which Slurm cancels
+    because its dependency was requeued, is resubmitted — the run finishes."""
     run = make_run([*FAST, "run.cycles=1", "adam.iters_per_cycle=150", "adam.checkpoint_every=10",
                     "adam.log_every=150", "adam.image_every=1000"])
     env = slurm_cluster.env()
-    launcher = subprocess.Popen([sys.executable, "-m", "easlurm.launch", "--resume", str(run), "--executor",
-                                 "slurm"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    folder = RunDir(run).member(0, 1)
+    res = subprocess.Popen([sys.executable, "-m", "easlurm.launch", "--resume", str(run), "--executor", "slurm"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        reached = _wait(lambda: _iteration(RunDir(run).member(0, 2)) >= 20 and _iteration(RunDir(run).member(0, 2)),
-                        what="member 2 at iteration 20")
-        tasks = _jobs_of(run, "adam/000")
-        subprocess.run(["scontrol", "requeue", tasks[2]], check=True, env=env)
-        log2 = run / "slurm" / "adam-000" / f"{tasks[2]}.out"
-        _wait(lambda: len(re.findall(r"member 02: (?:starting|resuming) at iteration", log2.read_text())) >= 2,
-              what="member 2 to restart after the requeue")
-        ea = _jobs_of(run, "ea/000")[0]  # queued behind the members, one of them requeued and running again
-        subprocess.run(["scancel", ea], check=True, env=env)
-        out, _ = launcher.communicate(timeout=300)
+        _wait(lambda: _iteration(folder) >= 10, what="member 1 at iteration 10")
+        first = _jobs_of(run, "adam/000")[1]
+        subprocess.run(["scancel", first], check=True, env=env)
+        out, _ = res.communicate(timeout=300)
     finally:
-        if launcher.poll() is None:
-            launcher.kill()
-    assert launcher.returncode == 2, out
-    assert f"job {ea} was cancelled by a user; not resubmitted" in out
-    starts = [int(m) for m in re.findall(r"member 02: (?:starting|resuming) at iteration (\d+)/150",
-                                         log2.read_text())]
-    assert starts[0] == 0 and starts[1] >= reached >= 20  # the same job ran again, from its checkpoint
-    res = _launch(run, env)  # --resume: the user's cancel is overridden
-    assert res.returncode == 0, res.stdout + res.stderr
+        if res.poll() is None:
+            res.kill()
+    assert res.returncode == 2, out
+    assert f"job {first} was cancelled by a user; not resubmitted" in out
+    resume = subprocess.Popen([sys.executable, "-m", "easlurm.launch", "--resume", str(run)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        second = _wait(lambda: next((j for j in _jobs_of(run, "adam/000") if j.startswith(first.split("_")[0]) is False
+                                     and j.endswith("_1")), None), what="member 1 resubmitted")
+        log = run / "slurm" / "adam-000" / f"{second}.out"
+        _wait(lambda: log.is_file() and "member 01: resuming at iteration" in log.read_text(), what="its start")
+        start = int(re.findall(r"member 01: resuming at iteration (\d+)/150", log.read_text())[0])
+        _wait(lambda: _iteration(folder) >= start + 10, what="member 1 ten iterations further")
+        reached = _iteration(folder)
+        subprocess.run(["scontrol", "requeue", second], check=True, env=env)
+        out, _ = resume.communicate(timeout=600)
+    finally:
+        if resume.poll() is None:
+            resume.kill()
+    assert resume.returncode == 0, out
+    assert start >= 10  # --resume: the cancelled member continued from its checkpoint
+    restarts = [int(m) for m in re.findall(r"member 01: resuming at iteration (\d+)/150", log.read_text())]
+    assert len(restarts) >= 2 and restarts[-1] >= reached  # the same job ran again, from its checkpoint
     assert (run / "eval" / "results.md").is_file()
 
 

@@ -151,7 +151,9 @@ def make_bill(cfg: Config, rates: Rates | None = None, limits: PartitionLimits |
                 busy += len(working) * task_s
             line = dataclasses.replace(line, expected_task_s=longest, expected_wall_s=wall,
                                        expected_gpu_h=busy * res.gpus / 3600)
-            limit_s = res.time_min * 60 - res.signal_lead_s
+            from .orchestrate.sbatch import signal_lead
+
+            limit_s = res.time_min * 60 - signal_lead(cfg, RunDir(cfg.run.root), kind)
             if slurm and longest > limit_s:
                 requeues = math.ceil(longest / max(limit_s, 1)) - 1
                 warnings.append(f"{kind}: a task is expected to take {_hms(longest)} but its time limit is "

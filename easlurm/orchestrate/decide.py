@@ -61,7 +61,7 @@ class TaskView:
     retries: int = 0                # retries spent on this task since its last progress
     progressed: bool = False        # committed a later checkpoint than at its previous attempt
     adopting: bool = False          # first look of a freshly started launcher (its jobs are adopted)
-    resuming: bool = False          # launched with --resume: a user's cancel is overridden
+    resuming: bool = False          # first look of a launcher started with --resume: earlier cancels are overridden
 
 
 @dataclass(frozen=True)

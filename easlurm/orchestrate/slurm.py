@@ -107,7 +107,8 @@ class SlurmExecutor:
                         held_for_s=now - self.book.held_since.get(job, now),
                         retries=self.book.retries.get(key, 0),
                         progressed=progress > self.book.progress_at_submit.get(key, progress),
-                        adopting=adopting, resuming=self.resuming)
+                        # --resume overrides cancels that happened before this launcher started, not later ones
+                        adopting=adopting, resuming=self.resuming and adopting)
 
     def round(self, plan: list[Stage], *, adopting: bool = False, window: bool = True) -> bool:
         """Look at every unfinished task once, act, and return whether the run is complete.
@@ -148,6 +149,8 @@ class SlurmExecutor:
                         self.book.retries[key] = 0
                 if d.verdict is Verdict.ADOPT:
                     self.echo(f"[slurm] {s.key} {s.tasks[i].label}: adopting {d.reason}")
+                if d.verdict is Verdict.SUBMIT and (s.key, i) in latest:
+                    self.echo(f"[slurm] {s.key} {s.tasks[i].label}: {d.reason}")
         if not todo:
             return False
         # A resubmitted task invalidates the dependency of every queued later job: cancel and chain them again.

@@ -112,7 +112,9 @@ _ARRAY_PRECEDENCE = (
 
 _JOB_ID_RE = re.compile(r"\d+(?:_\d+)?")
 _DISABLED_MARK = "accounting storage is disabled"
-_INVALID_ID_MARK = "invalid job id"
+#: What squeue/scontrol say of a job id slurmctld does not hold (any more): "Invalid job id specified" (squeue,
+#: older scontrol) or "Job 123_4 not found" (scontrol, array tasks past MinJobAge).
+_INVALID_ID_MARKS = ("invalid job id", "not found")
 _CHUNK = 200  # ids per command line; keeps argv short on clusters with huge job lists
 
 _accounting_cache: dict[str, bool] = {}
@@ -318,7 +320,7 @@ def _squeue_rows(ids: Sequence[str], timeout_s: float) -> list[_Row]:
         proc = _run(argv, timeout_s)
         if proc.returncode != 0:
             # A single id slurmctld has forgotten is an error to squeue; to us it just means "not here".
-            if _INVALID_ID_MARK in proc.stderr.lower():
+            if any(m in proc.stderr.lower() for m in _INVALID_ID_MARKS):
                 continue
             raise _failure(argv, proc)
         rows.extend(_parse_table(proc.stdout))
@@ -332,7 +334,7 @@ def _scontrol_rows(job_id: str, timeout_s: float) -> list[_Row]:
     argv = ["scontrol", "--oneliner", "show", "job", job_id]
     proc = _run(argv, timeout_s)
     if proc.returncode != 0:
-        if _INVALID_ID_MARK in (proc.stdout + proc.stderr).lower():
+        if any(m in (proc.stdout + proc.stderr).lower() for m in _INVALID_ID_MARKS):
             return []
         raise _failure(argv, proc)
     rows: list[_Row] = []

@@ -287,7 +287,7 @@ def test_time_limits_checkpoint_and_continue_without_spending_a_retry(slurm_clus
     env = slurm_cluster_noacct.env()
     res = _launch(run, env, "--executor", "slurm", timeout=1500)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert all(len(s["tasks"]) for s in _submissions(run)) and len(_submissions(run)) == 8  # nothing resubmitted
+    assert all(len(s["tasks"]) for s in _submissions(run)) and len(_submissions(run)) == 7  # nothing resubmitted
     member_log = (run / "slurm" / "adam-000" / f"{_jobs_of(run, 'adam/000')[0]}.out").read_text()
     assert "checkpoint committed at the pre-timeout signal; requeueing" in member_log
     resumed = [int(m) for m in re.findall(rf"member 00: resuming at iteration (\d+)/{iters}", member_log)]
@@ -304,7 +304,7 @@ def test_plain_sbatch_scripts_run_a_whole_run_and_forward_the_warning_signal(slu
     """jobs/*.sh, chained by hand as the README shows: the same tasks as the launcher's; the batch shell forwards
     the pre-timeout signal (sent here at once with scancel --signal=USR2 --batch) to the member, which commits and
     is requeued from the host, continuing from its checkpoint."""
-    run = make_run(["run.cycles=1", "adam.iters_per_cycle=400", "adam.checkpoint_every=100000",
+    run = make_run(["run.cycles=1", "adam.iters_per_cycle=200", "adam.checkpoint_every=100000",
                     "adam.log_every=100000", "adam.image_every=100000", "ea.generations=1"], name="plain")
     env = {**slurm_cluster.env(), "EASLURM_JOBS": str(REPO / "jobs"), "EASLURM_PYTHON": sys.executable}
     small = ["--mem=2G", "--cpus-per-task=1", f"--chdir={run}"]
@@ -318,7 +318,7 @@ def test_plain_sbatch_scripts_run_a_whole_run_and_forward_the_warning_signal(slu
     init = sbatch(f"--dependency=afterok:{pre}", str(REPO / "jobs" / "init.sh"), str(run))
     adam = sbatch("--array=0-2", f"--dependency=afterok:{init}", str(REPO / "jobs" / "adam.sh"), str(run), "0")
     log0 = run / f"slurm-easlurm-adam-{adam}_0.out"
-    _wait(lambda: log0.is_file() and "member 00: starting at iteration 0/400" in log0.read_text(), 300,
+    _wait(lambda: log0.is_file() and "member 00: starting at iteration 0/200" in log0.read_text(), 300,
           "member 0 to start")
     time.sleep(3)  # a few iterations in
     subprocess.run(["scancel", "--signal=USR2", "--batch", f"{adam}_0"], check=True, env=env)
@@ -329,5 +329,5 @@ def test_plain_sbatch_scripts_run_a_whole_run_and_forward_the_warning_signal(slu
     _wait(lambda: (run / "eval" / "results.md").is_file(), 600, "the evaluation")
     text = log0.read_text()
     assert "checkpoint committed at the pre-timeout signal; requeueing" in text, text[-3000:]
-    resumed = [int(m) for m in re.findall(r"member 00: resuming at iteration (\d+)/400", text)]
-    assert resumed and 0 < resumed[0] < 400, text[-3000:]
+    resumed = [int(m) for m in re.findall(r"member 00: resuming at iteration (\d+)/200", text)]
+    assert resumed and 0 < resumed[0] < 200, text[-3000:]

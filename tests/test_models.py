@@ -148,6 +148,14 @@ def test_load_basicsr_checkpoint_prefers_params_ema(make, tmp_path: Path) -> Non
     torch.save({"params": plain}, only)
     assert load_generator_weights(dst, only) == "params"
     assert all(torch.equal(dst.state_dict()[k], plain[k]) for k in plain)
+    # model.pretrained_key: the reference EA-Adam code loads `params`, which differs from the EMA weights.
+    dst = make()
+    assert load_generator_weights(dst, both, key="params") == "params"
+    assert all(torch.equal(dst.state_dict()[k], plain[k]) for k in plain)
+    ema_only = tmp_path / "ema.pth"
+    torch.save({"params_ema": ema}, ema_only)
+    with pytest.raises(CheckpointError, match=r"has no 'params' entry \(it has params_ema; set model\.pretrained_key"):
+        load_generator_weights(dst, ema_only, key="params")
 
     bare = tmp_path / "bare.pth"
     torch.save({f"module.{k}": v for k, v in ema.items()}, bare)  # DataParallel-style keys

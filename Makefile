@@ -29,9 +29,12 @@ $(STAMP): pyproject.toml containers/requirements.lock
 demo: $(STAMP)
 	$(PY) -m easlurm.launch --config configs/tiny.yaml --executor local
 
-# pytest exits 5 when it collected no test: that is a failure here, like any other non-zero exit.
+# pytest exits 5 when it collected no test: that is a failure here, like any other non-zero exit. Two workers: the
+# Slurm tests (one group, one worker: they share the test clusters and mostly wait on Slurm) beside everything else;
+# one thread each, so two workers do not oversubscribe two cores.
+PYTEST_WORKERS ?= 2
 test: $(STAMP) lint
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # Style and types (the package ships py.typed): ruff over the code, tests and benchmarks; mypy over the package.
 lint: $(STAMP)

@@ -140,3 +140,12 @@ def slurm_cluster_noacct(slurm_cluster: SlurmCluster) -> Iterator[SlurmCluster]:
         yield cluster
     finally:
         _stop(cluster)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/slurm runs in one pytest-xdist worker (``--dist loadgroup``): they share the session's
+    clusters and would only queue behind each other on them anyway."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if Path(str(item.fspath)).resolve().is_relative_to(here):
+            item.add_marker(pytest.mark.xdist_group("slurm"))

@@ -249,36 +249,48 @@ def test_killed_member_task_retry_takes_the_lease_without_slurm(slurm_cluster_no
     assert "fake-apptainer: PATH=" in log and re.search(r"member 01: resuming at iteration [1-9]\d*/120", log)
 
 
-def _calibrate(make_run: Callable[..., Path]) -> tuple[float, float]:
-    """Seconds per member iteration and per EA generation of the tiny config on this machine, right now."""
+def _calibrate(make_run: Callable[..., Path], shape: tuple[str, ...]) -> tuple[float, float]:
+    """Seconds per member iteration and per EA generation of the tiny config of the given ``shape`` (population) on
+    this machine, right now, start-up excluded (the difference of a short and a longer run)."""
+    import shutil
+
+    from easlurm.config import load_run_config, write_config
     from easlurm.evo.job import run_ea
+    from easlurm.store import RunDir
     from easlurm.train.init import init_population
     from easlurm.train.member import train_member
     from easlurm.train.pretrain import pretrain
 
-    run = make_run(["run.cycles=1", "adam.iters_per_cycle=40", "adam.checkpoint_every=1000",
-                    "adam.log_every=1000", "adam.image_every=1000", "ea.generations=8"], name="calibration")
+    run = make_run([*shape, "run.cycles=1", "adam.iters_per_cycle=40", "adam.checkpoint_every=1000",
+                    "adam.log_every=1000", "adam.image_every=1000", "ea.generations=4"], name="calibration")
     pretrain(run)
     init_population(run)
     train_member(run, 0, 0)  # warm-up: the first member pays the start-up (VGG weights, caches)
     t1 = time.perf_counter()
-    for i in (1, 2):
-        train_member(run, 0, i)
-    t2 = time.perf_counter()
-    run_ea(run, 0)
-    t3 = time.perf_counter()
-    return (t2 - t1) / 2 / 40, (t3 - t2) / 8
+    train_member(run, 0, 1)
+    s_iter = (time.perf_counter() - t1) / 40
+    times = []
+    for gens in (4, 16):
+        cfg = load_run_config(run)
+        cfg.ea.generations = gens
+        write_config(cfg, run, argv=["calibration"])
+        shutil.rmtree(RunDir(run).ea(0), ignore_errors=True)
+        shutil.rmtree(RunDir(run).cycle(1), ignore_errors=True)
+        t = time.perf_counter()
+        run_ea(run, 0)
+        times.append(time.perf_counter() - t)
+    return s_iter, (times[1] - times[0]) / 12
 
 
 def test_time_limits_checkpoint_and_continue_without_spending_a_retry(slurm_cluster_noacct, make_run,
                                                                      fake_container):
     """3-minute limits: the member and the EA stage get the warning signal, commit, are requeued from the host
     (the task itself has no Slurm commands) and continue from their checkpoints; no retry is spent."""
-    s_iter, s_gen = _calibrate(make_run)
-    work_s = 110.0  # of computing per stage: more than one allocation holds before its warning signal
+    shape = ("population.size=2", "ea.neighbourhood=2")
+    s_iter, s_gen = _calibrate(make_run, shape)
+    work_s = 120.0  # of computing per stage: more than one allocation holds before its warning signal
     iters, gens = max(200, int(work_s / s_iter)), max(20, int(work_s / s_gen))
-    run = make_run([*FAST, *fake_container, "run.cycles=1", "population.size=2", "ea.neighbourhood=2",
-                    f"adam.iters_per_cycle={iters}",
+    run = make_run([*FAST, *fake_container, *shape, "run.cycles=1", f"adam.iters_per_cycle={iters}",
                     "adam.final_phase_iters=4", f"adam.checkpoint_every={10 * iters}", "adam.log_every=50",
                     "adam.image_every=100000", f"ea.generations={gens}", f"ea.checkpoint_every={10 * gens}",
                     "executor.slurm.adam.time_min=3", "executor.slurm.adam.signal_lead_s=100",

@@ -3,8 +3,8 @@
 #
 # Usage:
 #   tests/slurm/cluster.sh install
-#   tests/slurm/cluster.sh start  [--no-accounting] [--min-job-age S] [--state DIR] [--port-base N] [--db-port N]
-#                                 [--timeout S]
+#   tests/slurm/cluster.sh start  [--no-accounting] [--min-job-age S] [--cred-expire S] [--state DIR]
+#                                 [--port-base N] [--db-port N] [--timeout S]
 #   tests/slurm/cluster.sh stop   [--state DIR]
 #   tests/slurm/cluster.sh status [--state DIR]
 #   tests/slurm/cluster.sh env    [--state DIR]          # eval "$(tests/slurm/cluster.sh env)"
@@ -29,6 +29,9 @@
 #   --no-accounting  no slurmdbd / MariaDB.
 #   --min-job-age S  slurmctld forgets finished jobs after S seconds (default 86400, a lab setting; production
 #                    clusters keep Slurm's default 300 or less — the production-like test cluster uses a short one).
+#   --cred-expire S  AuthInfo cred_expire (default 10). Slurm also holds a requeued job back this long before it may
+#                    start again; its default of 120 s would add two minutes to every requeue the tests provoke
+#                    (the launcher copes with either: it only sees a pending job with a BeginTime).
 #   --port-base N    slurmctld listens on N, slurmd on N+1, slurmdbd on N+2 (default 6817). Two clusters at once need
 #                    different state dirs and port bases (the tests run a second one at 6827).
 #   --db-port N      MariaDB TCP port on 127.0.0.1 (default 3307).
@@ -46,6 +49,7 @@ PORT_BASE=6817
 DB_PORT=3307
 TIMEOUT=60
 MIN_JOB_AGE=86400
+CRED_EXPIRE=10
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
@@ -54,6 +58,8 @@ while [[ $# -gt 0 ]]; do
         --no-accounting) ACCOUNTING=0 ;;
         --min-job-age) [[ $# -ge 2 ]] || die "--min-job-age needs seconds"; MIN_JOB_AGE="$2"; shift ;;
         --min-job-age=*) MIN_JOB_AGE="${1#*=}" ;;
+        --cred-expire) [[ $# -ge 2 ]] || die "--cred-expire needs seconds"; CRED_EXPIRE="$2"; shift ;;
+        --cred-expire=*) CRED_EXPIRE="${1#*=}" ;;
         --state) [[ $# -ge 2 ]] || die "--state needs a directory"; STATE="$2"; shift ;;
         --state=*) STATE="${1#*=}" ;;
         --port-base) [[ $# -ge 2 ]] || die "--port-base needs a number"; PORT_BASE="$2"; shift ;;
@@ -66,7 +72,7 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
-for v in PORT_BASE DB_PORT TIMEOUT; do
+for v in PORT_BASE DB_PORT TIMEOUT MIN_JOB_AGE CRED_EXPIRE; do
     [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a positive integer, got '${!v}'"
 done
 GIVEN_STATE="$STATE"
@@ -96,7 +102,7 @@ unset SLURM_JOB_ID SLURM_JOBID SLURM_ARRAY_JOB_ID SLURM_CLUSTERS 2>/dev/null || 
 
 need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root (daemons and jobs run as root)"; }
 
-mode_string() { echo "accounting=$ACCOUNTING port_base=$PORT_BASE db_port=$DB_PORT min_job_age=$MIN_JOB_AGE"; }
+mode_string() { echo "accounting=$ACCOUNTING port_base=$PORT_BASE db_port=$DB_PORT min_job_age=$MIN_JOB_AGE cred_expire=$CRED_EXPIRE"; }
 
 pid_of() { # pid_of NAME -> pid from its pid file if that pid is alive and runs NAME, else nothing
     local name="$1" file="$RUN/$1.pid" pid comm state
@@ -188,7 +194,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$MUNGE_SOCK
+AuthInfo=socket=$MUNGE_SOCK,cred_expire=$CRED_EXPIRE
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/spool/slurmd
 SlurmctldPidFile=$RUN/slurmctld.pid

@@ -309,7 +309,8 @@ def test_time_limits_checkpoint_and_continue_without_spending_a_retry(slurm_clus
         launcher = subprocess.Popen([sys.executable, "-m", "easlurm.launch", "--resume", str(run), "--executor",
                                      "slurm"], stdout=sink, stderr=subprocess.STDOUT, env=env)
     try:
-        ea_job = _wait(lambda: (run / "state.json").is_file() and _jobs_of(run, "ea/000"), 900, "the EA job's submission")[0]
+        ea_job = _wait(lambda: (run / "state.json").is_file() and _jobs_of(run, "ea/000"), 900,
+                       "the EA job's submission")[0]
         ea_out = run / "slurm" / "ea-000" / f"{ea_job}.out"
         _wait(lambda: ea_out.is_file() and re.search(r"generation [3-9]\d*/", ea_out.read_text()), 900,
               "the EA's third generation")

@@ -233,7 +233,8 @@ class SlurmConfig:
 @dataclass
 class LocalConfig:
     """The local executor: the same plan on one machine."""
-    max_parallel: int = _f(1, min=1, doc="concurrent jobs (Adam-phase members run side by side up to this cap)")
+    max_parallel: int = _f(1, min=1, doc="concurrent jobs (Adam-phase members run side by side up to this cap); "
+                                         "each gets cores / jobs side by side threads unless OMP_NUM_THREADS is set")
     gpus: list[int] = _f(factory=list, doc="GPU ids assigned round-robin via CUDA_VISIBLE_DEVICES; empty → CPU")
 
 

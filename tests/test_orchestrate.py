@@ -80,6 +80,32 @@ open(os.path.join(out, me + '.end'), 'w').write('')
     assert (run.root / "logs" / "adam-000" / "task-04.log").is_file()
 
 
+def test_local_executor_shares_the_cores_between_the_tasks_that_run_together(tmp_path, monkeypatch):
+    """Threads per task = cores / tasks side by side: a stage of one task gets every core, the members of an Adam
+    phase share them (an OMP_NUM_THREADS set by the user wins)."""
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.demo_dir={tmp_path}", "executor.local.max_parallel=2"])
+    run = RunDir(tmp_path / "run")
+    probe = _probe(tmp_path, f"""
+folder = os.path.join({str(tmp_path)!r}, sys.argv[-2].replace('/', '-'))
+open(os.path.join(folder, 'threads.' + sys.argv[-1]), 'w').write(os.environ.get('OMP_NUM_THREADS', 'unset'))
+open(os.path.join(folder, sys.argv[-1] + '.end'), 'w').write('')
+""")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    ex = LocalExecutor(cfg, run, echo=lambda m: None, python=probe)
+
+    def threads(key: str, n: int) -> list[str]:
+        folder = tmp_path / key.replace("/", "-")
+        folder.mkdir()
+        ex.run_stage(_fake_stage(key, n, folder))
+        return [(folder / f"threads.{i}").read_text() for i in range(n)]
+
+    assert threads("fuse", 1) == ["8"]
+    assert threads("adam/000", 3) == ["4", "4", "4"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads("eval", 1) == ["3"]
+
+
 def test_local_executor_retries_per_task_then_names_the_failed_task(tmp_path):
     cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.demo_dir={tmp_path}", "executor.max_retries=1"])
     run = RunDir(tmp_path / "run")

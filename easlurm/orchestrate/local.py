@@ -68,23 +68,25 @@ class LocalExecutor:
                 out.append(f"{s.key:<10} {t.label:<18} {' '.join(shlex.quote(w) for w in self.command(s, i))}")
         return "\n".join(out) + "\n"
 
-    def _env(self) -> tuple[dict[str, str], str | None]:
+    def _env(self, width: int) -> tuple[dict[str, str], str | None]:
+        """The task's environment; ``width``: how many of this stage's tasks run side by side."""
         env = dict(os.environ)
         gpu = None
         if self.gpus:
             gpu = str(self.gpus[self.started % len(self.gpus)])
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        # Share the cores instead of every task assuming it owns all of them.
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.cap)))
+        # Share the cores between the tasks that run side by side instead of every task assuming it owns all of
+        # them; a stage of one task (pretrain, EA, fusion, evaluation) gets them all.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // width)))
         env["PYTHONUNBUFFERED"] = "1"
         return env, gpu
 
-    def _start(self, stage: Stage, index: int, attempt: int) -> _Running:
+    def _start(self, stage: Stage, index: int, attempt: int, width: int) -> _Running:
         path = task_log(self.run_dir, stage, index)
         path.parent.mkdir(parents=True, exist_ok=True)
         log = open(path, "a", encoding="utf-8")
         argv = self.command(stage, index)
-        env, gpu = self._env()
+        env, gpu = self._env(width)
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt {attempt + 1}: {' '.join(argv)}"
                   f"{f' (CUDA_VISIBLE_DEVICES={gpu})' if gpu is not None else ''}\n")
         log.flush()
@@ -107,7 +109,7 @@ class LocalExecutor:
             while queue or running:
                 while queue and len(running) < self.cap and failure is None:
                     i, attempt = queue.pop(0)
-                    running.append(self._start(stage, i, attempt))
+                    running.append(self._start(stage, i, attempt, min(self.cap, len(todo))))
                 time.sleep(0.1)
                 for r in list(running):
                     rc = r.proc.poll()

@@ -26,7 +26,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from ..errors import EaslurmError
+from .slurm_text import STATES, Row, SlurmQueryError, normalise_state, parse_scontrol, parse_table
 
 __all__ = [
     "STATES",
@@ -40,58 +40,11 @@ __all__ = [
     "normalise_state",
 ]
 
-#: Every state :func:`job_states` returns.
-STATES = frozenset(
-    {
-        "PENDING",
-        "RUNNING",
-        "COMPLETED",
-        "FAILED",
-        "CANCELLED",
-        "TIMEOUT",
-        "PREEMPTED",
-        "NODE_FAIL",
-        "OUT_OF_MEMORY",
-        "REQUEUED",
-        "HELD",
-        "UNKNOWN",
-    }
-)
-
 #: States after which a job never runs again (without a manual requeue).
 TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY"})
 
 #: Seconds one Slurm client command may take before :class:`SlurmQueryError`.
 DEFAULT_TIMEOUT_S = 60.0
-
-# Slurm's long state names (squeue %T, sacct State, scontrol JobState) → STATES. Transitional states map to the
-# phase a caller acts on: a COMPLETING job has stopped computing but still holds its node, so it counts as RUNNING.
-_RAW_TO_STATE = {
-    "PENDING": "PENDING",
-    "RESV_DEL_HOLD": "PENDING",
-    "CONFIGURING": "RUNNING",
-    "RUNNING": "RUNNING",
-    "COMPLETING": "RUNNING",
-    "SUSPENDED": "RUNNING",
-    "STOPPED": "RUNNING",
-    "SIGNALING": "RUNNING",
-    "STAGE_OUT": "RUNNING",
-    "RESIZING": "RUNNING",
-    "COMPLETED": "COMPLETED",
-    "FAILED": "FAILED",
-    "CANCELLED": "CANCELLED",
-    "REVOKED": "CANCELLED",
-    "TIMEOUT": "TIMEOUT",
-    "DEADLINE": "TIMEOUT",
-    "PREEMPTED": "PREEMPTED",
-    "NODE_FAIL": "NODE_FAIL",
-    "BOOT_FAIL": "NODE_FAIL",
-    "OUT_OF_MEMORY": "OUT_OF_MEMORY",
-    "REQUEUED": "REQUEUED",
-    "REQUEUE_HOLD": "HELD",
-    "REQUEUE_FED": "REQUEUED",
-    "SPECIAL_EXIT": "HELD",
-}
 
 # Which state an array reports when its tasks disagree: any live task keeps it live; among finished tasks the
 # most telling failure wins (a FAILED task says more about the array than a CANCELLED sibling).
@@ -118,25 +71,6 @@ _INVALID_ID_MARKS = ("invalid job id", "not found")
 _CHUNK = 200  # ids per command line; keeps argv short on clusters with huge job lists
 
 _accounting_cache: dict[str, bool] = {}
-
-
-class SlurmQueryError(EaslurmError):
-    """A Slurm client command is missing, timed out or failed; the message names the command."""
-
-
-def normalise_state(raw: str) -> str:
-    """Map a long Slurm state name to :data:`STATES`, e.g. ``"CANCELLED by 0"`` → ``"CANCELLED"``.
-
-    Long names only, as ``sacct``, ``squeue %T`` and ``scontrol`` print them (case-insensitive); short codes such
-    as ``"CD"`` and anything unrecognised give ``"UNKNOWN"``.
-    """
-    words = raw.strip().split()
-    if not words:
-        return "UNKNOWN"
-    word = words[0].upper().rstrip("+")  # sacct may append "+" when a state was truncated
-    if word in STATES:
-        return word
-    return _RAW_TO_STATE.get(word, "UNKNOWN")
 
 
 def is_terminal(state: str) -> bool:
@@ -207,7 +141,7 @@ def job_infos(
     ids = _validate_ids(job_ids)
     if not ids:
         return {}
-    rows: dict[str, _Row] = {}
+    rows: dict[str, Row] = {}
     sacct_ok = False
     if use_sacct is True or (use_sacct is None and _sacct_usable(timeout_s)):
         try:
@@ -238,23 +172,6 @@ def _sacct_usable(timeout_s: float) -> bool:
         return accounting_available(timeout_s=timeout_s)
     except SlurmQueryError:
         return False  # no sacct binary at all: squeue/scontrol still answer
-
-
-@dataclass(frozen=True)
-class _Row:
-    """One job or array task as a source reported it."""
-
-    array_id: str | None  # the array's job id for an array task, else None
-    task_id: str | None   # the task index for an array task, else None
-    raw_id: str           # Slurm's own numeric job id of this row (pending tasks share the array's)
-    state: str            # normalised
-    reason: str = ""      # Slurm's reason for a waiting job ("JobHeldAdmin", "Resources", …); "None" → ""
-    exit_code: int | None = None  # the job's exit status when Slurm reports one (ExitCode=rc:signal)
-    elapsed_s: float | None = None  # how long it ran (0: cancelled before it started)
-
-    @property
-    def key(self) -> str:
-        return f"{self.array_id}_{self.task_id}" if self.array_id is not None else self.raw_id
 
 
 def _cache_key() -> str:
@@ -293,8 +210,8 @@ def _failure(argv: list[str], proc: subprocess.CompletedProcess[str]) -> SlurmQu
     return SlurmQueryError(f"'{argv[0]}' failed (exit {proc.returncode}): {detail}")
 
 
-def _sacct_rows(ids: Sequence[str], timeout_s: float) -> list[_Row]:
-    rows: list[_Row] = []
+def _sacct_rows(ids: Sequence[str], timeout_s: float) -> list[Row]:
+    rows: list[Row] = []
     for chunk in _chunks(ids):
         # --allocations drops job steps (123.batch); an explicit --jobs list makes sacct search from the epoch.
         argv = ["sacct", "--noheader", "--parsable2", "--allocations",
@@ -307,12 +224,12 @@ def _sacct_rows(ids: Sequence[str], timeout_s: float) -> list[_Row]:
                 raise SlurmQueryError(
                     f"sacct: Slurm accounting storage is disabled (SLURM_CONF={_cache_key() or 'default'})")
             raise _failure(argv, proc)
-        rows.extend(_parse_table(proc.stdout))
+        rows.extend(parse_table(proc.stdout))
     return rows
 
 
-def _squeue_rows(ids: Sequence[str], timeout_s: float) -> list[_Row]:
-    rows: list[_Row] = []
+def _squeue_rows(ids: Sequence[str], timeout_s: float) -> list[Row]:
+    rows: list[Row] = []
     for chunk in _chunks(ids):
         # --array gives each pending task its own line; --states=all keeps finished jobs (until MinJobAge).
         argv = ["squeue", "--noheader", "--states=all", "--array", "--format=%i|%A|%T|%r||%M",
@@ -323,122 +240,29 @@ def _squeue_rows(ids: Sequence[str], timeout_s: float) -> list[_Row]:
             if any(m in proc.stderr.lower() for m in _INVALID_ID_MARKS):
                 continue
             raise _failure(argv, proc)
-        rows.extend(_parse_table(proc.stdout))
+        rows.extend(parse_table(proc.stdout))
     return rows
 
 
-_SCONTROL_FIELDS = re.compile(r"(?:^|\s)(JobId|ArrayJobId|ArrayTaskId|JobState|Reason|ExitCode|RunTime)=(\S*)")
-
-
-def _scontrol_rows(job_id: str, timeout_s: float) -> list[_Row]:
+def _scontrol_rows(job_id: str, timeout_s: float) -> list[Row]:
     argv = ["scontrol", "--oneliner", "show", "job", job_id]
     proc = _run(argv, timeout_s)
     if proc.returncode != 0:
         if any(m in (proc.stdout + proc.stderr).lower() for m in _INVALID_ID_MARKS):
             return []
         raise _failure(argv, proc)
-    rows: list[_Row] = []
-    for line in proc.stdout.splitlines():
-        fields: dict[str, str] = {}
-        for name, value in _SCONTROL_FIELDS.findall(line):
-            fields.setdefault(name, value)
-        if "JobId" not in fields or "JobState" not in fields:
-            continue
-        raw, state = fields["JobId"], fields["JobState"]
-        if "ArrayJobId" in fields and "ArrayTaskId" in fields:
-            task = fields["ArrayTaskId"]
-            label = f"{fields['ArrayJobId']}_{task}" if task.isdigit() else f"{fields['ArrayJobId']}_[{task}]"
-        else:
-            label = raw
-        rows.extend(_rows_from_fields(label, raw, state, fields.get("Reason", ""), fields.get("ExitCode", ""),
-                                      fields.get("RunTime", "")))
-    return rows
+    return parse_scontrol(proc.stdout)
 
 
-def _parse_table(text: str) -> list[_Row]:
-    """Rows from ``JOBID|RAWID|STATE|REASON|EXITCODE|ELAPSED`` lines (sacct --parsable2 and squeue --format
-    alike)."""
-    rows: list[_Row] = []
-    for line in text.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) != 6:
-            continue
-        rows.extend(_rows_from_fields(*parts))
-    return rows
-
-
-def _exit_code(text: str) -> int | None:
-    """``"2:0"`` → 2; a signal death ``"0:9"`` → 128 + 9; empty or unparsable → None."""
-    rc, _, sig = text.strip().partition(":")
-    if not rc.isdigit():
-        return None
-    return 128 + int(sig) if sig.isdigit() and int(sig) and not int(rc) else int(rc)
-
-
-_TASK_RE = re.compile(r"(\d+)_(\d+)")
-_RANGE_RE = re.compile(r"(\d+)_\[([^\]]*)\]")
-
-
-def _elapsed(text: str) -> float | None:
-    """Seconds from sacct's ElapsedRaw (``"42"``) or squeue/scontrol's ``[D-]HH:MM:SS`` / ``MM:SS``; None when
-    absent or unparsable."""
-    t = text.strip()
-    if not t or t in ("N/A", "INVALID"):
-        return None
-    if t.isdigit():
-        return float(t)
-    days, _, clock = t.rpartition("-")
-    try:
-        parts = [int(p) for p in clock.split(":")]
-        secs = sum(v * m for v, m in zip(reversed(parts), (1, 60, 3600)))
-        return float(secs + (int(days) * 86400 if days else 0))
-    except ValueError:
-        return None
-
-
-def _rows_from_fields(label: str, raw_id: str, raw_state: str, raw_reason: str = "", raw_exit: str = "",
-                      raw_elapsed: str = "") -> list[_Row]:
-    state = normalise_state(raw_state)
-    label, raw_id = label.strip(), raw_id.strip()
-    reason = "" if raw_reason.strip() in ("", "None", "(null)") else raw_reason.strip()
-    code, ran = _exit_code(raw_exit), _elapsed(raw_elapsed)
-    if m := _TASK_RE.fullmatch(label):
-        return [_Row(m.group(1), m.group(2), raw_id, state, reason, code, ran)]
-    if m := _RANGE_RE.fullmatch(label):
-        return [_Row(m.group(1), task, raw_id, state, reason, code, ran) for task in _expand_tasks(m.group(2))]
-    if label.isdigit():
-        return [_Row(None, None, label, state, reason, code, ran)]
-    return []  # heterogeneous components ("12+0") and steps are not asked for
-
-
-def _expand_tasks(spec: str) -> list[str]:
-    """``"0-5,7,9-13:2%4"`` → task indices as strings (the ``%N`` throttle is dropped)."""
-    spec = spec.split("%", 1)[0]
-    tasks: list[str] = []
-    for part in filter(None, spec.split(",")):
-        span, _, step_text = part.partition(":")
-        first, _, last = span.partition("-")
-        try:
-            lo = int(first)
-            hi = int(last) if last else lo
-            step = int(step_text) if step_text else 1
-        except ValueError:
-            raise SlurmQueryError(f"cannot parse Slurm array task list {spec!r} (part {part!r})") from None
-        if step < 1 or hi < lo:
-            raise SlurmQueryError(f"cannot parse Slurm array task list {spec!r} (part {part!r})")
-        tasks.extend(str(t) for t in range(lo, hi + 1, step))
-    return tasks
-
-
-def _rows_by_key(rows: Iterable[_Row]) -> dict[str, _Row]:
+def _rows_by_key(rows: Iterable[Row]) -> dict[str, Row]:
     return {row.key: row for row in rows}
 
 
-def _info(row: _Row) -> JobInfo:
+def _info(row: Row) -> JobInfo:
     return JobInfo(row.state, row.reason, row.exit_code, row.elapsed_s)
 
 
-def _resolve(job_id: str, rows: dict[str, _Row]) -> dict[str, JobInfo]:
+def _resolve(job_id: str, rows: dict[str, Row]) -> dict[str, JobInfo]:
     """The entries for one requested id from the merged rows; empty when no row matches it."""
     if "_" in job_id:
         row = rows.get(job_id)

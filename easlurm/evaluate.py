@@ -48,7 +48,7 @@ from . import factory
 from .config import Config, load_run_config
 from .errors import EaslurmError
 from .report import ResultRow, format_preference, metric_names, pareto_png, results_csv, results_markdown
-from .runtime import pick_device
+from .runtime import pick_device, tb_writer
 from .scoring import EvalError, EvalSet, ModelScore, open_test_set, open_test_sets, score_models
 from .store import RunDir, atomic_write_bytes, atomic_write_text, load_verified, read_checkpoint_meta
 
@@ -170,10 +170,8 @@ def _per_image_csv(scores: Sequence[ModelScore], entries: Sequence[ModelEntry], 
 
 def _tensorboard(run: RunDir, rows: Sequence[ResultRow], png: bytes, markdown: str) -> None:
     from PIL import Image
-    from torch.utils.tensorboard import SummaryWriter
-
     # purge_step=0: TensorBoard drops the events of earlier evaluations of this run, so it shows the latest only.
-    tb = SummaryWriter(log_dir=str(run.tb / "eval"), purge_step=0)
+    tb = tb_writer(run.tb / "eval", purge_step=0)
     try:
         for r in rows:
             for metric, value in r.metrics.items():

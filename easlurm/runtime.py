@@ -5,6 +5,7 @@ them imports another stage.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -72,7 +73,33 @@ def tb_writer(folder: Path, purge_step: int | None = None) -> Any:
     step itself was logged before its commit and is not logged again."""
     from torch.utils.tensorboard import SummaryWriter
 
+    _wait_to_sort_after_earlier_event_files(folder)
     return SummaryWriter(log_dir=str(folder), purge_step=purge_step)
+
+
+def _wait_to_sort_after_earlier_event_files(folder: Path, max_wait_s: float = 3.0) -> None:
+    """Sleep until the clock's second is past every event file's creation second in ``folder`` (at most
+    ``max_wait_s``).
+
+    Why: TensorBoard reads a folder's event files in name order, and a name is the creation second (10 digits)
+    followed by host, pid and a per-process counter compared as text ('10' sorts before '9'). A writer created in
+    the same second as the previous one (a retry straight after a failure; tests) can sort before it, and its
+    ``purge_step`` then drops the wrong steps — the resumed run's own. A later second sorts after. A file dated
+    further ahead (another host's clock) is not waited for."""
+    import time
+
+    newest = -1
+    if folder.is_dir():
+        for f in folder.iterdir():
+            m = _EVENT_FILE.match(f.name)
+            if m:
+                newest = max(newest, int(m.group(1)))
+    wait = newest + 1 - time.time()
+    if 0 < wait <= max_wait_s:
+        time.sleep(wait)
+
+
+_EVENT_FILE = re.compile(r"^events\.out\.tfevents\.(\d{10})\.")
 
 
 class AttemptLog:

@@ -133,3 +133,31 @@ def test_preemption_commits_after_the_current_iteration_then_exits(sig):
     assert t.steps == [0, 1, 2, 3, 4]
     # The handlers are restored after the hand-off.
     assert signal.getsignal(sig) is not pre._handler
+
+
+def test_a_resumed_writer_sorts_after_the_file_it_purges(tmp_path):
+    """TensorBoard reads event files in name order; a writer created in the same second as the previous one must
+    still sort after it, or its purge of the rewritten steps drops the resumed steps instead (names end in host, pid
+    and a counter compared as text, so a same-second successor can sort first: here a host name 'zzz' forces it)."""
+    import socket
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from easlurm.runtime import tb_writer
+
+    first = tb_writer(tmp_path)
+    for step in range(1, 7):
+        first.add_scalar("loss", float(step), step)
+    first.close()
+    [made] = list(tmp_path.iterdir())
+    made.rename(tmp_path / made.name.replace(f".{socket.gethostname()}.", ".zzz."))
+    resumed = tb_writer(tmp_path, purge_step=4)
+    for step in range(4, 9):
+        resumed.add_scalar("loss", 10.0 * step, step)
+    resumed.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert ".zzz." in names[0]
+    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0),
+                                                                 (6, 60.0), (7, 70.0), (8, 80.0)]

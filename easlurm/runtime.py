@@ -5,7 +5,6 @@ them imports another stage.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -88,18 +87,12 @@ def _wait_to_sort_after_earlier_event_files(folder: Path, max_wait_s: float = 3.
     further ahead (another host's clock) is not waited for."""
     import time
 
-    newest = -1
-    if folder.is_dir():
-        for f in folder.iterdir():
-            m = _EVENT_FILE.match(f.name)
-            if m:
-                newest = max(newest, int(m.group(1)))
-    wait = newest + 1 - time.time()
+    # The 10-digit second leads the name, so the last name in sorted order holds the newest second.
+    names = sorted(p.name for p in folder.glob("events.out.tfevents.*"))
+    stamp = names[-1].split(".")[3] if names else ""
+    wait = int(stamp) + 1 - time.time() if stamp.isdigit() else 0.0
     if 0 < wait <= max_wait_s:
         time.sleep(wait)
-
-
-_EVENT_FILE = re.compile(r"^events\.out\.tfevents\.(\d{10})\.")
 
 
 class AttemptLog:

@@ -149,7 +149,7 @@ def test_a_resumed_writer_sorts_after_the_file_it_purges(tmp_path):
     for step in range(1, 7):
         first.add_scalar("loss", float(step), step)
     first.close()
-    [made] = list(tmp_path.iterdir())
+    [made] = sorted(tmp_path.iterdir())
     made.rename(tmp_path / made.name.replace(f".{socket.gethostname()}.", ".zzz."))
     resumed = tb_writer(tmp_path, purge_step=4)
     for step in range(4, 9):

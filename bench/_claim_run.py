@@ -85,7 +85,8 @@ def launch(cfg: Config, run: RunDir, stages: Sequence[Any], echo: Echo, argv: Se
     """Run the unfinished ``stages`` of ``run`` with the executor of ``cfg.executor.kind``, as ``python -m
     easlurm.launch`` does: under the run's launcher lease, recording the launch in ``run.json``. Returns whether
     any stage was left to run."""
-    from easlurm.launch import make_executor, record_launch
+    from easlurm.launch import make_executor
+    from easlurm.run_record import record_launch
     from easlurm.leases import held
     from easlurm.orchestrate.plan import pending_stages
 
@@ -106,16 +107,15 @@ def run_pretrain(config: Path, work: Path, seed: int, executor: str, demo_dir: P
                  echo: Echo) -> PretrainResult:
     """The seed's L1 pretraining (the pretrain stage of a run of the bench config) and the scores of its result."""
     from easlurm.orchestrate.plan import build_plan
-    from easlurm.train.pretrain import is_done
 
     overrides = arm_overrides(None, seed, None, demo_dir, extra)
     cfg, run = _prepare(config, work / f"seed{seed}" / "pretrain_run", overrides, executor, echo,
                         _bench_argv(config, overrides))
     stage = build_plan(cfg, run)[0]
-    if stage.kind != "pretrain":
+    if stage.kind.name != "pretrain":
         raise BenchError(f"{config}: model.pretrained must be null in the bench config (each seed pretrains)")
     launch(cfg, run, [stage], echo, _bench_argv(config, overrides))
-    if not is_done(run.root):
+    if not stage.tasks[0].is_done():
         raise BenchError(f"{run.pretrain}: pretraining did not finish")
     return PretrainResult(seed, run.root, run.pretrain / "G.pt", _pretrained_rows(cfg, run, work / f"seed{seed}"))
 
@@ -125,7 +125,7 @@ def _pretrained_rows(cfg: Config, run: RunDir, seed_dir: Path) -> list[dict[str,
     stage's own scoring), cached in ``seed_dir/pretrained_score.json`` for that exact G.pt."""
     from easlurm import factory
     from easlurm.evaluate import ModelEntry, check_test_sets, score_entries
-    from easlurm.store import load_verified
+    from easlurm.tensor_files import load_verified
 
     meta = read_checkpoint_meta(run.pretrain)
     if meta is None:

@@ -37,7 +37,8 @@ import torch
 from . import numpy_unpickle
 from .errors import EaslurmError
 from .numpy_unpickle import UnsafePickleError
-from .store import atomic_torch_save, load_checkpoint, sha256_file
+from .store import sha256_file
+from .tensor_files import atomic_torch_save, load_checkpoint
 
 __all__ = [
     "MissingWeightsError",

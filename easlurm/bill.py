@@ -7,7 +7,7 @@
 (:class:`~easlurm.timings.Rates`) and optional partition limits:
 
 * **jobs and GPU-hours requested** per stage kind: tasks × time limit × GPUs of ``executor.slurm.<kind>``
-  (from :func:`easlurm.orchestrate.plan.build_plan`);
+  (from :func:`easlurm.orchestrate.plan.build_plan`, one row per registered stage kind, :mod:`easlurm.stages`);
 * **expected time and GPU-hours** where a rate is known — measured in an earlier run of the same configuration
   (:func:`find_rates`: the run itself, other runs under ``run.root``, or ``--rates``), each stage kind's rate used
   only when the config values it depends on agree (:func:`easlurm.timings.rate_key`); wall time is the chain's
@@ -31,16 +31,19 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+from . import stages as registry
 from .config import Config, load_config, load_run_config
 from .errors import EaslurmError
 from .footprint import DEFAULT_KEEP, Disk, disk_bill
-from .population import is_adam_trained, phase_iters
+from .leads import signal_leads
+from .run_record import recorded_executor
+from .stages.kind import StageResources
 from .store import RunDir, read_json
-from .timings import RATE_UNITS, Rates, rate_key, rates_from_times, task_times
+from .timings import Rates, measured_rates, rate_key
 
-__all__ = ["PartitionLimits", "StageBill", "Bill", "make_bill", "find_rates", "measured_rates", "parse_sinfo",
+__all__ = ["PartitionLimits", "StageBill", "Bill", "make_bill", "find_rates", "run_rates", "parse_sinfo",
            "partition_limits", "format_bill", "render", "format_bytes", "main"]
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class StageBill:
 class Bill:
     executor: str
     stages: list[StageBill]
-    disk: Disk
+    disk: Disk | None
     warnings: list[str] = field(default_factory=list)
     rates_source: str | None = None
     unmeasured: list[str] = field(default_factory=list)
@@ -101,18 +104,12 @@ class Bill:
         return {"executor": self.executor, "jobs": self.jobs, "gpu_h_requested": self.gpu_h_requested,
                 "expected_gpu_h": self.expected_gpu_h, "expected_wall_s": self.expected_wall_s,
                 "stages": [vars(s) for s in self.stages],
-                "disk": {**vars(self.disk), "cycle_total": self.disk.cycle_total},
+                "disk": {**vars(self.disk), "cycle_total": self.disk.cycle_total} if self.disk else None,
                 "warnings": self.warnings, "rates_source": self.rates_source, "unmeasured": self.unmeasured}
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The bill
-
-
-def _units(cfg: Config, kind: str, cycle: int | None) -> int:
-    if kind == "adam":
-        return phase_iters(cfg, cycle or 0)
-    return {"pretrain": cfg.pretrain.iters, "ea": cfg.ea.generations, "fuse": cfg.fusion.iters}.get(kind, 1)
 
 
 def _parallel(cfg: Config) -> int:
@@ -122,76 +119,87 @@ def _parallel(cfg: Config) -> int:
 
 
 def make_bill(cfg: Config, rates: Rates | None = None, limits: PartitionLimits | None = None,
-              keep: int = DEFAULT_KEEP) -> Bill:
-    """The bill of a run of ``cfg`` (pure apart from building G and D on the meta device; see module docstring)."""
-    from .orchestrate.plan import STAGE_KINDS, build_plan
+              keep: int = DEFAULT_KEEP, leads: Mapping[str, int] | None = None) -> Bill:
+    """The bill of a run of ``cfg`` (pure apart from building G and D on the meta device for the disk, which is
+    left out where torch is not installed; see module docstring). ``leads``: the warning leads (default: computed
+    from the config)."""
+    from .orchestrate.plan import build_plan
 
     plan = build_plan(cfg, RunDir(cfg.run.root))  # paths only: nothing is read or created
     slurm = cfg.executor.kind == "slurm"
     usable = {k: r for k, r in rates.stages.items() if rates.key.get(k) == rate_key(cfg, k)} if rates else {}
+    leads = leads if leads is not None else signal_leads(cfg)
     lines: list[StageBill] = []
     warnings: list[str] = []
-    for kind in STAGE_KINDS:
-        stages = [s for s in plan if s.kind == kind]
+    for kind in registry.KINDS:
+        stages = [s for s in plan if s.kind.name == kind.name]
         if not stages:
             continue
-        res = getattr(cfg.executor.slurm, kind)
+        res = cfg.executor.slurm.resources(kind.name)
         tasks = sum(len(s.tasks) for s in stages)
         hours = res.time_min / 60
-        line = StageBill(kind, len(stages), tasks, res.time_min, res.gpus, res.cpus, res.mem_gb,
+        line = StageBill(kind.name, len(stages), tasks, res.time_min, res.gpus, res.cpus, res.mem_gb,
                          tasks * hours * res.gpus, tasks * hours * res.cpus)
-        rate = usable.get(kind)
+        rate = usable.get(kind.name)
         if rate is not None:
             longest = wall = busy = 0.0
             for s in stages:
-                working = [i for i in range(len(s.tasks)) if kind != "adam" or is_adam_trained(cfg, i)]
-                task_s = rate.startup_s + _units(cfg, kind, s.cycle) * rate.seconds_per_unit
+                working = [t for t in s.tasks if kind.busy(cfg, t.arguments)]
+                task_s = rate.startup_s + kind.units(cfg, s.cycle) * rate.seconds_per_unit
                 longest = max(longest, task_s)
                 wall += math.ceil(len(working) / _parallel(cfg)) * task_s if working else 0.0
                 busy += len(working) * task_s
             line = dataclasses.replace(line, expected_task_s=longest, expected_wall_s=wall,
                                        expected_gpu_h=busy * res.gpus / 3600)
-            from .orchestrate.sbatch import signal_lead
-
-            limit_s = res.time_min * 60 - signal_lead(cfg, RunDir(cfg.run.root), kind)
+            limit_s = res.time_min * 60 - leads.get(kind.name, 60)
             if slurm and longest > limit_s:
                 requeues = math.ceil(longest / max(limit_s, 1)) - 1
-                warnings.append(f"{kind}: a task is expected to take {_hms(longest)} but its time limit is "
-                                f"{_hms(res.time_min * 60)} (executor.slurm.{kind}.time_min={res.time_min}): it will "
-                                f"be checkpointed at the pre-timeout signal and requeued ~{requeues} time(s), "
+                warnings.append(f"{kind.name}: a task is expected to take {_hms(longest)} but its time limit is "
+                                f"{_hms(res.time_min * 60)} (executor.slurm.{kind.name}.time_min={res.time_min}): it "
+                                f"will be checkpointed at the pre-timeout signal and requeued ~{requeues} time(s), "
                                 f"queueing again each time")
         lines.append(line)
         if slurm and limits is not None:
-            where = f"partition {limits.name}"
-            if limits.max_mem_gb is not None and res.mem_gb > limits.max_mem_gb:
-                warnings.append(f"{kind}: executor.slurm.{kind}.mem_gb={res.mem_gb} exceeds the largest node of "
-                                f"{where} ({limits.max_mem_gb:.0f} GiB): the job can never start")
-            if limits.max_time_min is not None and res.time_min > limits.max_time_min:
-                warnings.append(f"{kind}: executor.slurm.{kind}.time_min={res.time_min} exceeds the time limit of "
-                                f"{where} ({limits.max_time_min} min)")
-            if limits.gpus_per_node is not None and res.gpus > limits.gpus_per_node:
-                warnings.append(f"{kind}: executor.slurm.{kind}.gpus={res.gpus} exceeds the GPUs per node of "
-                                f"{where} ({limits.gpus_per_node})")
+            warnings += _limit_warnings(kind.name, res, limits)
     unmeasured = [line.kind for line in lines if line.expected_task_s is None]
-    return Bill(cfg.executor.kind, lines, disk_bill(cfg, keep), warnings,
+    try:
+        disk: Disk | None = disk_bill(cfg, keep)
+    except ImportError:  # the networks are sized with torch; a login node may not have it
+        disk = None
+    return Bill(cfg.executor.kind, lines, disk, warnings,
                 rates.source if rates is not None and usable else None, unmeasured)
+
+
+def _limit_warnings(kind: str, res: StageResources, limits: PartitionLimits) -> list[str]:
+    where = f"partition {limits.name}"
+    out = []
+    if limits.max_mem_gb is not None and res.mem_gb > limits.max_mem_gb:
+        out.append(f"{kind}: executor.slurm.{kind}.mem_gb={res.mem_gb} exceeds the largest node of {where} "
+                   f"({limits.max_mem_gb:.0f} GiB): the job can never start")
+    if limits.max_time_min is not None and res.time_min > limits.max_time_min:
+        out.append(f"{kind}: executor.slurm.{kind}.time_min={res.time_min} exceeds the time limit of {where} "
+                   f"({limits.max_time_min} min)")
+    if limits.gpus_per_node is not None and res.gpus > limits.gpus_per_node:
+        out.append(f"{kind}: executor.slurm.{kind}.gpus={res.gpus} exceeds the GPUs per node of {where} "
+                   f"({limits.gpus_per_node})")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Rates from earlier runs
 
 
-def measured_rates(run: RunDir, cfg: Config | None = None) -> Rates:
-    """The step rates a run measured (its finished tasks; see :mod:`easlurm.timings`)."""
+def run_rates(run: RunDir, cfg: Config | None = None) -> Rates:
+    """The step rates a run measured (its finished tasks' recorded attempts)."""
     from .orchestrate.plan import build_plan
 
     cfg = cfg or load_run_config(run.root)
-    return rates_from_times(cfg, task_times(cfg, run, build_plan(cfg, run)), f"run {run.root}")
+    return measured_rates(cfg, run, build_plan(cfg, run))
 
 
 def _read_rates(path: Path) -> Rates:
     if path.is_dir():
-        return measured_rates(RunDir(path))
+        return run_rates(RunDir(path))
     return Rates.from_dict(read_json(path), str(path))
 
 
@@ -206,7 +214,7 @@ def find_rates(cfg: Config, run: RunDir | None = None, extra: Sequence[Path] = (
     roots = {Path(cfg.run.root).resolve()} | ({run.root.parent} if run is not None else set())
     others = sorted({p.parent.resolve() for r in roots if r.is_dir() for p in r.glob("*/config.yaml")},
                     key=lambda p: (p / "config.yaml").stat().st_mtime, reverse=True)
-    wanted = {k: rate_key(cfg, k) for k in RATE_UNITS}
+    wanted = {k.name: rate_key(cfg, k.name) for k in registry.KINDS}
     found = 0
     for other in others:
         if found >= limit or other in candidates:
@@ -319,7 +327,8 @@ def format_bill(b: Bill, short: bool = False) -> str:
            if b.expected_gpu_h is not None else "; expected time: no measured rates for this config")
     head = f"# bill: {b.jobs} jobs, {b.gpu_h_requested:,.1f} GPU-h requested{exp}"
     disk = (f"# disk: {format_bytes(d.cycle_total)} per cycle, {format_bytes(d.total)} for the run "
-            f"({format_bytes(d.total_pruned)} pruned to the last {d.keep} cycles)")
+            f"({format_bytes(d.total_pruned)} pruned to the last {d.keep} cycles)" if d is not None else
+            "# disk: not sized here (the networks are sized with torch, which this host does not have)")
     if short:
         return "\n".join([head, disk] + [f"# warning: {w}" for w in b.warnings])
     out = [head, f"#   {'stage':<9}{'jobs':>6}{'limit':>10}{'GPUs':>5}{'mem':>6}{'GPU-h req':>11}"
@@ -334,28 +343,34 @@ def format_bill(b: Bill, short: bool = False) -> str:
     if b.rates_source:
         out.append(f"#   rates measured in: {b.rates_source}"
                    + (f"; not measured: {', '.join(b.unmeasured)}" if b.unmeasured else ""))
-    f = d.files
-    out.append(f"# disk: one member checkpoint is {format_bytes(f['G.pt'] + f['D.pt'] + f['optim.pt'])} (G "
-               f"{format_bytes(f['G.pt'])}, D {format_bytes(f['D.pt'])}, optimizer state {format_bytes(f['optim.pt'])})"
-               f" + RNG state {format_bytes(f['rng.pt'])}")
-    out.append(f"#   per cycle {format_bytes(d.cycle_total)}: " + ", ".join(
-        f"{k} {format_bytes(v)}" for k, v in d.per_cycle.items()))
-    out.append("#   once: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in d.once.items()))
-    out.append(f"#   whole run ({d.adam_phases} Adam phases): {format_bytes(d.total)}; pruned to the last {d.keep} "
-               f"cycles (python -m easlurm.prune): {format_bytes(d.total_pruned)} (frees "
-               f"{format_bytes(d.prunable_per_cycle)} per older cycle); an EA phase holds up to "
-               f"{format_bytes(d.ea_progress_peak)} more while it runs")
+    out += _disk_lines(d) if d is not None else [disk]
     out += [f"# warning: {w}" for w in b.warnings]
     return "\n".join(out)
 
 
-def render(cfg: Config, run: RunDir, *, short: bool = False) -> str:
+def _disk_lines(d: Disk) -> list[str]:
+    f = d.files
+    return [
+        f"# disk: one member checkpoint is {format_bytes(f['G.pt'] + f['D.pt'] + f['optim.pt'])} (G "
+        f"{format_bytes(f['G.pt'])}, D {format_bytes(f['D.pt'])}, optimizer state {format_bytes(f['optim.pt'])})"
+        f" + RNG state {format_bytes(f['rng.pt'])}",
+        f"#   per cycle {format_bytes(d.cycle_total)}: " + ", ".join(
+            f"{k} {format_bytes(v)}" for k, v in d.per_cycle.items()),
+        "#   once: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in d.once.items()),
+        f"#   whole run ({d.adam_phases} Adam phases): {format_bytes(d.total)}; pruned to the last {d.keep} "
+        f"cycles (python -m easlurm.prune): {format_bytes(d.total_pruned)} (frees "
+        f"{format_bytes(d.prunable_per_cycle)} per older cycle); an EA phase holds up to "
+        f"{format_bytes(d.ea_progress_peak)} more while it runs",
+    ]
+
+
+def render(cfg: Config, run: RunDir, *, short: bool = False, leads: Mapping[str, int] | None = None) -> str:
     """The bill as ``#`` comment lines for ``launch --dry-run`` (``short``: the summary a real launch prints).
     Rates come from :func:`find_rates`, partition limits from ``sinfo`` (Slurm executor only). Never raises an
     error: a bill that cannot be made says why in one line."""
     try:
         limits = partition_limits(cfg.executor.slurm.partition) if cfg.executor.kind == "slurm" else None
-        return format_bill(make_bill(cfg, find_rates(cfg, run), limits), short)
+        return format_bill(make_bill(cfg, find_rates(cfg, run), limits, leads=leads), short)
     except Exception as exc:  # noqa: BLE001 - the bill informs; it must never stop a launch or a dry run
         return f"# bill: not available ({type(exc).__name__}: {exc})"
 
@@ -377,15 +392,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.run:
             run = RunDir(args.run)
             cfg = load_run_config(run.root)
-            recorded = read_json(run.record).get("executor") if run.record.is_file() else None
-            cfg.executor.kind = recorded or cfg.executor.kind
+            cfg.executor.kind = recorded_executor(run) or cfg.executor.kind  # type: ignore[assignment]
         else:
             cfg = load_config(args.config, args.overrides)
             run = RunDir(Path(cfg.run.root) / f"{cfg.run.name}-BILL")
         if args.save_rates:
             from .store import atomic_write_json
 
-            atomic_write_json(args.save_rates, measured_rates(run, cfg).to_dict())
+            atomic_write_json(args.save_rates, run_rates(run, cfg).to_dict())
         rates = find_rates(cfg, run, [Path(p) for p in args.rates])
         limits = partition_limits(cfg.executor.slurm.partition) if cfg.executor.kind == "slurm" else None
         b = make_bill(cfg, rates, limits, max(1, args.keep))

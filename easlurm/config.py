@@ -17,160 +17,26 @@ self-describing and every job of the run reads the same settings.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import shlex
 import sys
-import types
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence, Union, get_args, get_origin, get_type_hints
+from typing import Any, Mapping, Sequence, get_type_hints
 
 import yaml
 
+from .config_build import (  # noqa: F401  (re-exported)
+    backbone_options, build, get_field, inline_field, set_field, suggest, to_dict,
+)
 from .config_checks import check_command_values, check_text, forbidden_char, shown
-from .errors import ConfigError
 from .config_schema import (  # noqa: F401  (re-exported: import the sections from easlurm.config)
     EvalMetric, Config, RunConfig, DataConfig, ModelConfig, DiscriminatorConfig, PerceptualConfig,
     LossConfig, PopulationConfig, AdamConfig, PretrainConfig, EAConfig, FusionConfig,
-    EvalConfig, StageResources, SlurmConfig, LocalConfig, ExecutorConfig, ContainerConfig,
+    EvalConfig, SlurmConfig, LocalConfig, ExecutorConfig, ContainerConfig,
 )
-
-# ----------------------------------------------------------------------------------------------------------------
-# Building dataclasses from plain data
-
-
-_NoneType = type(None)
-
-
-def _type_name(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in get_args(tp))
-    if origin is not None:
-        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_name(a) for a in get_args(tp))}]"
-    if tp is _NoneType:
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _suggest(key: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints widened to float where a float is expected)."""
-    origin = get_origin(tp)
-    if origin is Literal:
-        choices = get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"{path}: must be one of {', '.join(map(repr, choices))}, got {value!r}"
-                              f"{_suggest(str(value), [str(c) for c in choices])}")
-        return value
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None:
-            if _NoneType in args:
-                return None
-            raise ConfigError(f"{path}: must not be null (expected {_type_name(tp)})")
-        non_null = [arg for arg in args if arg is not _NoneType]
-        if len(non_null) == 1:  # ``X | None``: X's own error says what is wrong (e.g. a control character)
-            return _coerce(value, non_null[0], path)
-        errors = []
-        for arg in args:
-            if arg is _NoneType:
-                continue
-            try:
-                return _coerce(value, arg, path)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a mapping of {tp.__name__} fields, got {type(value).__name__}")
-        return _build(tp, value, path)
-    if origin is list:
-        (item_tp,) = get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
-        return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        key_tp, val_tp = get_args(tp)
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
-        out: dict[Any, Any] = {}
-        for k, v in value.items():
-            if isinstance(k, str):
-                check_text(k, f"{path} key {shown(k)}")
-            out[_coerce(k, key_tp, f"{path}.<key>")] = _coerce(v, val_tp, f"{path}.{k}")
-        return out
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true/false, got {type(value).__name__} {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
-        check_text(value, path)
-        return value
-    raise TypeError(f"unsupported config annotation {tp!r} at {path}")  # a bug in this module, not user input
-
-
-def _check_range(value: Any, meta: Mapping[str, Any], path: str) -> None:
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return
-    lo, hi = meta.get("min"), meta.get("max")
-    if lo is not None:
-        if meta.get("min_exclusive") and not value > lo:
-            raise ConfigError(f"{path}: must be > {lo}, got {value}")
-        if not meta.get("min_exclusive") and value < lo:
-            raise ConfigError(f"{path}: must be >= {lo}, got {value}")
-    if hi is not None and value > hi:
-        raise ConfigError(f"{path}: must be <= {hi}, got {value}")
-    if isinstance(value, float) and value != value:
-        raise ConfigError(f"{path}: must not be NaN")
-
-
-#: Keys of earlier versions → what replaces them (named in the error instead of a spelling suggestion).
-_REPLACED = {
-    "population.freeze_first": "population.member0 (frozen | ea_only | trained)",
-    "data.val_images": "fusion.average_images (the attention is averaged over training images)",
-    "eval.lpips": "eval.metrics (a list, e.g. [psnr, ssim, lpips, dists])",
-}
-
-
-def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            where = f"{prefix}.{shown(str(key))}" if prefix else shown(str(key))
-            if where in _REPLACED:
-                raise ConfigError(f"{where}: no longer a setting; use {_REPLACED[where]}")
-            raise ConfigError(f"{where}: unknown key{_suggest(str(key), list(fields))}")
-    kwargs = {}
-    for name, f in fields.items():
-        path = f"{prefix}.{name}" if prefix else name
-        if name in data:
-            value = _coerce(data[name], hints[name], path)
-            _check_range(value, f.metadata, path)
-            kwargs[name] = value
-    return cls(**kwargs)
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as plain YAML-able data (every default filled in)."""
-    return dataclasses.asdict(cfg)
-
+from .errors import ConfigError
+from .models.specs import generator_spec
+from .stages import names as stage_names
+from .stages.kind import StageResources
 
 # ----------------------------------------------------------------------------------------------------------------
 # Cross-field validation
@@ -178,8 +44,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def validate(cfg: Config) -> Config:
     """Checks that involve more than one field; each error names the fields."""
-    for kind in ("pretrain", "init", "adam", "ea", "fuse", "eval"):
-        res = getattr(cfg.executor.slurm, kind)
+    for kind, res in cfg.executor.slurm.stages.items():
         if res.signal_lead_s is not None and res.signal_lead_s >= res.time_min * 60:
             raise ConfigError(f"executor.slurm.{kind}.signal_lead_s: {res.signal_lead_s} s is not shorter than "
                               f"its time limit (time_min {res.time_min})")
@@ -195,6 +60,16 @@ def validate(cfg: Config) -> Config:
                           f"got {cfg.data.patch_size}")
     if cfg.data.fitness_tile % cfg.data.scale:
         raise ConfigError(f"data.fitness_tile: {cfg.data.fitness_tile} is not a multiple of data.scale")
+    spec = generator_spec(cfg.model.arch)
+    if cfg.data.scale not in spec.scales:
+        raise ConfigError(f"data.scale: {spec.name} upscales ×{', ×'.join(map(str, spec.scales))}, not "
+                          f"×{cfg.data.scale}")
+    m = spec.input_multiple(cfg.data.scale)
+    for name in ("patch_size", "fitness_tile"):
+        lr_side = getattr(cfg.data, name) // cfg.data.scale
+        if lr_side % m:
+            raise ConfigError(f"data.{name}: {getattr(cfg.data, name)} px gives LR patches of {lr_side} px, but "
+                              f"{spec.name} at ×{cfg.data.scale} takes LR sides that are multiples of {m}")
     if not cfg.data.demo and cfg.data.train is None:
         raise ConfigError("data.train: no training shards given (set data.train or data.demo: true)")
     if cfg.ea.neighbourhood > cfg.population.size:
@@ -205,7 +80,7 @@ def validate(cfg: Config) -> Config:
     for layer, w in cfg.loss.perceptual.layers.items():
         if layer not in valid_layers:
             raise ConfigError(f"loss.perceptual.layers.{layer}: unknown VGG layer"
-                              f"{_suggest(layer, sorted(valid_layers))}")
+                              f"{suggest(layer, sorted(valid_layers))}")
         if w < 0:
             raise ConfigError(f"loss.perceptual.layers.{layer}: weight must be >= 0, got {w}")
     if any(m < 1 for m in cfg.fusion.milestones) or cfg.fusion.milestones != sorted(set(cfg.fusion.milestones)):
@@ -258,10 +133,17 @@ def _apply_override(raw: dict[str, Any], parts: list[str], value: Any) -> None:
         path = ".".join(parts[: depth + 1])
         if cls is not None and dataclasses.is_dataclass(cls):
             names = [f.name for f in dataclasses.fields(cls)]
-            if part not in names:
-                raise ConfigError(f"--set {path}: unknown key{_suggest(part, names)}")
-            nxt = get_type_hints(cls)[part]
-            cls = nxt if dataclasses.is_dataclass(nxt) else None
+            inline = inline_field(cls)
+            if part in names and (inline is None or part != inline.name):
+                nxt = get_type_hints(cls)[part]
+                cls = nxt if dataclasses.is_dataclass(nxt) else None
+            elif inline is not None and inline.metadata["inline"] == "resources" and part in stage_names():
+                cls = StageResources
+            elif inline is not None and inline.metadata["inline"] == "options":
+                cls = None  # a backbone option: checked once every override is in (model.arch may come later)
+            else:
+                extra = stage_names() if inline is not None else []
+                raise ConfigError(f"--set {path}: unknown key{suggest(part, names + extra)}")
         if depth == len(parts) - 1:
             node[part] = value
         else:
@@ -271,6 +153,20 @@ def _apply_override(raw: dict[str, Any], parts: list[str], value: Any) -> None:
             elif not isinstance(child, dict):
                 raise ConfigError(f"--set {'.'.join(parts)}: {path} is not a section")
             node = child
+
+
+def _check_option_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> None:
+    """``--set model.<option>`` names an option of the backbone the config ends up with."""
+    own = {f.name for f in dataclasses.fields(ModelConfig)}
+    model: Mapping[str, Any] = raw["model"] if isinstance(raw.get("model"), dict) else {}
+    for text in overrides:
+        parts, _ = parse_override(text)
+        if len(parts) == 2 and parts[0] == "model" and parts[1] not in own:
+            spec = generator_spec(model.get("arch", ModelConfig.arch), "model.arch")
+            options = [f.name for f in dataclasses.fields(spec.options)]
+            if parts[1] not in options:
+                raise ConfigError(f"--set model.{parts[1]}: unknown key{suggest(parts[1], sorted(own) + options)} "
+                                  f"({spec.name} options: {', '.join(options)})")
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -302,8 +198,9 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     for text in overrides:
         parts, value = parse_override(text)
         _apply_override(raw, parts, value)
+    _check_option_overrides(raw, overrides)
     try:
-        cfg = _build(Config, raw)
+        cfg = build(Config, raw)
     except ConfigError as exc:
         if path is not None:
             raise ConfigError(f"{path}: {exc}") from None
@@ -313,7 +210,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:
     """Build and validate a config from plain data (e.g. a run directory's resolved ``config.yaml``)."""
-    return validate(_build(Config, data))
+    return validate(build(Config, data))
 
 
 def dump_config(cfg: Config, *, argv: Sequence[str] | None = None, version: str | None = None) -> str:
@@ -352,7 +249,7 @@ def load_run_config(run_dir: str | Path) -> Config:
 __all__ = [
     "Config", "RunConfig", "DataConfig", "ModelConfig", "DiscriminatorConfig", "PerceptualConfig", "LossConfig",
     "PopulationConfig", "AdamConfig", "PretrainConfig", "EAConfig", "FusionConfig", "EvalConfig",
-    "StageResources", "SlurmConfig", "LocalConfig", "ExecutorConfig", "ContainerConfig",
+    "SlurmConfig", "LocalConfig", "ExecutorConfig", "ContainerConfig",
     "load_config", "config_from_dict", "dump_config", "write_config", "load_run_config", "parse_override",
-    "to_dict", "validate",
+    "to_dict", "validate", "get_field", "set_field", "backbone_options",
 ]

@@ -14,7 +14,6 @@ so the value would silently change).
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 import unicodedata
 from typing import TYPE_CHECKING
@@ -145,11 +144,8 @@ def check_command_values(cfg: Config) -> None:
         value = getattr(slurm, key)
         if value is not None:
             check_sbatch_value(value, f"executor.slurm.{key}")
-    for f in dataclasses.fields(slurm):
-        resources = getattr(slurm, f.name)
-        if not hasattr(resources, "extra"):
-            continue
-        path = f"executor.slurm.{f.name}.extra"
+    for kind, resources in slurm.stages.items():
+        path = f"executor.slurm.{kind}.extra"
         for key, value in resources.extra.items():
             check_extra_key(key, path)
             check_sbatch_value(value, f"{path}.{key}")

@@ -5,21 +5,13 @@ the field named in the error); import them from there. Every knob of the method 
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-# ----------------------------------------------------------------------------------------------------------------
-# Field helpers: ranges and choices live next to the field, so the error can name it.
-
-
-def _f(default: Any = dataclasses.MISSING, *, min: float | None = None, max: float | None = None,
-       min_exclusive: bool = False, doc: str = "", factory: Any = None) -> Any:
-    meta = {"min": min, "max": max, "min_exclusive": min_exclusive, "doc": doc}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
+from .fields import setting as _f
+from .models.specs import generator_spec
+from .stages import default_resources, get as get_kind
+from .stages.kind import StageResources
 
 # ----------------------------------------------------------------------------------------------------------------
 # Sections
@@ -60,14 +52,18 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The generator backbone (BasicSR-compatible names, so BasicSR checkpoints load)."""
-    arch: Literal["msrresnet", "rrdbnet"] = "msrresnet"
-    num_feat: int = _f(64, min=1)
-    num_block: int = _f(16, min=1)
-    num_grow_ch: int = _f(32, min=1, doc="RRDBNet only")
+    """The generator: a backbone of :mod:`easlurm.models.specs` and its options, written flat next to ``arch``
+    (``model.num_feat``, …; each backbone has its own, with its defaults — BasicSR's names, so its checkpoints
+    load)."""
+    arch: str = _f("msrresnet", doc="backbone (easlurm.models.specs.GENERATORS: msrresnet, rrdbnet)")
     pretrained: str | None = _f(None, doc="PSNR-oriented initial generator (BasicSR checkpoint); null → pretrain stage")
     pretrained_key: Literal["params", "params_ema"] = _f(
         "params", doc="entry of the BasicSR checkpoint to start from (the reference loads params)")
+    options: Any = field(default=None, metadata={"inline": "options", "doc": "the backbone's options"})
+
+    def __post_init__(self) -> None:
+        if self.options is None:
+            self.options = generator_spec(self.arch).default_options()
 
 
 @dataclass
@@ -198,36 +194,29 @@ class EvalConfig:
 
 
 @dataclass
-class StageResources:
-    """Slurm resources of one stage's jobs."""
-    time_min: int = _f(60, min=3, doc="time limit in minutes (>= 3: the pre-timeout signal comes signal_lead_s "
-                                      "before it and slurmctld checks for due signals only every ~30 s)")
-    gpus: int = _f(1, min=0)
-    cpus: int = _f(4, min=1)
-    mem_gb: int = _f(16, min=1)
-    signal_lead_s: int | None = _f(None, min=60, doc="seconds before the time limit at which the stage is told to "
-                                                     "checkpoint; null → from the stage's checkpoint size and step "
-                                                     "time (easlurm.orchestrate.sbatch.signal_lead)")
-    extra: dict[str, str] = _f(factory=dict, doc="extra sbatch flags, e.g. {constraint: a100}")
-
-
-def _res(**kw: Any) -> Any:
-    return field(default_factory=lambda: StageResources(**kw))
-
-
-@dataclass
 class SlurmConfig:
-    """Cluster-wide sbatch settings; per-stage resources below."""
+    """Cluster-wide sbatch settings, then one ``executor.slurm.<kind>`` section of resources per stage kind
+    (:mod:`easlurm.stages`; each kind's defaults come from its descriptor)."""
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
     array_parallelism: int = _f(64, min=1, doc="max array tasks running at once")
-    pretrain: StageResources = _res(time_min=24 * 60)
-    init: StageResources = _res(time_min=30, gpus=0, cpus=2, mem_gb=16)
-    adam: StageResources = _res(time_min=12 * 60)
-    ea: StageResources = _res(time_min=4 * 60)
-    fuse: StageResources = _res(time_min=12 * 60)
-    eval: StageResources = _res(time_min=60)
+    stages: dict[str, StageResources] = field(default_factory=default_resources,
+                                              metadata={"inline": "resources", "doc": "resources per stage kind"})
+
+    def resources(self, kind: str) -> StageResources:
+        """``executor.slurm.<kind>`` (a kind registered after this config was loaded: its defaults)."""
+        if kind in self.stages:
+            return self.stages[kind]
+        return get_kind(kind).resources
+
+    def __getattr__(self, name: str) -> StageResources:
+        # executor.slurm.adam reads as it is written in YAML.
+        stages = self.__dict__.get("stages")
+        if stages is not None and name in stages:
+            res: StageResources = stages[name]
+            return res
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
 
 @dataclass

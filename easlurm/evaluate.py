@@ -23,7 +23,9 @@ bytes):
 - ``RUN/eval/results.md`` — one Markdown table per set;
 - ``RUN/eval/pareto.png`` — PSNR vs LPIPS (or the configured perceptual metric) per set, members' Pareto front
   highlighted, fused model as a star, bicubic as a grey square;
-- ``RUN/tb/eval`` — the numbers as scalars (``SET/METRIC/MODEL``, step 0), the plot as an image, the table as text.
+- ``RUN/tb/eval`` — the numbers as scalars (``SET/METRIC/MODEL``, step 0), the plot as an image, the table as text;
+- ``RUN/eval/done.json`` — last, the stage's record (:class:`easlurm.stages.evaluation.EvalRecord`: sha256 and size
+  of the four files above, the sets and models, when it ran); the stage is done when it and the files agree.
 
 Scoring one model on one set from other code: :func:`easlurm.scoring.score_model`.
 """
@@ -48,9 +50,14 @@ from . import factory
 from .config import Config, load_run_config
 from .errors import EaslurmError
 from .report import ResultRow, format_preference, metric_names, pareto_png, results_csv, results_markdown
-from .runtime import pick_device, tb_writer
+from .engine.context import StageContext, stage_context
+from .runtime import pick_device
 from .scoring import EvalError, EvalSet, ModelScore, open_test_set, open_test_sets, score_models
-from .store import RunDir, atomic_write_bytes, atomic_write_text, load_verified, read_checkpoint_meta
+from .stages.evaluation import OUTPUTS, EvalRecord
+from .stages.evaluation import read_record as read_eval_record
+from .stages.fuse import read_record as read_fusion_record
+from .store import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from .tensor_files import load_verified
 
 __all__ = ["EvalError", "EvalSet", "ModelEntry", "BICUBIC", "parse_set_arg", "resolve_sets", "open_test_set",
            "check_test_sets", "final_models", "score_entries", "evaluate_run", "main"]
@@ -118,14 +125,15 @@ def final_models(cfg: Config, run: RunDir) -> list[ModelEntry]:
         g = factory.build_generator(cfg)
         g.load_state_dict(load_member_file(folder, meta, "G.pt"), strict=True)
         entries.append(ModelEntry(f"member_{i}", meta.preference, g.eval()))
-    fmeta = read_checkpoint_meta(run.fusion)
-    if fmeta is not None and fmeta.get("done") and "fused.pt" in fmeta.get("sha256", {}):
+    fmeta = read_fusion_record(cfg, run)
+    if fmeta is not None and fmeta.done and "fused.pt" in fmeta.files.get("sha256", {}):
         g = factory.build_generator(cfg)
-        g.load_state_dict(load_verified(run.fusion, "fused.pt", fmeta), strict=True)
+        g.load_state_dict(load_verified(run.fusion, "fused.pt", fmeta.store), strict=True)
         entries.append(ModelEntry("fused", None, g.eval()))
     elif (run.fusion / "fused.pt").exists():
         raise EvalError(f"{run.fusion / 'fused.pt'}: exists but the fusion stage is not marked done in "
-                        f"{run.fusion / 'meta.json'}; rerun `python -m easlurm.fuse --run {run.root}`")
+                        f"{run.fusion / 'meta.json'}; rerun it: python -m easlurm.orchestrate.runner {run.root} "
+                        f"fuse 0")
     return entries
 
 
@@ -168,20 +176,18 @@ def _per_image_csv(scores: Sequence[ModelScore], entries: Sequence[ModelEntry], 
     return buf.getvalue()
 
 
-def _tensorboard(run: RunDir, rows: Sequence[ResultRow], png: bytes, markdown: str) -> None:
+def _tensorboard(ctx: StageContext, rows: Sequence[ResultRow], png: bytes, markdown: str) -> None:
     from PIL import Image
     # purge_step=0: TensorBoard drops the events of earlier evaluations of this run, so it shows the latest only.
-    tb = tb_writer(run.tb / "eval", purge_step=0)
-    try:
-        for r in rows:
-            for metric, value in r.metrics.items():
-                if math.isfinite(value):
-                    tb.add_scalar(f"{r.set}/{metric}/{r.model}", value, 0)
-        img = np.asarray(Image.open(io.BytesIO(png), formats=["PNG"]).convert("RGB"))
-        tb.add_image("pareto", img, 0, dataformats="HWC")
-        tb.add_text("results", markdown, 0)
-    finally:
-        tb.close()
+    tb = ctx.writer(ctx.run.tb / "eval", purge_step=0)
+    for r in rows:
+        for metric, value in r.metrics.items():
+            if math.isfinite(value):
+                tb.add_scalar(f"{r.set}/{metric}/{r.model}", value, 0)
+    img = np.asarray(Image.open(io.BytesIO(png), formats=["PNG"]).convert("RGB"))
+    tb.add_image("pareto", img, 0, dataformats="HWC")
+    tb.add_text("results", markdown, 0)
+    tb.flush()
 
 
 def evaluate_run(run_dir: str | Path, sets: Mapping[str, str] | None = None,
@@ -200,30 +206,38 @@ def evaluate_run(run_dir: str | Path, sets: Mapping[str, str] | None = None,
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)
     test_sets = check_test_sets(cfg, sets)  # before any model is loaded: one error for all bad sets
-    entries = [BICUBIC, *final_models(cfg, run)]
-    try:
-        rows, scores = score_entries(cfg, entries, test_sets, device)
-    finally:
-        for e in entries:
-            if e.model is not None:
-                e.model.to("cpu")
+    with stage_context(run, cfg, run.eval, "evaluation", device, preemptible=False) as ctx:
+        attempt = ctx.attempt_log(_earlier_attempts(run), 0)
+        entries = [BICUBIC, *final_models(cfg, run)]
+        try:
+            rows, scores = score_entries(cfg, entries, test_sets, ctx.device)
+        finally:
+            for e in entries:
+                if e.model is not None:
+                    e.model.to("cpu")
 
-    markdown = results_markdown(rows, title=f"Evaluation of {cfg.run.name} ({run.root.name})", scale=cfg.data.scale)
-    png = pareto_png(rows)
-    out = run.eval
-    atomic_write_text(out / "results.csv", results_csv(rows))
-    atomic_write_text(out / "per_image.csv", _per_image_csv(scores, entries, metric_names(rows)))
-    atomic_write_text(out / "results.md", markdown)
-    atomic_write_bytes(out / "pareto.png", png)
-    _tensorboard(run, rows, png, markdown)
+        markdown = results_markdown(rows, title=f"Evaluation of {cfg.run.name} ({run.root.name})",
+                                    scale=cfg.data.scale)
+        png = pareto_png(rows)
+        out = run.eval
+        atomic_write_text(out / "results.csv", results_csv(rows))
+        atomic_write_text(out / "per_image.csv", _per_image_csv(scores, entries, metric_names(rows)))
+        atomic_write_text(out / "results.md", markdown)
+        atomic_write_bytes(out / "pareto.png", png)
+        _tensorboard(ctx, rows, png, markdown)
+        ctx.lease.check()
+        record = EvalRecord(iteration=1, iters_target=1, attempts=attempt.entries(1),
+                            outputs={n: sha256_file(out / n) for n in OUTPUTS},
+                            sizes={n: (out / n).stat().st_size for n in OUTPUTS},
+                            sets=[ts.name for ts in test_sets], models=[e.label for e in entries])
+        atomic_write_json(out / "done.json", record.to_dict())
     return {"rows": rows, "markdown": markdown, "csv": out / "results.csv", "markdown_path": out / "results.md",
-            "pareto": out / "pareto.png"}
+            "pareto": out / "pareto.png", "record": record}
 
 
-def is_done(run_dir: str | Path) -> bool:
-    """Whether the evaluation stage has written its results (``results.csv`` and ``results.md``)."""
-    out = RunDir(run_dir).eval
-    return (out / "results.csv").is_file() and (out / "results.md").is_file()
+def _earlier_attempts(run: RunDir) -> list[dict[str, Any]]:
+    rec = read_eval_record(run)
+    return rec.attempts if rec is not None else []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,37 +2,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch.nn as nn
 
 from .config import Config
 from .errors import ConfigError
+from .models import specs
+from .models.specs import generator_spec
 
 
-def generator_kwargs(cfg: Config) -> dict:
-    """Constructor arguments of the configured backbone (BasicSR names)."""
-    m = cfg.model
-    if m.arch == "msrresnet":
-        return {"num_feat": m.num_feat, "num_block": m.num_block, "upscale": cfg.data.scale}
-    if m.arch == "rrdbnet":
-        return {"num_feat": m.num_feat, "num_block": m.num_block, "num_grow_ch": m.num_grow_ch,
-                "scale": cfg.data.scale}
-    raise ConfigError(f"model.arch: unknown backbone {m.arch!r}")
+def generator_kwargs(cfg: Config) -> dict[str, Any]:
+    """Constructor arguments of the configured backbone (its spec's: the options and the scale)."""
+    return generator_spec(cfg.model.arch).kwargs(cfg.model.options, cfg.data.scale)
 
 
 def build_generator(cfg: Config) -> nn.Module:
     """The configured generator: NCHW RGB in [0,1] at LR size → NCHW RGB (≈[0,1], unclamped) at ×scale."""
-    from .models.registry import build_generator as build
-
-    return build(cfg.model.arch, **generator_kwargs(cfg))
+    return generator_spec(cfg.model.arch).build(cfg.model.options, cfg.data.scale)
 
 
 def build_discriminator(cfg: Config) -> nn.Module:
     """A VGG-style discriminator for HR patches of ``data.patch_size`` pixels; returns N×1 logits."""
-    from .models.registry import build_discriminator as build
-
-    return build(cfg.discriminator.arch, num_feat=cfg.discriminator.num_feat, input_size=cfg.data.patch_size)
+    return specs.build_discriminator(cfg.discriminator.arch, num_feat=cfg.discriminator.num_feat,
+                                     input_size=cfg.data.patch_size)
 
 
 def build_perceptual(cfg: Config) -> nn.Module:

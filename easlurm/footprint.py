@@ -16,6 +16,7 @@ of cycles older than the last K and keeps every G.pt.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -69,7 +70,7 @@ def _proxy_bytes(obj: Any) -> int:
     same pickle), plus the data the real storages would add. Off by at most the 64-byte alignment per tensor."""
     import torch
 
-    from .store import torch_bytes
+    from .tensor_files import torch_bytes
 
     extra = 0
 
@@ -104,7 +105,7 @@ def _sizes(cfg: Config) -> dict[str, int]:
 
     from . import factory, rng
     from .fuse.dynamic import make_dynamic
-    from .store import torch_bytes
+    from .tensor_files import torch_bytes
 
     with torch.device("meta"):
         g = factory.build_generator(cfg)
@@ -128,11 +129,12 @@ def _sizes(cfg: Config) -> dict[str, int]:
 
 def checkpoint_sizes(cfg: Config) -> dict[str, int]:
     """Bytes of each checkpoint file of a run of ``cfg`` (G.pt, D.pt, a member's optim.pt, rng.pt, pretrain and
-    fusion files) plus the parameter counts (``G parameters``, ``D parameters``). Cached per architecture."""
+    fusion files) plus the parameter counts (``G parameters``, ``D parameters``). Cached per architecture. Builds
+    the networks on the meta device: raises ImportError where torch is not installed."""
     c = cfg
-    key = json.dumps([c.model.arch, c.model.num_feat, c.model.num_block, c.model.num_grow_ch, c.data.scale,
-                      c.data.patch_size, c.discriminator.arch, c.discriminator.num_feat, c.population.size,
-                      c.fusion.att_kernel, c.fusion.att_channels])
+    key = json.dumps([c.model.arch, dataclasses.asdict(c.model.options), c.data.scale, c.data.patch_size,
+                      c.discriminator.arch, c.discriminator.num_feat, c.population.size, c.fusion.att_kernel,
+                      c.fusion.att_channels])
     if key not in _SIZES:
         _SIZES[key] = _sizes(cfg)
     return dict(_SIZES[key])

@@ -68,13 +68,13 @@ def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
     return img.permute(1, 2, 0).contiguous().numpy().astype(np.uint8)
 
 
-def input_multiple(model: nn.Module) -> int:
-    """The factor the LR input's height and width must be multiples of (RRDBNet ×2: 2, ×1: 4; else 1)."""
-    from .models.rrdb import RRDBNet
+def input_multiple(model: nn.Module, scale: int) -> int:
+    """The factor the LR input's height and width must be multiples of, as the model's backbone spec says
+    (:attr:`easlurm.models.specs.GeneratorSpec.input_multiple`; RRDBNet ×2: 2); 1 for a network no spec builds."""
+    from .models.specs import spec_of
 
-    if isinstance(model, RRDBNet):
-        return {4: 1, 2: 2, 1: 4}[model.scale]
-    return 1
+    spec = spec_of(model)
+    return spec.input_multiple(scale) if spec is not None else 1
 
 
 def _model_device(model: nn.Module) -> torch.device | None:
@@ -156,7 +156,7 @@ def super_resolve(model: nn.Module, lr: np.ndarray, scale: int, tile: int | None
     works; then ``tile`` and ``overlap`` must be multiples of m too (else :class:`InferenceError`).
     """
     _check_image(lr)
-    m = input_multiple(model)
+    m = input_multiple(model, scale)
     if m > 1 and ((tile is not None and tile % m) or overlap % m):
         raise InferenceError(f"tile {tile} / overlap {overlap}: must be multiples of {m} for "
                              f"{type(model).__name__} at scale {scale}")

@@ -16,73 +16,23 @@ import sys
 import time
 import unicodedata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-from . import __version__
 from .config import Config, load_config, load_run_config, to_dict, write_config
 from .errors import ConfigError, EaslurmError
-from .store import RunDir, atomic_write_json, read_json
+from .run_record import EXECUTORS, record_launch, recorded_executor
+from .store import RunDir
 
 if TYPE_CHECKING:
     from .orchestrate.base import Executor
 
 Echo = Callable[[str], None]
-EXECUTORS = ("slurm", "local", "debug")
-
-
-def _resolve_data(cfg: Config, echo: Echo) -> Config:
-    """Absolute data paths (jobs run elsewhere); with ``data.demo``, build the demo shards first if needed."""
-    d = cfg.data
-    if d.demo and d.train is None:
-        from .data.samples import build_samples
-
-        root = Path(d.demo_dir).resolve()
-        if not (root / "train" / "manifest.json").is_file() or not (root / "val" / "manifest.json").is_file():
-            echo(f"building the demo shards in {root} …")
-        build_samples(root, scale=d.scale)
-        d.demo_dir = str(root)
-        d.train, d.val = str(root / "train"), str(root / "val")
-    for name in ("train", "val", "fitness"):
-        value = getattr(d, name)
-        if value:
-            p = Path(value).resolve()
-            if not (p / "manifest.json").is_file():
-                raise ConfigError(f"data.{name}: {p} is not a shard folder (no manifest.json; build it with "
-                                  f"`python -m easlurm.data build`)")
-            setattr(d, name, str(p))
-    if cfg.fusion.average_set:
-        cfg.fusion.average_set = str(Path(cfg.fusion.average_set).resolve())
-    if cfg.model.pretrained:
-        p = Path(cfg.model.pretrained).resolve()
-        if not p.is_file():
-            raise ConfigError(f"model.pretrained: {p} not found")
-        cfg.model.pretrained = str(p)
-    if cfg.container.image and "://" not in cfg.container.image:
-        cfg.container.image = str(Path(cfg.container.image).resolve())
-    return cfg
 
 
 def _check_path(text: str, what: str) -> None:
     bad = [c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
     if bad:
         raise ConfigError(f"{what}: {text!r} contains control characters; they would break the job scripts")
-
-
-def record_launch(run: RunDir, executor: str, argv: Sequence[str]) -> None:
-    """Append this launch (executor, command, version, time) to ``RUN/run.json``; the first names the run's
-    executor."""
-    rec: dict[str, Any] = read_json(run.record) if run.record.is_file() else {"executor": executor, "launches": []}
-    rec["launches"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "executor": executor,
-                            "command": list(argv), "version": __version__})
-    atomic_write_json(run.record, rec)
-
-
-def recorded_executor(run: RunDir) -> str | None:
-    """The executor a run was launched with (``run.json``), or None for a run that was never launched."""
-    if not run.record.is_file():
-        return None
-    kind = read_json(run.record).get("executor")
-    return kind if kind in EXECUTORS else None
 
 
 def prepare_run(config: str | None, run_dir: str | None, resume: str | None, overrides: Sequence[str],
@@ -114,7 +64,9 @@ def prepare_run(config: str | None, run_dir: str | None, resume: str | None, ove
         _check_path(str(root.absolute()), "--run-dir")
         run = RunDir(root)
         if write:
-            cfg = _resolve_data(cfg, echo)
+            from .data.resolve import resolve_data
+
+            cfg = resolve_data(cfg, echo)
             if run.config.is_file():
                 existing = load_run_config(run.root)
                 if to_dict(existing) != to_dict(cfg):
@@ -131,8 +83,10 @@ def prepare_run(config: str | None, run_dir: str | None, resume: str | None, ove
     return cfg, run
 
 
-def make_executor(cfg: Config, run: RunDir, echo: Echo, resuming: bool = False) -> Executor:
-    """The executor for ``cfg.executor.kind``."""
+def make_executor(cfg: Config, run: RunDir, echo: Echo, resuming: bool = False,
+                  leads: Mapping[str, int] | None = None) -> Executor:
+    """The executor for ``cfg.executor.kind`` (``leads``: the Slurm warning leads,
+    :func:`easlurm.leads.signal_leads`)."""
     from .orchestrate.local import DebugExecutor, LocalExecutor
     from .orchestrate.slurm import SlurmExecutor
 
@@ -141,7 +95,7 @@ def make_executor(cfg: Config, run: RunDir, echo: Echo, resuming: bool = False) 
         return LocalExecutor(cfg, run, echo)
     if kind == "debug":
         return DebugExecutor(cfg, run, echo)
-    return SlurmExecutor(cfg, run, echo, resuming=resuming)
+    return SlurmExecutor(cfg, run, echo, resuming=resuming, leads=leads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,16 +124,18 @@ def main(argv: list[str] | None = None) -> int:
             run_preflight(load_config(args.config, args.overrides), args.run_dir, echo)
             return 0
         from .bill import render as render_bill
+        from .leads import signal_leads
         from .orchestrate.plan import build_plan, pending_stages
 
         cfg, run = prepare_run(args.config, args.run_dir, args.resume, args.overrides, args.executor,
                                ["python", "-m", "easlurm.launch", *argv], echo, write=not args.dry_run)
         plan = build_plan(cfg, run)
-        executor = make_executor(cfg, run, echo, resuming=bool(args.resume))
+        leads = signal_leads(cfg, run) if cfg.executor.kind == "slurm" else None
+        executor = make_executor(cfg, run, echo, resuming=bool(args.resume), leads=leads)
         if args.dry_run:
             todo = pending_stages(plan) if run.config.is_file() else plan  # a new run: everything
             echo(executor.describe(todo).rstrip())
-            echo(render_bill(cfg, run))
+            echo(render_bill(cfg, run, leads=leads))
             echo(f"# dry run: nothing was submitted or written (executor {cfg.executor.kind})")
             return 0
         from .leases import held
@@ -187,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         with held(run.root / ".launcher", "launcher", cfg.executor.lease_s):
             record_launch(run, cfg.executor.kind, ["python", "-m", "easlurm.launch", *argv])
             echo(f"run directory: {run.root}  (executor: {cfg.executor.kind})")
-            echo(render_bill(cfg, run, short=True))
+            echo(render_bill(cfg, run, short=True, leads=leads))
             t0 = time.monotonic()
             executor.run(plan, detach=args.detach)
         if args.detach:

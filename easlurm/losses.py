@@ -40,12 +40,12 @@ class PerceptualLoss(nn.Module):
                  weights_path: str | os.PathLike[str] | None = None, criterion: str = "l1") -> None:
         super().__init__()
         if not layer_weights:
-            raise ConfigError("loss.perceptual.layer_weights is empty")
+            raise ConfigError("loss.perceptual.layers is empty")
         for name, w in layer_weights.items():
             if not isinstance(w, (int, float)) or isinstance(w, bool) or not w >= 0:
-                raise ConfigError(f"loss.perceptual.layer_weights.{name}: weight must be a number >= 0, got {w!r}")
+                raise ConfigError(f"loss.perceptual.layers.{name}: weight must be a number >= 0, got {w!r}")
         if criterion not in _CRITERIA:
-            raise ConfigError(f"loss.perceptual.criterion: unknown {criterion!r}; valid: {', '.join(_CRITERIA)}")
+            raise ConfigError(f"PerceptualLoss(criterion=…): unknown {criterion!r}; valid: {', '.join(_CRITERIA)}")
         self.layer_weights = {k: float(v) for k, v in layer_weights.items()}
         self.criterion = criterion
         self.net = resolve_vgg(net, weights_path)
@@ -81,7 +81,7 @@ class PerceptualLoss(nn.Module):
 
 def _check_kind(kind: str) -> None:
     if kind not in GAN_KINDS:
-        raise ConfigError(f"loss.gan.type: unknown GAN loss {kind!r}; valid: {', '.join(GAN_KINDS)}")
+        raise ConfigError(f"loss.gan_type: unknown GAN loss {kind!r}; valid: {', '.join(GAN_KINDS)}")
 
 
 def _bce(logits: torch.Tensor, target_real: bool) -> torch.Tensor:
@@ -110,6 +110,14 @@ def gan_g_loss(kind: str, d_fake: torch.Tensor, d_real: torch.Tensor | None = No
         raise EaslurmError("gan_g_loss('relativistic') needs d_real, the discriminator's logits on HR images")
     d_real = d_real.detach()
     return (_bce(d_real - d_fake.mean(), False) + _bce(d_fake - d_real.mean(), True)) / 2
+
+
+def generator_gan_loss(kind: str, d: nn.Module, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """GAN_G of ``sr`` against the discriminator ``d`` (logits taken in float32, so it works under bf16 autocast);
+    the logits on ``hr``, when ``kind`` needs them, are detached. Images NCHW RGB in [0, 1]."""
+    d_fake = d(sr)
+    d_real = d(hr).detach() if needs_real_logits(kind) else None
+    return gan_g_loss(kind, d_fake.float(), None if d_real is None else d_real.float())
 
 
 def gan_d_loss(kind: str, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:

@@ -12,19 +12,19 @@ output without a final phase.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from .config import Config
 from .errors import CheckpointError
-from .store import FileRef, RunDir, checkpoint_intact, commit_checkpoint, file_ref, load_verified, read_checkpoint_meta
+from .records import StageRecord
+from .store import FileRef, RunDir, checkpoint_intact, commit_checkpoint, file_ref, read_checkpoint_meta
+
+if TYPE_CHECKING:
+    from .config import Config
 
 #: Version of the member ``meta.json`` schema this code reads and writes.
 MEMBER_SCHEMA = 1
-#: Keys of meta.json that belong to the store (checksums, sizes, references), not to the member record.
-_STORE_KEYS = ("sha256", "size", "refs")
 
 
 def preferences(n: int) -> list[tuple[float, float]]:
@@ -73,8 +73,8 @@ def final_folder(cfg: Config, run: RunDir, slot: int) -> Path:
     return run.member(c, slot) if cfg.adam.final_phase else run.start(c, slot)
 
 
-@dataclass
-class MemberMeta:
+@dataclass(kw_only=True)
+class MemberMeta(StageRecord):
     """The record of one member folder (its ``meta.json``; the store adds ``sha256``/``size``/``refs``).
 
     ``kind``: ``start`` (a cycle's start population, complete when committed) or ``member`` (a trained member,
@@ -86,56 +86,28 @@ class MemberMeta:
     Adam phase ran (:class:`easlurm.runtime.AttemptLog`).
     """
 
-    kind: str
+    KINDS: ClassVar[tuple[str, ...]] = ("start", "member")
+    SCHEMA: ClassVar[int] = MEMBER_SCHEMA
+
     cycle: int
     slot: int
     preference: tuple[float, float]
     mode: str
     origin: str
-    iteration: int = 0
-    iters_target: int = 0
     sample_index: int = 0
-    done: bool = False
     ea_objectives: tuple[float, float] | None = None
     reset_g_optimizer: bool = True
     trained_from: str | None = None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    schema: int = MEMBER_SCHEMA
-    files: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("files")
-        d["preference"] = list(self.preference)
-        d["ea_objectives"] = None if self.ea_objectives is None else list(self.ea_objectives)
-        return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str) -> MemberMeta:
-        if d.get("schema") != MEMBER_SCHEMA:
-            raise CheckpointError(f"{where}: member record schema {d.get('schema')!r}, this easlurm reads "
-                                  f"{MEMBER_SCHEMA} (a run made by another easlurm version)")
-        names = {f.name for f in dataclasses.fields(cls)} - {"files"}
-        missing = sorted(n for n in names if n not in d and
-                         cls.__dataclass_fields__[n].default is dataclasses.MISSING)
-        if missing:
-            raise CheckpointError(f"{where}: member record lacks {', '.join(missing)}")
-        kw = {k: d[k] for k in names if k in d}
-        pref = kw.get("preference")
-        if not (isinstance(pref, (list, tuple)) and len(pref) == 2 and all(isinstance(v, (int, float))
-                                                                           for v in pref)):
+    def _convert(cls, kw: dict[str, Any], where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+        pref = kw["preference"]
+        if not (len(pref) == 2 and all(isinstance(v, (int, float)) for v in pref)):
             raise CheckpointError(f"{where}: preference must be [w_dist, w_perc], got {pref!r}")
         kw["preference"] = (float(pref[0]), float(pref[1]))
         if kw.get("ea_objectives") is not None:
             kw["ea_objectives"] = tuple(float(v) for v in kw["ea_objectives"])
-        if kw.get("kind") not in ("start", "member"):
-            raise CheckpointError(f"{where}: kind must be start or member, got {kw.get('kind')!r}")
-        return cls(**kw, files={k: d[k] for k in _STORE_KEYS if k in d})
-
-    @property
-    def store(self) -> dict[str, Any]:
-        """The raw meta.json mapping (member fields + the store's checksums), for :mod:`easlurm.store` calls."""
-        return {**self.to_dict(), **self.files}
+        return kw
 
     @property
     def complete(self) -> bool:
@@ -162,7 +134,9 @@ def member_file(folder: Path, meta: MemberMeta, name: str) -> FileRef:
 
 
 def load_member_file(folder: Path, meta: MemberMeta, name: str) -> Any:
-    """Load ``name`` of a member after checking its sha256 (``torch.load(weights_only=True)``)."""
+    """Load ``name`` of a member after checking its sha256 (``torch.load(weights_only=True)``; needs torch)."""
+    from .tensor_files import load_verified
+
     return load_verified(folder, name, meta.store)
 
 

@@ -10,6 +10,9 @@ final phase included), fitness tile rule and mean, evaluation metrics — and it
 what it shrank (``field: real → preflight``) and what the real run will need that the preflight cannot use here
 (the pretrained checkpoint, data folders, VGG19 weights, the container image, benchmark sets), then the results
 table. A failure is the same one-line error a real run would give, minutes instead of hours in.
+
+The sizes are :func:`tiny_sizes`, the one definition of a tiny run: the backbone's and every stage kind's own tiny
+settings (their registries say them), which the test suite builds its runs from too.
 """
 from __future__ import annotations
 
@@ -19,10 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Config, to_dict, validate
+from . import stages as registry
+from .config import Config, get_field, set_field, to_dict, validate
+from .models.specs import generator_spec
 
 #: Blocks of VGG whose feature maps are still larger than 2×2 on a 32-pixel patch.
 _SMALL_PATCH_BLOCKS = ("conv1", "conv2", "conv3")
+#: What the preflight keeps as the real run has it (and reports).
+STRUCTURE = ("model.arch", "population.member0", "ea.selection", "loss.gan_type", "adam.mix", "adam.final_phase",
+             "data.scale", "data.fitness_tile_choice", "data.fitness_mean", "ea.max_replacements", "ea.reset_adam",
+             "eval.metrics")
 
 
 @dataclass
@@ -45,60 +54,54 @@ class Shrunk:
         return "\n".join(lines)
 
 
-def _get(cfg: Config, dotted: str) -> Any:
-    obj: Any = cfg
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
+def tiny_sizes(real: Config) -> dict[str, Any]:
+    """The sizes of a tiny run with ``real``'s structure — the one tiny-run definition: the preflight runs it and
+    the tests build their runs from it (``tests/conftest.py``). Dotted fields → values: at most 3 members, 32-pixel
+    patches, the backbone's tiny options (:attr:`easlurm.models.specs.GeneratorSpec.tiny`), and every stage kind's
+    tiny lengths (:attr:`easlurm.stages.kind.StageKind.tiny`)."""
+    n = min(real.population.size, 3)
+    out: dict[str, Any] = {"population.size": n, "ea.neighbourhood": min(real.ea.neighbourhood, n),
+                           "data.patch_size": 32, "data.fitness_tile": 8 * real.data.scale, "data.num_workers": 0,
+                           "discriminator.num_feat": 4}
+    out.update({f"model.{k}": v for k, v in generator_spec(real.model.arch).tiny.items()})
+    for kind in registry.KINDS:
+        out.update(kind.tiny(real))
+    return out
 
 
-def _set(cfg: Config, dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    obj: Any = cfg
-    for part in parents:
-        obj = getattr(obj, part)
-    setattr(obj, last, value)
+def tiny_overrides(real: Config) -> list[str]:
+    """:func:`tiny_sizes` as ``--set KEY=VALUE`` strings (YAML flow values)."""
+    import yaml
+
+    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for k, v in tiny_sizes(real).items()]
 
 
 def shrink(real: Config, demo_dir: str | Path) -> Shrunk:
     """The preflight version of ``real`` (see the module docstring); ``demo_dir`` holds the demo shards."""
     cfg = copy.deepcopy(real)
     out = Shrunk(cfg)
-    for k in ("model.arch", "population.member0", "ea.selection", "loss.gan_type", "adam.mix", "adam.final_phase",
-              "data.scale", "data.fitness_tile_choice", "data.fitness_mean", "ea.max_replacements",
-              "ea.reset_adam", "eval.metrics"):
-        out.kept.append((k, _get(real, k)))
+    out.kept += [(k, get_field(real, k)) for k in STRUCTURE]
 
     def change(dotted: str, value: Any) -> None:
-        old = _get(cfg, dotted)
+        old = get_field(cfg, dotted)
         if old != value:
             out.shrunk.append((dotted, old, value))
-            _set(cfg, dotted, value)
+            set_field(cfg, dotted, value)
 
-    n = min(real.population.size, 3)
-    change("population.size", n)
-    if n == real.population.size:
-        out.kept.append(("population.size", n))
-    change("ea.neighbourhood", min(real.ea.neighbourhood, n))
+    for dotted, value in tiny_sizes(real).items():
+        change(dotted, value)
+    if cfg.population.size == real.population.size:
+        out.kept.append(("population.size", real.population.size))
     change("run.cycles", max(3, min(real.run.cycles, 3)))
     change("run.name", f"{real.run.name}-preflight")
-    # Data: the demo photos (9 train, 3 val), 32-pixel patches and fitness tiles.
+    # Data: the demo photos (9 train, 3 val).
     change("data.demo", True)
     change("data.demo_dir", str(demo_dir))
     for name in ("train", "val", "fitness"):
         if getattr(real.data, name):
             out.needs.append(f"data.{name}: {getattr(real.data, name)} (a shard folder)")
         change(f"data.{name}", None)
-    change("data.patch_size", 32)
-    change("data.fitness_tile", 8 * real.data.scale)
-    change("data.fitness_images", min(real.data.fitness_images, 3))
-    change("data.fitness_max_tiles", min(real.data.fitness_max_tiles, 4))
-    change("data.num_workers", 0)
-    # Networks: the same family, tiny.
-    change("model.num_feat", 8)
-    change("model.num_block", 1)
-    change("model.num_grow_ch", 4)
-    change("discriminator.num_feat", 4)
     if real.model.pretrained:
         out.needs.append(f"model.pretrained: {real.model.pretrained} (its {real.model.pretrained_key!r} entry)")
     change("model.pretrained", None)
@@ -107,31 +110,9 @@ def shrink(real: Config, demo_dir: str | Path) -> Shrunk:
     if real.loss.perceptual.net == "vgg19":
         out.needs.append("VGG19 weights vgg19-dcbb9e9d.pth staged (python -m easlurm.assets check)")
     change("loss.perceptual.net", "auto")
-    # Lengths.
-    change("pretrain.iters", 4)
-    change("pretrain.batch_size", 2)
-    change("pretrain.checkpoint_every", 2)
-    change("adam.batch_size", 2)
-    change("adam.iters_per_cycle", 6)
-    if real.adam.first_phase_iters is not None:
-        change("adam.first_phase_iters", 4)
-    if real.adam.final_phase_iters is not None:
-        change("adam.final_phase_iters", 4)
-    change("adam.checkpoint_every", 3)
-    change("adam.log_every", 2)
-    change("adam.image_every", 6)
-    change("ea.generations", 2)
-    change("ea.eval_batch", 4)
-    change("ea.checkpoint_every", 1)
-    change("fusion.iters", 4)
-    change("fusion.milestones", [m for m in (2,) if real.fusion.milestones])
-    change("fusion.batch_size", 2)
-    change("fusion.att_channels", 4)
-    change("fusion.checkpoint_every", 2)
     if real.fusion.average_set:
         out.needs.append(f"fusion.average_set: {real.fusion.average_set} (training images)")
     change("fusion.average_set", None)
-    change("fusion.average_images", 3)
     for name, path in sorted(real.eval.sets.items()):
         out.needs.append(f"eval.sets.{name}: {path}")
     change("eval.sets", {"preflight-crops": str(Path(demo_dir) / "crops")})
@@ -196,4 +177,4 @@ def as_dict(s: Shrunk) -> dict[str, Any]:
     return {"config": to_dict(s.cfg), "kept": s.kept, "shrunk": s.shrunk, "needs": s.needs}
 
 
-__all__ = ["Shrunk", "shrink", "run_preflight", "as_dict"]
+__all__ = ["STRUCTURE", "Shrunk", "tiny_sizes", "tiny_overrides", "shrink", "run_preflight", "as_dict"]

@@ -37,3 +37,16 @@ def restore(state: dict[str, Any]) -> None:
 def derive_seed(*parts: int) -> int:
     """A 32-bit seed derived from integers (run seed, cycle, member, …) with numpy's SeedSequence."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+# Seed tags: each stage derives its seeds from run.seed and one of these, so no two streams coincide.
+#: A member's (cycle, slot) sample stream, and pretraining's and fusion's batches.
+SEED_TAG_DATA = 0xDA7A
+#: The per-slot discriminator initialisation of the init stage.
+SEED_TAG_D = 0xD15C
+#: Pretraining's generator initialisation.
+SEED_TAG_PRETRAIN = 0x9E7
+#: Fusion's attention-branch initialisation.
+SEED_TAG_FUSION = 0xF05E
+#: An EA child's seed (with run.seed, cycle, generation, slot).
+SEED_TAG_CHILD = 0xEA

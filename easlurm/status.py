@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,89 +28,33 @@ from typing import Any, Mapping
 
 from .config import Config, load_run_config
 from .errors import EaslurmError
+from .orchestrate.client import CommandClient
+from .orchestrate.plan import build_plan, snapshot
+from .orchestrate.slurm_state import sacct_usage
+from .orchestrate.state import SubmissionBook
 from .population import adam_cycles, read_member, slot_mode
+from .run_record import recorded_executor
 from .store import RunDir, read_json
 from .timings import TaskTime, parse_local_time, task_times
 
-__all__ = ["collect", "format_report", "parse_sacct", "sacct_usage", "main"]
-
-_SACCT_FIELDS = "JobID,Submit,Eligible,Start,End,ElapsedRaw,AllocTRES,State"
+__all__ = ["collect", "format_report", "main"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Slurm
 
 
-def parse_sacct(text: str) -> dict[str, dict[str, Any]]:
-    """``sacct -n -P -X --duplicates --format=JobID,Submit,Eligible,Start,End,ElapsedRaw,AllocTRES,State`` output →
-    job id → {"elapsed_s" (summed over requeues), "gpu_s" (elapsed × allocated GPUs), "queue_s" (Start − Eligible,
-    summed), "runs"}. Rows that never started contribute no time."""
-    out: dict[str, dict[str, Any]] = {}
-    for line in text.splitlines():
-        f = line.strip().split("|")
-        if len(f) != 8 or not f[0]:
-            continue
-        job, _submit, eligible, start, _end, elapsed, tres, _state = f
-        try:
-            secs = float(elapsed)
-        except ValueError:
-            secs = 0.0
-        gpus = 0
-        for item in tres.split(","):
-            name, _, value = item.partition("=")
-            if name.startswith("gres/gpu") and ":" not in name[len("gres/gpu"):].lstrip(":") and value.isdigit():
-                gpus = max(gpus, int(value))
-        t_el, t_st = parse_local_time(eligible), parse_local_time(start)
-        rec = out.setdefault(job, {"elapsed_s": 0.0, "gpu_s": 0.0, "queue_s": 0.0, "runs": 0})
-        if t_st is None:
-            continue
-        rec["runs"] += 1
-        rec["elapsed_s"] += secs
-        rec["gpu_s"] += secs * gpus
-        if t_el is not None:
-            rec["queue_s"] += max(0.0, t_st - t_el)
-    return out
-
-
-def sacct_usage(job_ids: list[str], timeout_s: float = 60.0) -> dict[str, dict[str, Any]] | None:
-    """:func:`parse_sacct` for ``job_ids``; None when accounting is not available (no sacct, no slurmdbd)."""
-    from .orchestrate import slurm_state
-
-    try:
-        if not job_ids or not slurm_state.accounting_available(timeout_s=timeout_s):
-            return None
-        text = ""
-        for k in range(0, len(job_ids), 200):
-            proc = subprocess.run(["sacct", "-n", "-P", "-X", "--duplicates", f"--format={_SACCT_FIELDS}", "-j",
-                                   ",".join(job_ids[k:k + 200])], capture_output=True, text=True,
-                                  timeout=timeout_s, check=False)
-            if proc.returncode != 0:
-                return None
-            text += proc.stdout
-    except (EaslurmError, OSError, subprocess.TimeoutExpired):
-        return None
-    return parse_sacct(text)
-
-
 def _submissions(run: RunDir) -> dict[tuple[str, int], list[tuple[str, float | None]]]:
     """(stage key, task) → [(job id, submission time)] in submission order, from ``state.json``."""
-    if not run.state.is_file():
-        return {}
-    out: dict[tuple[str, int], list[tuple[str, float | None]]] = {}
-    for sub in read_json(run.state).get("submissions", []):
-        t = parse_local_time(str(sub.get("time", "")))
-        for job, index in sub.get("tasks", {}).items():
-            out.setdefault((sub["stage"], int(index)), []).append((str(job), t))
-    return out
+    return {key: [(job, parse_local_time(t)) for job, t in subs]
+            for key, subs in SubmissionBook(run).history().items()}
 
 
 def _job_infos(jobs: list[str]) -> tuple[dict[str, Any], str | None]:
     if not jobs:
         return {}, None
     try:
-        from .orchestrate.slurm_state import job_infos
-
-        return job_infos(sorted(set(jobs))), None
+        return CommandClient().job_infos(jobs), None
     except EaslurmError as exc:  # no Slurm here (e.g. a run directory copied to a laptop)
         return {}, str(exc).splitlines()[0][:120]
 
@@ -122,18 +65,10 @@ def _job_infos(jobs: list[str]) -> tuple[dict[str, Any], str | None]:
 
 def _gpus(cfg: Config, executor: str, kind: str) -> int:
     if executor == "slurm":
-        return int(getattr(cfg.executor.slurm, kind).gpus)
+        return int(cfg.executor.slurm.resources(kind).gpus)
     if executor == "local":
         return 1 if cfg.executor.local.gpus else 0
     return 0
-
-
-def _executor(run: RunDir, cfg: Config) -> str:
-    try:
-        kind = read_json(run.record).get("executor") if run.record.is_file() else None
-    except EaslurmError:
-        kind = None
-    return str(kind or cfg.executor.kind)
 
 
 def _fitness(run: RunDir, cycle: int) -> dict[str, Any] | None:
@@ -183,13 +118,12 @@ def _members(cfg: Config, run: RunDir, cycle: int, times: Mapping[tuple[str, int
 def collect(run_dir: str | Path, *, slurm: bool = True) -> dict[str, Any]:
     """Everything ``status`` shows, JSON-ready (times in Unix seconds, durations in seconds). ``slurm=False``:
     ask Slurm nothing (job states and sacct left out)."""
-    from .orchestrate.plan import build_plan
 
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)
-    executor = _executor(run, cfg)
+    executor = recorded_executor(run) or cfg.executor.kind
     plan = build_plan(cfg, run)
-    done = {(s.key, i): t.is_done() for s in plan for i, t in enumerate(s.tasks)}
+    done = snapshot(plan)
     subs = _submissions(run)
     latest = {k: v[-1][0] for k, v in subs.items()}
     all_jobs = sorted({j for v in subs.values() for j, _ in v})
@@ -201,12 +135,12 @@ def collect(run_dir: str | Path, *, slurm: bool = True) -> dict[str, Any]:
     for s in plan:
         tts = [times[(s.key, i)] for i in range(len(s.tasks))]
         n_done = sum(done[(s.key, i)] for i in range(len(s.tasks)))
-        gpus = _gpus(cfg, executor, s.kind)
+        gpus = _gpus(cfg, executor, s.kind.name)
         starts = [t.start for t in tts if t.start is not None]
         ends = [t.end for t in tts if t.end is not None]
         busy = sum(t.busy_s for t in tts)
         row: dict[str, Any] = {
-            "stage": s.key, "kind": s.kind, "cycle": s.cycle, "tasks": len(s.tasks), "done": n_done,
+            "stage": s.key, "kind": s.kind.name, "cycle": s.cycle, "tasks": len(s.tasks), "done": n_done,
             "start": min(starts) if starts else None, "end": max(ends) if n_done == len(s.tasks) and ends else None,
             "task_s": busy, "gpus_per_task": gpus, "gpu_h": busy * gpus / 3600, "gpu_h_source": "files",
             "time_source": sorted({t.source for t in tts if t.source != "none"}),
@@ -229,7 +163,7 @@ def collect(run_dir: str | Path, *, slurm: bool = True) -> dict[str, Any]:
                 row["gpu_h_source"] = "sacct"
         row["job_states"] = {j: {"state": infos[j].state, "reason": infos[j].reason}
                              for j in row["jobs"] if j in infos}
-        if s.kind == "ea" and s.cycle is not None:
+        if s.kind.name == "ea" and s.cycle is not None:
             fit = _fitness(run, s.cycle)
             counts = fit.get("distinct_genomes") if fit else None
             row["distinct_genomes"] = counts[-1] if counts else (cfg.population.size if fit else None)

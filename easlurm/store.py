@@ -2,21 +2,19 @@
 
 Every job writes its outputs through these helpers: a temp file in the destination folder, fsync, then
 ``os.replace`` — so a reader (or a restarted job) sees either the old file or the complete new one, never half of
-one, even on a shared filesystem. Checkpoints are plain tensor dicts read back with ``weights_only=True``.
+one, even on a shared filesystem. This module imports no torch (the launcher, ``status`` and ``prune`` run
+without it); tensor files are written and read by :mod:`easlurm.tensor_files`.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
-
-import torch
 
 from .errors import CheckpointError
 
@@ -112,39 +110,6 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
                 break
             h.update(block)
     return h.hexdigest()
-
-
-def torch_bytes(obj: Any) -> bytes:
-    """Serialise a tensor dict with ``torch.save`` into bytes (so it can be hashed and written atomically)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> str:
-    """Save a plain tensor dict atomically; return the sha256 of the written bytes."""
-    data = torch_bytes(obj)
-    atomic_write_bytes(path, data)
-    return sha256_bytes(data)
-
-
-def load_checkpoint(path: str | os.PathLike[str], sha256: str | None = None,
-                    map_location: str | torch.device = "cpu") -> Any:
-    """Load a tensor dict with ``weights_only=True``; verify its sha256 when given.
-
-    Raises :class:`CheckpointError` naming the file when it is missing, fails the checksum or does not unpickle as
-    plain tensors (a shared filesystem is writable by many: arbitrary objects are never unpickled).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: checkpoint not found")
-    data = p.read_bytes()
-    if sha256 is not None and sha256_bytes(data) != sha256:
-        raise CheckpointError(f"{p}: sha256 mismatch (expected {sha256[:12]}…, file is corrupt or was replaced)")
-    try:
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated / foreign files
-        raise CheckpointError(f"{p}: cannot load checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -271,20 +236,6 @@ def was_pruned(ref: FileRef) -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     return isinstance(entry, dict) and entry.get("sha256") == ref.sha256
-
-
-def load_verified(folder: str | os.PathLike[str], name: str, meta: Mapping[str, Any] | None = None,
-                  map_location: str | torch.device = "cpu") -> Any:
-    """Load ``folder/name`` (or the file it references) after checking it against the sha256 in meta.json."""
-    folder = Path(folder)
-    meta = meta if meta is not None else read_checkpoint_meta(folder)
-    if meta is None:
-        raise CheckpointError(f"{folder}: no meta.json (not a checkpoint folder, or never written)")
-    ref = file_ref(folder, name, meta)
-    if not ref.path.is_file() and was_pruned(ref):
-        raise CheckpointError(f"{ref.path}: deleted by `python -m easlurm.prune` (only the last cycles keep their "
-                              f"discriminator and optimizer states); this cycle cannot be redone")
-    return load_checkpoint(ref.path, sha256=ref.sha256, map_location=map_location)
 
 
 def checkpoint_intact(folder: str | os.PathLike[str], meta: Mapping[str, Any], *, full: bool = False,

@@ -12,45 +12,45 @@ Usage::
 checkpoint (``params_ema`` / ``params``), read with ``torch.load(weights_only=True)`` and loaded strictly (a key or
 shape mismatch with the chosen architecture is an error naming the file). The architecture comes from exactly one
 of ``--config`` (a config YAML, e.g. ``RUN/config.yaml``, or a run directory holding one) or ``--arch`` with
-``--num-feat`` (default 64), ``--num-block`` (default 16 for msrresnet, 23 for rrdbnet), ``--num-grow-ch``
-(rrdbnet, default 32) and ``--scale`` (default 4).
+``--scale`` (default 4) and the backbone's options as flags, ``--num-feat 64`` for ``num_feat`` (each backbone's
+options and defaults are its spec's, :mod:`easlurm.models.specs`; ``--help`` lists them).
 
 Every image of ``--input`` (file suffixes of :data:`easlurm.data.images.IMAGE_SUFFIXES`, sorted by name, read as
 8-bit RGB by :func:`easlurm.data.images.read_rgb`) is upscaled ×scale and written to ``--output/<stem>.png`` (uint8
 RGB, BasicSR rounding), each file atomically (temp file + fsync + rename), so an interrupted run leaves only
-complete PNGs. Inference is :func:`easlurm.inference.super_resolve` (this module is only its command line):
-RRDBNet at ×2 (×1) needs LR sides that are multiples of 2 (4), so other sizes are mirror-padded at the bottom/right
-and the output cropped back; ``--tile N`` runs the network on N×N LR tiles with ``--overlap`` LR pixels of discarded
+complete PNGs. Inference is :func:`easlurm.inference.super_resolve` (this module is only its command line): LR
+sides a backbone cannot take (RRDBNet ×2 needs multiples of 2) are mirror-padded at the bottom/right and the output
+cropped back; ``--tile N`` runs the network on N×N LR tiles with ``--overlap`` LR pixels of discarded
 context, bounding memory on large images. Two inputs with the same stem, or an output folder equal to the input
 folder, are refused before anything is written.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 from torch import nn
 
 from .errors import ConfigError, DataError, EaslurmError
 
-__all__ = ["DEFAULT_BLOCKS", "build_model", "upscale_folder", "main"]
-
-DEFAULT_BLOCKS = {"msrresnet": 16, "rrdbnet": 23}
+__all__ = ["build_model", "upscale_folder", "main"]
 
 
 def build_model(model_path: str | Path, *, config: str | Path | None = None, arch: str | None = None,
-                num_feat: int = 64, num_block: int | None = None, num_grow_ch: int = 32,
-                scale: int = 4) -> tuple[nn.Module, int]:
+                options: Mapping[str, Any] | None = None, scale: int = 4) -> tuple[nn.Module, int]:
     """The generator with the weights of ``model_path`` loaded strictly, in eval mode, and its scale.
 
-    Exactly one of ``config`` (a config YAML or a run directory holding ``config.yaml``) and ``arch`` must be given.
-    Raises :class:`ConfigError` for bad architecture settings and :class:`CheckpointError` naming the model file.
+    Exactly one of ``config`` (a config YAML or a run directory holding ``config.yaml``) and ``arch`` (a backbone of
+    :mod:`easlurm.models.specs`, with ``options`` — its options as ``name → value``, the rest at the backbone's
+    defaults — and ``scale``) must be given. Raises :class:`ConfigError` for bad architecture settings and
+    :class:`CheckpointError` naming the model file.
     """
     from .models.checkpoint_io import load_generator_weights
 
@@ -66,21 +66,12 @@ def build_model(model_path: str | Path, *, config: str | Path | None = None, arc
         cfg = load_config(cfg_path)
         model, s = factory.build_generator(cfg), cfg.data.scale
     else:
-        from .models.registry import GENERATORS, build_generator
+        from .config import backbone_options
+        from .models.specs import generator_spec
 
-        if arch not in GENERATORS:
-            raise ConfigError(f"--arch {arch!r}: unknown backbone; valid: {', '.join(sorted(GENERATORS))}")
-        blocks = DEFAULT_BLOCKS[arch] if num_block is None else num_block
-        for name, value in (("--num-feat", num_feat), ("--num-block", blocks), ("--num-grow-ch", num_grow_ch),
-                            ("--scale", scale)):
-            if value < 1:
-                raise ConfigError(f"{name}: must be >= 1, got {value}")
-        kwargs: dict[str, int] = {"num_feat": num_feat, "num_block": blocks}
-        if arch == "msrresnet":
-            kwargs["upscale"] = scale
-        else:
-            kwargs.update(num_grow_ch=num_grow_ch, scale=scale)
-        model, s = build_generator(arch, **kwargs), scale
+        assert arch is not None
+        spec = generator_spec(arch, "--arch")
+        model, s = spec.build(backbone_options(arch, options or {}, prefix="-"), scale), scale
     load_generator_weights(model, model_path)
     return model.eval(), s
 
@@ -129,19 +120,20 @@ def upscale_folder(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .models.specs import GENERATORS
+
+    flags = "; ".join(f"{name}: " + " ".join(f"--{f.name.replace('_', '-')} {f.default}"
+                                             for f in dataclasses.fields(spec.options))
+                      for name, spec in sorted(GENERATORS.items()))
     ap = argparse.ArgumentParser(prog="python -m easlurm.upscale",
                                  description="Super-resolve every image of a folder with one generator.",
-                                 epilog="Architecture: --config RUN/config.yaml, or --arch with --num-feat/"
-                                        "--num-block/--num-grow-ch/--scale.")
+                                 epilog=f"Architecture: --config RUN/config.yaml, or --arch NAME and --scale with the "
+                                        f"backbone's options as flags (defaults shown): {flags}.")
     ap.add_argument("--model", required=True, help="generator weights: fused.pt, a member's G.pt, or BasicSR .pth")
     ap.add_argument("--input", required=True, help="folder of LR images (png, jpg, bmp, tif, webp)")
     ap.add_argument("--output", required=True, help="folder for the SR PNGs (created; same file stems)")
     ap.add_argument("--config", default=None, help="a run's config.yaml (or the run directory) for the architecture")
-    ap.add_argument("--arch", default=None, choices=sorted(DEFAULT_BLOCKS), help="backbone, instead of --config")
-    ap.add_argument("--num-feat", type=int, default=64, help="features per conv (with --arch; default 64)")
-    ap.add_argument("--num-block", type=int, default=None,
-                    help="residual blocks (with --arch; default 16 msrresnet, 23 rrdbnet)")
-    ap.add_argument("--num-grow-ch", type=int, default=32, help="RRDB growth channels (with --arch rrdbnet)")
+    ap.add_argument("--arch", default=None, choices=sorted(GENERATORS), help="backbone, instead of --config")
     ap.add_argument("--scale", type=int, default=4, help="upscaling factor (with --arch; default 4)")
     ap.add_argument("--tile", type=int, default=None, help="LR tile size in px (default: whole image)")
     ap.add_argument("--overlap", type=int, default=16, help="LR px of context around each tile (default 16)")
@@ -149,19 +141,43 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _options(ap: argparse.ArgumentParser, words: list[str]) -> dict[str, Any]:
+    """``--num-feat 8 --num-block=1`` → ``{"num_feat": 8, "num_block": 1}`` (values parsed as YAML scalars; which
+    names exist is the backbone's to say)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    it = iter(words)
+    for word in it:
+        if not word.startswith("--") or len(word) < 3:
+            ap.error(f"unrecognized argument: {word}")
+        name, eq, value = word[2:].partition("=")
+        if not eq:
+            value = next(it, None)  # type: ignore[assignment]
+            if value is None:
+                ap.error(f"--{name}: expected a value")
+        out[name.replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; exit 2 with one ``easlurm.upscale: error: …`` line on a bad input."""
     ap = _parser()
-    args = ap.parse_args(argv)
+    args, rest = ap.parse_known_args(argv)
     if args.config is not None and args.arch is not None:
         ap.error("--config and --arch are mutually exclusive")
     if args.config is None and args.arch is None:
-        ap.error("the architecture is needed: --config RUN/config.yaml or --arch msrresnet|rrdbnet")
+        from .models.specs import GENERATORS
+
+        ap.error(f"the architecture is needed: --config RUN/config.yaml or --arch {'|'.join(sorted(GENERATORS))}")
+    options = _options(ap, rest)
+    if options and args.config is not None:
+        ap.error(f"--{next(iter(options)).replace('_', '-')}: backbone options go with --arch, not --config")
     try:
         from .runtime import pick_device
 
-        model, scale = build_model(args.model, config=args.config, arch=args.arch, num_feat=args.num_feat,
-                                   num_block=args.num_block, num_grow_ch=args.num_grow_ch, scale=args.scale)
+        model, scale = build_model(args.model, config=args.config, arch=args.arch, options=options,
+                                   scale=args.scale)
         written = upscale_folder(model, args.input, args.output, scale, tile=args.tile, overlap=args.overlap,
                                  device=str(pick_device(args.device)), log=sys.stdout)
     except EaslurmError as exc:

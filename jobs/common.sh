@@ -47,6 +47,7 @@ easlurm_task() {
     if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then me="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"; else me="${SLURM_JOB_ID:-}"; fi
     echo "[easlurm] $(date +%FT%T) job ${me:-none} $stage task $index on $(hostname), restart ${SLURM_RESTART_COUNT:-0}"
     export PYTHONUNBUFFERED=1
+    # >>> supervise: the lines of easlurm.orchestrate.sbatch.supervise (tests/test_sbatch.py compares them)
     "${CMD[@]}" -u -m easlurm.orchestrate.runner "$run_dir" "$stage" "$index" &
     child=$!
     trap 'kill -USR2 "$child" 2>/dev/null' USR2
@@ -54,13 +55,13 @@ easlurm_task() {
     set +e
     while kill -0 "$child" 2>/dev/null; do wait "$child"; done
     wait "$child"; rc=$?
-    set -e
     if [ "$rc" -eq 140 ] && [ -n "$me" ]; then
         echo "[easlurm] $(date +%FT%T) checkpoint committed at the pre-timeout signal; requeueing $me"
         scontrol requeue "$me" && exit 0
-        echo "[easlurm] requeue refused or scontrol missing: resubmit this task (or relaunch with --resume)"
+        echo "[easlurm] requeue refused or scontrol missing: the launcher resubmits this task (or relaunch with --resume)"
     fi
     exit "$rc"
+    # <<< supervise
 }
 
 easlurm_need_run_dir() {  # fail early, naming the problem, instead of inside the container

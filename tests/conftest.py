@@ -7,17 +7,15 @@ from typing import Callable, Iterator, Sequence
 
 import pytest
 
+from easlurm.config import load_config
+from easlurm.preflight import tiny_overrides
+
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 REPO = Path(__file__).resolve().parents[1]
 
-# Tiny but real: an MSRResNet with 8 features and 1 block, 32 px HR patches, 3 members.
-TINY = (
-    "model.num_feat=8", "model.num_block=1", "discriminator.num_feat=4", "data.patch_size=32",
-    "adam.batch_size=2", "adam.iters_per_cycle=6", "adam.checkpoint_every=3", "adam.log_every=1",
-    "adam.image_every=3", "pretrain.iters=2", "pretrain.batch_size=2", "pretrain.checkpoint_every=1",
-    "population.size=3", "ea.generations=2", "data.fitness_images=2", "data.fitness_max_tiles=2",
-    "fusion.iters=4", "fusion.checkpoint_every=2", "fusion.att_channels=4", "data.num_workers=0",
-)
+# Tiny but real: configs/tiny.yaml at the preflight's sizes (easlurm.preflight.tiny_sizes, the one tiny-run
+# definition: an MSRResNet with 8 features and 1 block, 32 px HR patches, 3 members, a few iterations per stage).
+TINY = tuple(tiny_overrides(load_config(REPO / "configs" / "tiny.yaml")))
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +52,21 @@ def make_run(tmp_path: Path, demo_shards: Path) -> Callable[..., Path]:
         return run
 
     return make
+
+
+def stage_done(run: Path, kind: str, **args: object) -> bool:
+    """The stage kind's own done check for one task of a run (what the launcher and ``status`` ask)."""
+    from easlurm import stages
+    from easlurm.config import load_run_config
+    from easlurm.store import RunDir
+
+    return stages.get(kind).is_done(load_run_config(run), RunDir(run), **args)
+
+
+def stage_progress(run: Path, kind: str, **args: object) -> int:
+    """The stage kind's committed units for one task of a run."""
+    from easlurm import stages
+    from easlurm.config import load_run_config
+    from easlurm.store import RunDir
+
+    return stages.get(kind).progress(load_run_config(run), RunDir(run), **args)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from easlurm.bill import (
-    PartitionLimits, find_rates, format_bill, main as bill_main, make_bill, measured_rates, parse_sinfo,
+    PartitionLimits, find_rates, format_bill, main as bill_main, make_bill, parse_sinfo, run_rates,
 )
 from easlurm.config import load_config, load_run_config
 from easlurm.footprint import EA_RECORDS, MEMBERS, NEW_GENOMES, TENSORBOARD, checkpoint_sizes
@@ -133,7 +133,7 @@ def test_partition_limits_from_sinfo_and_the_warnings_they_give():
 
 def test_rates_measured_by_a_finished_run_price_the_next_one(run: Path, capsys):
     cfg = load_run_config(run)
-    rates = measured_rates(RunDir(run), cfg)
+    rates = run_rates(RunDir(run), cfg)
     assert rates.stages["adam"].unit == "iteration" and rates.stages["adam"].seconds_per_unit > 0
     assert rates.stages["ea"].unit == "generation" and rates.stages["ea"].seconds_per_unit > 0
     assert rates.stages["fuse"].seconds_per_unit > 0

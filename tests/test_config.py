@@ -21,7 +21,7 @@ def test_shipped_configs_load(name: str) -> None:
 
 def test_reference_settings() -> None:
     rrdb = load_config(CONFIGS / "rrdb.yaml")
-    assert rrdb.model.arch == "rrdbnet" and rrdb.model.num_block == 23
+    assert rrdb.model.arch == "rrdbnet" and rrdb.model.options.num_block == 23
     assert rrdb.loss.gan_type == "relativistic" and rrdb.adam.lr == 1e-4 and rrdb.fusion.l1_weight == 0.1
     assert rrdb.loss.perceptual.layers == {"conv1_2": .1, "conv2_2": .1, "conv3_4": 1, "conv4_4": 1, "conv5_4": 1}
     assert rrdb.population.member0 == "ea_only"  # never Adam-trained, the EA may replace it (reference RRDB)
@@ -78,7 +78,7 @@ def test_unknown_nested_key_deep(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text,match", [
     ("adam: {batch_size: 2.5}", r"adam\.batch_size: expected an integer, got float 2\.5"),
     ("adam: {bf16: 'yes'}", r"adam\.bf16: expected true/false"),
-    ("model: {arch: resnet}", r"model\.arch: must be one of 'msrresnet', 'rrdbnet', got 'resnet'"),
+    ("model: {arch: resnet}", r"model\.arch: unknown backbone 'resnet'.*valid: msrresnet, rrdbnet"),
     ("ea: {selection: nsga}", r"ea\.selection: must be one of .* \(did you mean 'nsga2'\?\)"),
     ("loss: {perceptual: {layers: {conv5_4: x}}}", r"loss\.perceptual\.layers\.conv5_4: expected a number"),
     ("adam: [1, 2]", r"adam: expected a mapping"),

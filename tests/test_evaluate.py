@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import stage_done
 from easlurm import factory
 from easlurm.config import load_config, load_run_config, write_config
 from easlurm.data.bicubic import bicubic_downscale, bicubic_upscale
@@ -21,7 +22,9 @@ from easlurm.fuse.job import run_fusion
 from easlurm.inference import tensor_to_uint8
 from easlurm.metrics import psnr_y, ssim_y
 from easlurm.population import MemberMeta, final_folder, write_member
-from easlurm.store import RunDir, load_checkpoint, torch_bytes
+from easlurm.stages.evaluation import read_record as read_eval_record
+from easlurm.store import RunDir, sha256_file
+from easlurm.tensor_files import load_checkpoint, torch_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -185,13 +188,23 @@ def test_tensorboard_holds_scalars_and_the_figure(evaluated):
     assert acc.Scalars("val/dists/bicubic")[-1].value == pytest.approx(bicubic.metrics["dists"], abs=1e-6)
 
 
-def test_rerun_rewrites_identical_files(evaluated, crops):
+def test_rerun_rewrites_identical_files_and_its_record_lists_them(evaluated, crops):
     run, _ = evaluated
     out = RunDir(run).eval
-    before = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    results = ("results.csv", "results.md", "pareto.png", "per_image.csv")
+    before = {name: (out / name).read_bytes() for name in results}
+    first = read_eval_record(RunDir(run))
     evaluate_run(run, {"crops": str(crops)})
-    after = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
-    assert after == before and set(before) == {"results.csv", "results.md", "pareto.png", "per_image.csv"}
+    assert {name: (out / name).read_bytes() for name in results} == before
+    assert sorted(p.name for p in out.iterdir()) == sorted([*results, "done.json"])
+    rec = read_eval_record(RunDir(run))
+    assert rec is not None and first is not None and rec.done
+    assert rec.outputs == {name: sha256_file(out / name) for name in results}
+    assert rec.sets == ["val", "crops"] and rec.models[0] == "bicubic" and "fused" in rec.models
+    assert len(rec.attempts) == len(first.attempts) + 1  # each evaluation is an attempt of the stage
+    assert stage_done(run, "eval")
+    (out / "results.md").write_text("edited\n")  # an output that no longer matches its record: not done
+    assert not stage_done(run, "eval")
 
 
 def test_bad_set_paths_raise_one_error_naming_each(evaluated, tmp_path, crops):

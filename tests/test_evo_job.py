@@ -16,18 +16,20 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import stage_done, stage_progress
 from easlurm import factory
 from easlurm.config import load_config, write_config
-from easlurm.errors import CheckpointError
+from easlurm.errors import CheckpointError, ConfigError
 from easlurm.evo import evolve as evolve_mod
-from easlurm.evo import job
 from easlurm.evo import objectives as objectives_mod
-from easlurm.evo.__main__ import main as evo_main
+from easlurm.orchestrate.runner import main as runner_main
 from easlurm.evo.evolve import EAState, evolve
-from easlurm.evo.job import EADone, run_ea
+from easlurm.evo.job import run_ea
+from easlurm.stages.ea import EADone
 from easlurm.evo.pareto import hypervolume
 from easlurm.population import MemberMeta, member_file, preferences, read_member, slot_mode, write_member
-from easlurm.store import RunDir, sha256_file, torch_bytes
+from easlurm.store import RunDir, sha256_file
+from easlurm.tensor_files import torch_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 CYCLE = 1  # not 0, so zero-padded paths and the C+1 arithmetic are exercised
@@ -231,7 +233,7 @@ def test_done_json_is_written_last_and_a_finished_phase_is_skipped(moead_pair):
     done = EADone.read(run.root / done_key)
     assert done is not None and done.cycle == CYCLE and sorted(done.starts) == ["00", "01", "02"]
     assert done.starts["01"] == sha256_file(run.start(CYCLE + 1, 1) / "meta.json")
-    assert job.is_done(run.root, CYCLE) and not (run.ea(CYCLE) / "progress").exists()
+    assert stage_done(run.root, "ea", cycle=CYCLE) and not (run.ea(CYCLE) / "progress").exists()
     assert run_ea(run.root, CYCLE) == done
     assert mtimes(run) == times  # nothing rewritten
 
@@ -241,15 +243,15 @@ def test_interrupted_outputs_are_rewritten_byte_identical(moead_pair, tmp_path):
     run = RunDir(tmp_path / "copy")
     shutil.copytree(src.root, run.root)  # references are relative: a copied run stays intact
     before = output_files(run)
-    assert job.is_done(run.root, CYCLE)
+    assert stage_done(run.root, "ea", cycle=CYCLE)
     # A kill before the commit point: done.json never written, one start entry missing, one half-written.
     (run.ea(CYCLE) / "done.json").unlink()
     shutil.rmtree(run.start(CYCLE + 1, 2))
     (run.start(CYCLE + 1, 1) / ".staging").mkdir()
     (run.start(CYCLE + 1, 1) / ".staging" / "G.pt").write_bytes(b"half")
-    assert not job.is_done(run.root, CYCLE)
+    assert not stage_done(run.root, "ea", cycle=CYCLE)
     run_ea(run.root, CYCLE)
-    assert output_files(run) == before and job.is_done(run.root, CYCLE)
+    assert output_files(run) == before and stage_done(run.root, "ea", cycle=CYCLE)
 
 
 class _StopAfterGeneration(logging.Handler):
@@ -282,7 +284,7 @@ def test_ea_resumes_at_its_next_generation_after_being_stopped(shards, tmp_path,
         logger.removeHandler(handler)
         logger.setLevel(old_level)
     assert exc.value.code == 128 + signal.SIGUSR2
-    assert job.progress(stopped.root, CYCLE) == 2 and not job.is_done(stopped.root, CYCLE)
+    assert stage_progress(stopped.root, "ea", cycle=CYCLE) == 2 and not stage_done(stopped.root, "ea", cycle=CYCLE)
     assert not stopped.cycle(CYCLE + 1).exists()  # the start entries are written after the last generation
 
     calls: list[int] = []
@@ -375,11 +377,11 @@ def test_missing_or_unfinished_member_is_named_with_the_stage_that_writes_it(sha
     shutil.rmtree(folder)
     with pytest.raises(CheckpointError, match=rf"^{folder}: not found \(written by the Adam phase of cycle {CYCLE}\)$"):
         run_ea(run.root, CYCLE)
-    assert evo_main(["--run", str(run.root), "--cycle", str(CYCLE)]) == 2
+    assert runner_main([str(run.root), f"ea/{CYCLE:03d}", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("easlurm.evo: error: ") and "members/01: not found" in err[0]
+    assert len(err) == 1 and err[0].startswith("easlurm: error: ") and "members/01: not found" in err[0]
     assert not (run.ea(CYCLE) / "done.json").exists() and not run.cycle(CYCLE + 1).exists()
-    with pytest.raises(CheckpointError, match=r"cycle 3: the run's EA phases are cycles 0\.\.2"):
+    with pytest.raises(ConfigError, match=r"cycle 3: the run's EA phases are cycles 0\.\.2"):
         run_ea(run.root, 3)
 
 

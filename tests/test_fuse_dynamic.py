@@ -19,7 +19,8 @@ from easlurm.fuse.dynamic import (
     set_fixed_attention,
     set_record,
 )
-from easlurm.fuse.merge import FusionError, merge_from_dynamic, merge_state_dicts
+from easlurm.fuse.collapse import merge_from_dynamic
+from easlurm.fuse.merge import FusionError, merge_state_dicts
 
 K = 3
 

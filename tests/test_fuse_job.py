@@ -19,11 +19,12 @@ from easlurm.errors import CheckpointError, ConfigError
 from easlurm.fuse import job as fuse_job
 from easlurm.fuse.dynamic import dynamic_layers, make_dynamic, set_fixed_attention
 from easlurm.fuse.job import run_fusion
-from easlurm.fuse.merge import merge_from_dynamic
+from easlurm.fuse.collapse import merge_from_dynamic
 from easlurm.population import MemberMeta, final_folder, member_file, preferences, slot_mode, write_member
-from easlurm.store import RunDir, load_checkpoint, load_verified, read_checkpoint_meta, read_json, torch_bytes
+from easlurm.store import RunDir, read_checkpoint_meta, read_json
+from easlurm.tensor_files import load_checkpoint, load_verified, torch_bytes
 
-from conftest import TINY
+from conftest import TINY, stage_done, stage_progress
 
 REPO = Path(__file__).resolve().parents[1]
 # Few averaging images: the attention branches run at full LR size there, the costliest part on a CPU.
@@ -100,7 +101,7 @@ def test_fused_backbone_loads_strictly_and_attention_is_a_distribution_per_slot(
     folder = RunDir(fused_run).fusion
     meta = read_checkpoint_meta(folder)
     assert meta["done"] and meta["iteration"] == cfg.fusion.iters and meta["kind"] == "fusion"
-    assert fuse_job.is_done(fused_run) and fuse_job.progress(fused_run) == cfg.fusion.iters
+    assert stage_done(fused_run, "fuse") and stage_progress(fused_run, "fuse") == cfg.fusion.iters
     for name in ("fused.pt", "attention.json", "attention.pt", "D.pt", "optim.pt", "rng.pt"):
         assert name in meta["sha256"], name
     g = factory.build_generator(cfg)
@@ -117,7 +118,7 @@ def test_fused_backbone_loads_strictly_and_attention_is_a_distribution_per_slot(
     att_state = load_checkpoint(folder / "attention.pt")
     assert att_state and all(".attention." in k for k in att_state)
     # Averaged over the first training images (sorted ids), not the validation set.
-    assert meta["val_ids"] == ["chelsea", "flower"]
+    assert meta["average_ids"] == ["chelsea", "flower"]
     assert meta["experts_sha256"] == [read_json(RunDir(fused_run).member(cfg.run.cycles, i) / "meta.json")
                                       ["sha256"]["G.pt"] for i in range(3)]
     assert meta["slot_expert"] == [0, 1, 2] and meta["experts_cycle"] == cfg.run.cycles
@@ -199,7 +200,7 @@ def test_preempted_fusion_resumes_to_the_same_result(fused_run, demo_shards, tmp
     assert exc.value.code == 128 + signal.SIGUSR2
     meta = read_checkpoint_meta(RunDir(run).fusion)
     assert meta["iteration"] == 3 and not meta["done"] and not (RunDir(run).fusion / "fused.pt").exists()
-    assert not fuse_job.is_done(run) and fuse_job.progress(run) == 3
+    assert not stage_done(run, "fuse") and stage_progress(run, "fuse") == 3
     monkeypatch.setattr(fuse_job, "fusion_step", real_step)
     run_fusion(run)
     assert _outputs(run) == _outputs(fused_run)  # bit-identical to the uninterrupted run
@@ -219,7 +220,7 @@ def test_identical_experts_fused_once_equal_fusing_the_duplicates(arch):
     """Experts [A, A, B] with attention (a1, a2, b) per layer give the same model as [A, B] with (a1 + a2, b):
     a convolution is linear in its kernel, so K copies of one kernel are one kernel with the copies' weight."""
     cfg = load_config(None, ["data.train=x", f"model.arch={arch}", "model.num_feat=8", "model.num_block=1",
-                             "model.num_grow_ch=4"])
+                             *(["model.num_grow_ch=4"] if arch == "rrdbnet" else [])])
     a, b = (random_generator(cfg, s) for s in (1, 2))
     experts = []
     for sd in (a, a, b):
@@ -314,8 +315,9 @@ def test_other_experts_refuse_a_stale_checkpoint_and_a_missing_member_is_named(d
 
 def test_cli_reports_errors_in_one_line(demo_shards, tmp_path):
     run = new_run(tmp_path / "cli", demo_shards)
-    res = subprocess.run([sys.executable, "-m", "easlurm.fuse", "--run", str(run)], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "easlurm.orchestrate.runner", str(run), "fuse", "0"],
+                         capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO)
     assert res.returncode == 2
-    assert res.stderr.startswith("easlurm.fuse: error: ") and "cycles/003/members/00: not found" in res.stderr
+    assert res.stderr.startswith("easlurm: error: ") and "cycles/003/members/00: not found" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1

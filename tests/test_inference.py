@@ -145,7 +145,7 @@ def test_rrdbnet_x2_pads_odd_sizes_and_crops_back() -> None:
 
     torch.manual_seed(0)
     model = RRDBNet(num_feat=4, num_block=1, num_grow_ch=4, scale=2).eval()
-    assert input_multiple(model) == 2 and input_multiple(_model()) == 1
+    assert input_multiple(model, 2) == 2 and input_multiple(model, 4) == 1 and input_multiple(_model(), 4) == 1
     img = np.random.default_rng(5).integers(0, 256, size=(13, 10, 3), dtype=np.uint8)
     out = super_resolve(model, img, 2)
     assert out.shape == (26, 20, 3)

@@ -40,7 +40,7 @@ def _started(make_run, overrides: list[str]) -> Path:
 
 
 def _train_cli(run: Path, member: int) -> list[str]:
-    return [sys.executable, "-m", "easlurm.train", "--run", str(run), "--cycle", "0", "--member", str(member)]
+    return [sys.executable, "-m", "easlurm.orchestrate.runner", str(run), "adam/000", str(member)]
 
 
 def _wait(predicate, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
@@ -71,6 +71,7 @@ def test_a_live_second_task_refuses_and_a_kill9_retry_takes_over_without_any_slu
                              env=_ENV)
     try:
         assert first.stdout is not None
+        assert first.stdout.readline().startswith("[task] adam/000 member 02: ")  # the runner names the task
         assert "starting at iteration 0" in first.stdout.readline()  # printed while holding the lease
         # Two live tasks on one member: the second refuses, naming the first.
         with pytest.raises(LeaseBusy, match=rf"^Adam phase of cycle 0, member 02: {folder} is being worked on by "

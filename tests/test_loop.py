@@ -1,4 +1,4 @@
-"""The one training loop (easlurm.train.loop.run_loop) with a small real Trainee: cadence, finiteness, preemption."""
+"""The one training loop (easlurm.engine.loop.run_loop) with a small real Trainee: cadence, finiteness, preemption."""
 from __future__ import annotations
 
 import os
@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 
 from easlurm.errors import TrainingError
-from easlurm.train.loop import Cadence, run_loop
-from easlurm.train.preempt import Preempted, Preemption
+from easlurm.engine.loop import Cadence, run_loop
+from easlurm.engine.preempt import Preempted, Preemption
 
 
 class Line:

@@ -170,7 +170,7 @@ def test_perceptual_loss_gradient_reaches_sr_only(astronaut: torch.Tensor) -> No
 def test_perceptual_loss_config_errors() -> None:
     with pytest.raises(ConfigError, match="criterion.*huber"):
         PerceptualLoss({"conv2_2": 1.0}, net="vgg16", criterion="huber")
-    with pytest.raises(ConfigError, match="layer_weights.conv2_2"):
+    with pytest.raises(ConfigError, match="loss.perceptual.layers.conv2_2"):
         PerceptualLoss({"conv2_2": -1.0}, net="vgg16")
     with pytest.raises(ConfigError, match="empty"):
         PerceptualLoss({}, net="vgg16")

@@ -9,8 +9,11 @@ import torch
 from torch import nn
 
 from easlurm.errors import CheckpointError, ConfigError
-from easlurm.models import (MSRResNet, RRDBNet, VGGStyleDiscriminator, build_discriminator, build_generator,
-                            load_generator_weights)
+from easlurm.models.checkpoint_io import load_generator_weights
+from easlurm.models.discriminator import VGGStyleDiscriminator
+from easlurm.models.rrdb import RRDBNet
+from easlurm.models.specs import build_discriminator, build_generator
+from easlurm.models.srresnet import MSRResNet
 
 
 def _n_params(m: nn.Module) -> int:

@@ -17,8 +17,9 @@ import pytest
 from easlurm.config import load_config, load_run_config
 from easlurm.orchestrate.base import StageFailed
 from easlurm.orchestrate.local import DebugExecutor, LocalExecutor
-from easlurm.orchestrate.plan import Stage, Task, build_plan, pending_stages
+from easlurm.orchestrate.plan import build_plan, pending_stages
 from easlurm.store import RunDir
+from fake_stages import marker_stage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,10 +32,6 @@ def _probe(tmp_path: Path, body: str) -> str:
     return str(probe)
 
 
-def _fake_stage(key: str, n: int, out: Path, fn: str = "fake_stages:write_marker") -> Stage:
-    return Stage(key, key.split("/")[0], 0, [
-        Task(fn, (("run_dir", "x"), ("index", i), ("out", str(out))), "fake_stages:marker_done", f"member {i:02d}",
-             "fake_stages:no_progress") for i in range(n)])
 
 
 def test_plan_order_tasks_and_their_own_done_checks(tmp_path):
@@ -46,8 +43,8 @@ def test_plan_order_tasks_and_their_own_done_checks(tmp_path):
     adam = plan[2]
     assert adam.is_array and len(adam.tasks) == 3
     t = adam.tasks[2]
-    assert t.fn == "easlurm.train.member:train_member" and t.done == "easlurm.train.member:is_done"
-    assert t.arguments == {"run_dir": str(run.root), "cycle": 0, "member": 2}
+    assert t.kind.name == "adam" and t.kind.entry == "easlurm.train.member:train_member"
+    assert t.arguments == {"cycle": 0, "member": 2} and t.run == run
     no_final = load_config(REPO / "configs" / "tiny.yaml", [f"data.demo_dir={tmp_path}", "run.cycles=2",
                                                             "model.pretrained=/x/g.pth", "adam.final_phase=false"])
     assert [s.key for s in build_plan(no_final, run)] == ["init", "adam/000", "ea/000", "adam/001", "ea/001",
@@ -73,7 +70,7 @@ time.sleep(0.5)
 open(os.path.join(out, me + '.end'), 'w').write('')
 """)
     ex = LocalExecutor(cfg, run, echo=lambda m: None, python=probe)
-    ex.run_stage(_fake_stage("adam/000", 5, out))
+    ex.run_stage(marker_stage("adam/000", 5, out, cfg, run))
     gpus = [(out / f"{i}.start").read_text() for i in range(5)]
     assert gpus == ["0", "1", "2", "0", "1"]
     assert max(int((out / f"{i}.alive").read_text()) for i in range(5)) <= 2
@@ -97,7 +94,7 @@ open(os.path.join(folder, sys.argv[-1] + '.end'), 'w').write('')
     def threads(key: str, n: int) -> list[str]:
         folder = tmp_path / key.replace("/", "-")
         folder.mkdir()
-        ex.run_stage(_fake_stage(key, n, folder))
+        ex.run_stage(marker_stage(key, n, folder, cfg, run))
         return [(folder / f"threads.{i}").read_text() for i in range(n)]
 
     assert threads("fuse", 1) == ["8"]
@@ -120,7 +117,7 @@ sys.exit(3)
     ex = LocalExecutor(cfg, run, echo=lambda m: None, python=probe)
     with pytest.raises(StageFailed, match=r"stage ea/000, member 00 failed: exit code 3 after 2 attempt\(s\)"
                                           r"\n  log: .*ea-000/task-00.log"):
-        ex.run_stage(_fake_stage("ea/000", 1, tmp_path))
+        ex.run_stage(marker_stage("ea/000", 1, tmp_path, cfg, run))
     assert counter.read_text() == "2"
     assert "attempt 2" in (run.root / "logs" / "ea-000" / "task-00.log").read_text()
 
@@ -128,7 +125,7 @@ sys.exit(3)
 def test_debug_executor_reports_the_stage_s_own_error(tmp_path):
     cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.demo_dir={tmp_path}"])
     run = RunDir(tmp_path / "run")
-    stage = _fake_stage("init", 1, tmp_path, fn="fake_stages:fail_with_message")
+    stage = marker_stage("init", 1, tmp_path, cfg, run, entry="fake_stages:fail_with_message")
     with pytest.raises(StageFailed, match=r"stage init, member 00 failed: raised\n  EaslurmError: "
                                           r"cycles/000/start/00: not found \(written by the init stage\)"):
         DebugExecutor(cfg, run, echo=lambda m: None).run([stage])

@@ -13,7 +13,8 @@ from easlurm.population import (
     load_member_file, member_complete, member_file, phase_iters, preferences, read_member, require_member,
     slot_mode, write_member,
 )
-from easlurm.store import RunDir, commit_checkpoint, torch_bytes
+from easlurm.store import RunDir, commit_checkpoint
+from easlurm.tensor_files import torch_bytes
 
 
 def _cfg(*overrides: str):
@@ -45,7 +46,7 @@ def test_member_record_round_trips_through_meta_json(tmp_path):
 
 @pytest.mark.parametrize("change,message", [
     ({"schema": 99}, r"member record schema 99, this easlurm reads 1 \(a run made by another easlurm version\)"),
-    ({"kind": "trained"}, r"kind must be start or member, got 'trained'"),
+    ({"kind": "trained"}, r"not a start or member record \(kind 'trained'\)"),
     ({"preference": [1.0]}, r"preference must be \[w_dist, w_perc\], got \[1\.0\]"),
     ({"cycle": None}, r"member record lacks cycle"),
 ])

@@ -1,12 +1,18 @@
-"""The launcher's own sbatch scripts: the warning lead, the signal trap and requeue, array indices = members."""
+"""The launcher's own sbatch scripts: the warning lead, the signal trap and requeue, array indices = members, and
+the plain jobs/*.sh scripts holding the same supervising lines."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
+from easlurm import stages
 from easlurm.config import load_config
+from easlurm.leads import UNSIZED_FILE_BYTES, signal_lead, signal_leads
 from easlurm.orchestrate.plan import build_plan
-from easlurm.orchestrate.sbatch import Submission, directives, render, signal_lead
+from easlurm.orchestrate.sbatch import Submission, directives, render, supervise
 from easlurm.store import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -16,19 +22,31 @@ def _cfg(name: str, *overrides: str):
     return load_config(REPO / "configs" / name, list(overrides))
 
 
+def _lead(cfg, kind: str) -> int:
+    return signal_leads(cfg)[kind]
+
+
 def test_the_warning_lead_follows_the_checkpoint_cost(tmp_path):
-    run = RunDir(tmp_path / "run")
     rrdb, tiny = _cfg("rrdb.yaml"), _cfg("tiny.yaml", f"data.demo_dir={tmp_path}")
     # A bigger checkpoint (RRDB: G + D + Adam states ≈ 375 MB) needs a longer lead than a tiny one ...
-    assert signal_lead(rrdb, run, "adam") > signal_lead(tiny, run, "adam") >= 60
+    assert _lead(rrdb, "adam") > _lead(tiny, "adam") >= 60
     # ... an EA generation is a longer unit of work than an iteration ...
-    assert signal_lead(rrdb, run, "ea") > signal_lead(rrdb, run, "adam")
+    assert _lead(rrdb, "ea") > _lead(rrdb, "adam")
     # ... a stage without checkpoints gets the minimum, and a configured lead always wins.
-    assert signal_lead(rrdb, run, "eval") == 60
-    assert signal_lead(_cfg("rrdb.yaml", "executor.slurm.adam.signal_lead_s=300"), run, "adam") == 300
+    assert _lead(rrdb, "eval") == 60
+    assert _lead(_cfg("rrdb.yaml", "executor.slurm.adam.signal_lead_s=300"), "adam") == 300
     # Never more than a third of the time limit.
     short = _cfg("rrdb.yaml", "executor.slurm.ea.time_min=3")
-    assert signal_lead(short, run, "ea") == 60
+    assert _lead(short, "ea") == 60
+    # A run's own measured step time replaces the default unit; a host that cannot size the networks (no torch)
+    # assumes large files, so its leads are never shorter.
+    adam = stages.get("adam")
+    assert signal_lead(rrdb, adam, None, unit_s=120.0) > signal_lead(rrdb, adam, None)
+    sized = _lead(tiny, "adam")
+    unsized = signal_lead(tiny, adam, None)
+    assert unsized > sized
+    # 45 s + 2 × (5 s + 4 files of UNSIZED_FILE_BYTES written at 100 MB/s and hashed at 500 MB/s), to 10 s
+    assert unsized == -(-(45 + 2 * (5 + 4 * UNSIZED_FILE_BYTES * (1 / 100e6 + 1 / 500e6))) // 10) * 10
 
 
 def test_member_array_script_traps_the_signal_and_requeues_from_the_host(tmp_path):
@@ -70,3 +88,21 @@ def test_the_trap_forwards_the_warning_and_the_shell_requeues_after_exit_140(tmp
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "committed" in out and "requeueing 77" in out
     assert (tmp_path / "requeued").read_text().split() == ["requeue", "77"]
+
+
+def test_the_plain_scripts_supervise_the_task_with_the_renderer_s_lines():
+    """jobs/common.sh holds exactly the lines the launcher's scripts run the task with (one definition, checked)."""
+    text = (REPO / "jobs" / "common.sh").read_text()
+    block = text.split("# >>> supervise", 1)[1].split("\n", 1)[1].split("    # <<< supervise", 1)[0]
+    lines = [line[4:] for line in block.splitlines()]
+    assert lines == supervise('"${CMD[@]}" -u -m easlurm.orchestrate.runner "$run_dir" "$stage" "$index"')
+
+
+@pytest.mark.parametrize("kind", ["adam", "ea", "fuse"])
+def test_the_rendered_lead_is_the_one_the_launcher_computed(tmp_path, kind):
+    cfg = _cfg("rrdb.yaml")
+    run = RunDir(tmp_path / "run")
+    stage = next(s for s in build_plan(cfg, run) if s.kind.name == kind)
+    leads = signal_leads(cfg)
+    script = render(cfg, run, Submission(stage, (0,)), sys.executable, leads[kind])
+    assert f"#SBATCH --signal=B:USR2@{leads[kind]}\n" in script

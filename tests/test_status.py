@@ -10,7 +10,8 @@ import pytest
 
 from easlurm.config import load_run_config
 from easlurm.orchestrate.plan import build_plan
-from easlurm.status import collect, main as status_main, parse_sacct
+from easlurm.orchestrate.slurm_text import parse_sacct
+from easlurm.status import collect, main as status_main
 from easlurm.store import RunDir, atomic_write_json, read_json
 from easlurm.timings import task_times
 from hpc_runs import finished_run
@@ -104,30 +105,21 @@ def test_recorded_attempts_are_preferred_to_file_times(copy: Path):
     assert times[("adam/001", 2)].source == "record"  # the stage's own attempts, as written by the run
 
 
-def test_job_log_start_lines_move_a_task_start_back_to_its_process_start(copy: Path):
-    """A record without attempts (an older run) is timed from TensorBoard, and a job log's start line moves its
-    start back to the process start."""
+def test_every_stage_is_timed_from_its_own_record_and_a_record_without_attempts_from_nothing(copy: Path):
+    """Times come from the stages' records only: every task of a finished run has its attempts (the init stage and
+    the evaluation included); a record that lacks them (an older run) shows no times rather than guessed ones."""
+    cfg = load_run_config(copy)
+    plan = build_plan(cfg, RunDir(copy))
+    times = task_times(cfg, RunDir(copy), plan)
+    assert {t.source for t in times} == {"record"} and all(t.done_at is not None for t in times)
+    ea = next(t for t in times if t.stage == "ea/001")
+    assert ea.units == cfg.ea.generations and ea.spans[0].loop_start >= ea.spans[0].start
     folder = copy / "cycles" / "001" / "members" / "01"
     meta = read_json(folder / "meta.json")
     meta.pop("attempts", None)
     atomic_write_json(folder / "meta.json", meta)
-    cfg = load_run_config(copy)
-    plan = build_plan(cfg, RunDir(copy))
-
-    def task(stage: str, index: int):
-        return next(t for t in task_times(cfg, RunDir(copy), plan) if (t.stage, t.index) == (stage, index))
-
-    before = task("adam/001", 1)
-    assert before.source == "tensorboard" and len(before.spans) == 1
-    started = int(before.start) - 5  # the process started before its TensorBoard writer opened
-    log = copy / "logs" / "adam-001" / "task-01.log"
-    log.parent.mkdir(parents=True)
-    log.write_text(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))} attempt 1: python -m "
-                   f"easlurm.orchestrate.runner RUN adam/001 1\n[train] cycle 1 member 01: starting\n")
-    after = task("adam/001", 1)
-    assert after.source == "tensorboard + log"
-    assert after.start == pytest.approx(started) and after.end == before.end
-    assert after.spans[0].loop_start == pytest.approx(before.start)  # start-up is now measured
+    t = next(t for t in task_times(cfg, RunDir(copy), plan) if (t.stage, t.index) == ("adam/001", 1))
+    assert t.source == "none" and t.spans == [] and t.start is None and t.done_at is None
 
 
 def test_queue_wait_counts_from_submission_or_the_previous_stage_end(copy: Path):

@@ -10,9 +10,9 @@ import torch
 
 from easlurm.errors import CheckpointError
 from easlurm.store import (
-    atomic_write_json, commit_checkpoint, load_checkpoint, load_verified, read_checkpoint_meta,
-    recover_checkpoint_dir, torch_bytes, verify_checkpoint_dir,
+    atomic_write_json, commit_checkpoint, read_checkpoint_meta, recover_checkpoint_dir, verify_checkpoint_dir,
 )
+from easlurm.tensor_files import load_checkpoint, load_verified, torch_bytes
 
 
 def test_atomic_write_leaves_no_temp_and_is_group_readable(tmp_path):

@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 import torch
 
+from conftest import stage_done, stage_progress
 from easlurm import factory, losses
 from easlurm.config import load_config
-from easlurm.errors import CheckpointError, TrainingError
+from easlurm.errors import CheckpointError, ConfigError, TrainingError
 from easlurm.population import (
     MemberMeta, load_member_file, member_file, preferences, read_member, write_member,
 )
-from easlurm.store import RunDir, load_verified, read_checkpoint_meta, sha256_file, verify_checkpoint_dir
-from easlurm.train import init as init_stage
+from easlurm.store import RunDir, read_checkpoint_meta, sha256_file, verify_checkpoint_dir
+from easlurm.tensor_files import load_verified
 from easlurm.train import member as member_stage
-from easlurm.train import pretrain as pretrain_stage
 from easlurm.train.init import init_population
 from easlurm.train.member import MemberStep, train_member
 from easlurm.train.mix import mix, normalised_mix, weighted_sum
@@ -145,8 +145,9 @@ def _assert_same_result(run_a: Path, run_b: Path, cycle: int, member: int) -> No
     _assert_equal_tree(fa, fb)  # G, D and both Adam states, to the bit
 
 
-def _cli(run: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "easlurm.train", "--run", str(run), *args]
+def _cli(run: Path, stage: str, index: int) -> list[str]:
+    """The one entry point of every task: ``python -m easlurm.orchestrate.runner RUN STAGE INDEX``."""
+    return [sys.executable, "-m", "easlurm.orchestrate.runner", str(run), stage, str(index)]
 
 
 def _wait_for_iteration(folder: Path, proc: subprocess.Popen, at_least: int, below: int) -> int:
@@ -180,7 +181,7 @@ def straight(tmp_path_factory: pytest.TempPathFactory, demo_shards: Path) -> Pat
     write_config(cfg, run, argv=["pytest"])
     pretrain(run)
     init_population(run)
-    subprocess.run(_cli(run, "--cycle", "0", "--member", "1"), check=True, capture_output=True, env=_ENV)
+    subprocess.run(_cli(run, "adam/000", 1), check=True, capture_output=True, env=_ENV)
     return run
 
 
@@ -188,7 +189,7 @@ def straight(tmp_path_factory: pytest.TempPathFactory, demo_shards: Path) -> Pat
 def test_exact_resume_after_sigkill(make_run, straight):
     killed = _started(make_run, INTERRUPT, "killed")
     folder = RunDir(killed).member(0, 1)
-    proc = subprocess.Popen(_cli(killed, "--cycle", "0", "--member", "1"), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_cli(killed, "adam/000", 1), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=_ENV)
     try:
         killed_at = _wait_for_iteration(folder, proc, 5, 16)
@@ -198,7 +199,7 @@ def test_exact_resume_after_sigkill(make_run, straight):
     assert proc.returncode == -signal.SIGKILL
     meta = read_member(folder)
     assert meta is not None and killed_at <= meta.iteration < 16 and not meta.done
-    resumed = subprocess.run(_cli(killed, "--cycle", "0", "--member", "1"), capture_output=True, text=True, env=_ENV)
+    resumed = subprocess.run(_cli(killed, "adam/000", 1), capture_output=True, text=True, env=_ENV)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming at iteration {meta.iteration}/16" in resumed.stdout
     _assert_same_result(straight, killed, 0, 1)
@@ -213,10 +214,11 @@ def test_exact_resume_after_sigkill(make_run, straight):
 def test_preemption_signal_commits_exits_128_plus_signal_and_resumes(make_run, straight, sig):
     pre = _started(make_run, INTERRUPT, "pre")
     folder = RunDir(pre).member(0, 1)
-    proc = subprocess.Popen(_cli(pre, "--cycle", "0", "--member", "1"), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_cli(pre, "adam/000", 1), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=_ENV)
     try:
         assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("[task] adam/000 member 01: ")  # the runner names the task
         line = proc.stdout.readline()  # printed inside the preemption handlers, just before the first iteration
         assert "starting at iteration 0/16" in line, line
         proc.send_signal(sig)
@@ -229,7 +231,7 @@ def test_preemption_signal_commits_exits_128_plus_signal_and_resumes(make_run, s
     meta = read_member(folder)
     assert meta is not None and 0 < meta.iteration < 16 and not meta.done  # committed on the signal
     assert verify_checkpoint_dir(folder)
-    subprocess.run(_cli(pre, "--cycle", "0", "--member", "1"), check=True, capture_output=True, env=_ENV)
+    subprocess.run(_cli(pre, "adam/000", 1), check=True, capture_output=True, env=_ENV)
     _assert_same_result(straight, pre, 0, 1)
 
 
@@ -259,7 +261,7 @@ def test_non_finite_weights_are_refused_before_the_checkpoint(make_run, monkeypa
     must not reach a checkpoint: the error names stage, member, iteration and tensor; the last good checkpoint
     stays as it was."""
     run = _started(make_run, ["adam.iters_per_cycle=8", "adam.checkpoint_every=3"])
-    real_step = member_stage._MemberTrainee.step
+    real_step = member_stage.MemberTrainee.step
 
     def step_then_poison(self, iteration):
         out = real_step(self, iteration)
@@ -268,7 +270,7 @@ def test_non_finite_weights_are_refused_before_the_checkpoint(make_run, monkeypa
                 self.s.g.conv_first.weight[0, 0, 0, 0] = float("inf")
         return out
 
-    monkeypatch.setattr(member_stage._MemberTrainee, "step", step_then_poison)
+    monkeypatch.setattr(member_stage.MemberTrainee, "step", step_then_poison)
     folder = RunDir(run).member(0, 1)
     with pytest.raises(TrainingError, match=r"^Adam phase of cycle 0, member 01: non-finite weights at iteration 6 "
                                             r"in G\.conv_first\.weight; not committed, the last checkpoint is kept$"):
@@ -276,7 +278,7 @@ def test_non_finite_weights_are_refused_before_the_checkpoint(make_run, monkeypa
     meta = read_member(folder)
     assert meta is not None and meta.iteration == 3 and not meta.done and verify_checkpoint_dir(folder)
     assert torch.isfinite(load_member_file(folder, meta, "G.pt")["conv_first.weight"]).all()
-    monkeypatch.setattr(member_stage._MemberTrainee, "step", real_step)
+    monkeypatch.setattr(member_stage.MemberTrainee, "step", real_step)
     assert train_member(run, 0, 1).done  # resumes from iteration 3
     # TensorBoard: the steps logged after the last commit (4-6) were dropped and logged again, each once.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -310,14 +312,14 @@ def test_tensorboard_scalars_and_images_read_back(make_run):
 
 def test_pretrain_stage_commits_resumes_and_skips(make_run):
     run = make_run(["pretrain.iters=3", "pretrain.checkpoint_every=2"])
-    assert not pretrain_stage.is_done(run) and pretrain_stage.progress(run) == 0
+    assert not stage_done(run, "pretrain") and stage_progress(run, "pretrain") == 0
     meta = pretrain(run)
     folder = RunDir(run).pretrain
-    assert meta["kind"] == "pretrain" and meta["done"] and meta["iteration"] == 3
-    assert set(meta["sha256"]) == {"G.pt", "optim.pt", "rng.pt"} and verify_checkpoint_dir(folder)
-    assert pretrain_stage.is_done(run) and pretrain_stage.progress(run) == 3
+    assert meta.kind == "pretrain" and meta.done and meta.iteration == 3 == meta.iters_target
+    assert set(meta.files["sha256"]) == {"G.pt", "optim.pt", "rng.pt"} and verify_checkpoint_dir(folder)
+    assert stage_done(run, "pretrain") and stage_progress(run, "pretrain") == 3
     before = {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir())}
-    assert pretrain(run)["done"]
+    assert pretrain(run).done
     assert {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir())} == before
     # The loaded G is a working generator for the configured architecture.
     g = factory.build_generator(load_config(run / "config.yaml"))
@@ -329,7 +331,7 @@ def test_init_stage_writes_the_start_population_once_with_one_generator_file(mak
     with pytest.raises(CheckpointError, match=r"pretrain: no finished pretraining \(run the pretrain stage first"):
         init_population(run)
     pretrain(run)
-    assert not init_stage.is_done(run)
+    assert not stage_done(run, "init")
     records = init_population(run)
     rd = RunDir(run)
     g_sha = read_checkpoint_meta(rd.pretrain)["sha256"]["G.pt"]
@@ -345,7 +347,7 @@ def test_init_stage_writes_the_start_population_once_with_one_generator_file(mak
         assert "optim.pt" not in m.files["sha256"]  # the first Adam phase starts with fresh moments
         ds.add(sha256_file(folder / "D.pt"))
     assert len(ds) == 3  # every slot its own discriminator
-    assert init_stage.is_done(run)
+    assert stage_done(run, "init")
     before = {i: (rd.start(0, i) / "meta.json").stat().st_mtime_ns for i in range(3)}
     assert init_population(run) == records
     assert {i: (rd.start(0, i) / "meta.json").stat().st_mtime_ns for i in range(3)} == before
@@ -359,7 +361,7 @@ def test_member0_not_adam_trained_finishes_at_once_by_reference(make_run, mode):
     meta = train_member(run, 0, 0)
     folder = rd.member(0, 0)
     assert meta.done and meta.kind == "member" and meta.iteration == 0 and meta.mode == mode
-    assert meta.trained_from == "cycles/000/start/00" and member_stage.is_done(run, 0, 0)
+    assert meta.trained_from == "cycles/000/start/00" and stage_done(run, "adam", cycle=0, member=0)
     assert sorted(p.name for p in folder.iterdir()) == ["meta.json"]  # no copies: references only
     assert start is not None and set(meta.files["sha256"]) == set(start.files["sha256"])
     for name in meta.files["sha256"]:
@@ -409,7 +411,7 @@ def test_first_and_final_phase_lengths_and_generator_moment_reset(make_run, rese
     steps_g = {int(s["step"]) for s in optim["g"]["state"].values()}
     steps_d = {int(s["step"]) for s in optim["d"]["state"].values()}
     assert steps_g == ({2} if reset_g else {6}) and steps_d == {6}  # D keeps its moments across the EA phase
-    with pytest.raises(CheckpointError, match=r"cycle 2: the run's Adam phases are cycles 0\.\.1"):
+    with pytest.raises(ConfigError, match=r"cycle 2: the run's Adam phases are cycles 0\.\.1"):
         train_member(run, 2, 1)
     # TensorBoard steps continue across phases: 1..4, then 5..6.
     acc = EventAccumulator(str(RunDir(run).tb / "member_01"), size_guidance={"scalars": 0})
@@ -419,25 +421,25 @@ def test_first_and_final_phase_lengths_and_generator_moment_reset(make_run, rese
 
 def test_without_final_phase_the_last_cycle_has_no_adam_phase(make_run):
     run = _started(make_run, ["run.cycles=1", "adam.final_phase=false"])
-    with pytest.raises(CheckpointError, match=r"cycle 1: the run's Adam phases are cycles 0\.\.0"):
+    with pytest.raises(ConfigError, match=r"cycle 1: the run's Adam phases are cycles 0\.\.0"):
         train_member(run, 1, 0)
 
 
 def test_member_progress_and_done_checks(make_run):
     run = _started(make_run, ["adam.iters_per_cycle=5", "adam.checkpoint_every=2"])
-    assert member_stage.progress(run, 0, 2) == 0 and not member_stage.is_done(run, 0, 2)
+    assert stage_progress(run, "adam", cycle=0, member=2) == 0 and not stage_done(run, "adam", cycle=0, member=2)
     meta = train_member(run, 0, 2)
-    assert member_stage.progress(run, 0, 2) == 5 and member_stage.is_done(run, 0, 2)
+    assert stage_progress(run, "adam", cycle=0, member=2) == 5 and stage_done(run, "adam", cycle=0, member=2)
     # A missing file makes the phase not done (the stage would redo it from its checkpoint).
     (RunDir(run).member(0, 2) / "D.pt").unlink()
-    assert not member_stage.is_done(run, 0, 2) and meta.iteration == 5
+    assert not stage_done(run, "adam", cycle=0, member=2) and meta.iteration == 5
 
 
 def test_cli_reports_bad_arguments_in_one_line(make_run):
     run = make_run()
-    res = subprocess.run(_cli(run, "--cycle", "0", "--member", "7"), capture_output=True, text=True, env=_ENV)
-    assert res.returncode == 2 and res.stderr == "easlurm.train: error: member 7: the population has members 0..2\n"
-    res = subprocess.run(_cli(run, "--cycle", "0", "--member", "0"), capture_output=True, text=True, env=_ENV)
+    res = subprocess.run(_cli(run, "adam/000", 7), capture_output=True, text=True, env=_ENV)
+    assert res.returncode == 2 and res.stderr == "easlurm: error: stage adam/000 has tasks 0..2, not 7\n"
+    res = subprocess.run(_cli(run, "adam/000", 0), capture_output=True, text=True, env=_ENV)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert "cycles/000/start/00: not found (written by the init stage)" in res.stderr
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from easlurm.config import load_config, write_config
-from easlurm.models.registry import build_generator
+from easlurm.models.specs import build_generator
 from easlurm.upscale import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def lr_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny MSRResNet (receptive field ≈ 5 LR px) with perturbed weights, saved as a plain state dict."""
     torch.manual_seed(5)
-    g = build_generator("msrresnet", num_feat=8, num_block=1, upscale=4)
+    g = build_generator("msrresnet", scale=4, num_feat=8, num_block=1)
     with torch.no_grad():
         for p in g.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -66,7 +66,7 @@ def test_every_image_is_upscaled_by_scale_with_the_same_stem(lr_dir, tiny_model,
 def test_output_is_the_network_applied_to_the_image(lr_dir, tiny_model, tmp_path):
     out = tmp_path / "sr"
     assert main(["--model", str(tiny_model), "--input", str(lr_dir), "--output", str(out), *TINY_FLAGS]) == 0
-    g = build_generator("msrresnet", num_feat=8, num_block=1, upscale=4).eval()
+    g = build_generator("msrresnet", scale=4, num_feat=8, num_block=1).eval()
     g.load_state_dict(torch.load(tiny_model, weights_only=True))
     lr = np.array(Image.open(lr_dir / "b_face.png").convert("RGB"))
     with torch.no_grad():

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["imresize", "bicubic_downscale", "bicubic_upscale", "torch_bicubic_downscale", "cubic", "contributions"]
 
@@ -165,6 +168,8 @@ def torch_bicubic_downscale(x: torch.Tensor, scale: int, quantize: bool = True) 
     ``bicubic_downscale(uint8 image) / 255`` — the LR that offline shards hold.
     """
     s = _check_int_scale(scale)
+    import torch  # only here: shard building (numpy) must not need torch
+
     if not torch.is_tensor(x) or not x.is_floating_point():
         raise ValueError("torch_bicubic_downscale: expected a floating-point tensor")
     squeeze = x.dim() == 3

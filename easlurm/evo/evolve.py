@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..config import EAConfig
-from ..rng import derive_seed
+from ..rng import SEED_TAG_CHILD, derive_seed
 from . import EvoError
 from .operators import Genome, choose_partner, gaussian_mutation, sbx_child
 from .pareto import hypervolume
@@ -32,7 +32,7 @@ __all__ = ["SEED_TAG", "HV_REF_FACTOR", "SELECTIONS", "EAState", "Context", "chi
 log = logging.getLogger("easlurm.evo")
 
 #: Last part of every child's seed: ``derive_seed(run.seed, cycle, generation, slot, SEED_TAG)``.
-SEED_TAG = 0xEA
+SEED_TAG = SEED_TAG_CHILD
 #: Hypervolume reference point = HV_REF_FACTOR × the initial population's per-objective maximum, fixed for the
 #: whole phase so the per-generation values are comparable (objectives are >= 0, so this lies beyond every member).
 HV_REF_FACTOR = 1.1

@@ -22,14 +22,11 @@ result is byte-identical to an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 import logging
 import os
 import shutil
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -38,17 +35,15 @@ import torch
 
 from .. import factory
 from ..config import Config, load_run_config
+from ..engine.context import StageContext, stage_context
 from ..errors import CheckpointError, ConfigError
-from ..leases import Lease, held
-from ..population import (
-    MemberMeta, member_complete, member_file, read_member, require_member, slot_mode, write_member,
-)
-from ..runtime import AttemptLog, pick_device, tb_writer
+from ..leases import Lease
+from ..population import MemberMeta, member_file, require_member, slot_mode, write_member
+from ..stages.ea import RECORD_FILES, EADone, done_record
 from ..store import (
-    FileRef, RunDir, atomic_write_bytes, atomic_write_json, commit_checkpoint, load_verified, read_checkpoint_meta,
-    read_json, sha256_file, torch_bytes,
+    FileRef, RunDir, atomic_write_bytes, atomic_write_json, commit_checkpoint, read_checkpoint_meta, sha256_file,
 )
-from ..train.preempt import Preemption
+from ..tensor_files import load_verified, torch_bytes
 from .evolve import HV_REF_FACTOR, EAState, distinct_genomes, evolve
 from .objectives import OBJECTIVE_NAMES, FitnessSet, Objectives
 from .operators import Genome
@@ -56,71 +51,9 @@ from .pareto import hypervolume
 from .plot import plot_front
 from .selection import MoeadState
 
-__all__ = ["EADone", "run_ea", "is_done", "progress", "RECORD_FILES"]
+__all__ = ["run_ea"]
 
 log = logging.getLogger("easlurm.evo")
-
-RECORD_FILES = ("fitness.json", "front.png", "lineage.jsonl")
-
-
-@dataclass
-class EADone:
-    """``cycles/C/ea/done.json``: the EA phase's commit record (the only reader and writer is this module)."""
-    cycle: int
-    files: dict[str, str]                 # record file → sha256
-    starts: dict[str, str]                # "JJ" → sha256 of cycles/C+1/start/JJ/meta.json
-    hypervolume_initial: float
-    hypervolume_final: float
-    distinct_final: int
-    evaluations: int
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    kind: str = "ea"
-    schema: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def read(cls, path: Path) -> EADone | None:
-        try:
-            d = read_json(path)
-            if d.get("schema") != 1 or d.get("kind") != "ea":
-                return None
-            return cls(**d)
-        except (CheckpointError, TypeError, AttributeError):
-            return None
-
-
-def _done_record(run: RunDir, cycle: int, n: int) -> EADone | None:
-    """The EA phase's done record when it and everything it lists are intact, else None."""
-    done = EADone.read(run.ea(cycle) / "done.json")
-    if done is None or sorted(done.starts) != [f"{j:02d}" for j in range(n)]:
-        return None
-    for name, sha in sorted(done.files.items()):
-        p = run.ea(cycle) / name
-        if not p.is_file() or sha256_file(p) != sha:
-            return None
-    for key, sha in sorted(done.starts.items()):
-        folder = run.start(cycle + 1, int(key))
-        meta = folder / "meta.json"
-        if not meta.is_file() or sha256_file(meta) != sha or not member_complete(folder, "start"):
-            return None
-    return done
-
-
-def is_done(run_dir: str | Path, cycle: int) -> bool:
-    """Whether the EA phase of ``cycle`` is complete (the same check the job makes before it starts)."""
-    run = RunDir(run_dir)
-    return _done_record(run, cycle, load_run_config(run.root).population.size) is not None
-
-
-def progress(run_dir: str | Path, cycle: int) -> int:
-    """Generations of the EA phase committed in its last checkpoint (0 without one)."""
-    try:
-        meta = read_checkpoint_meta(RunDir(run_dir).ea(cycle) / "progress")
-    except CheckpointError:
-        return 0
-    return int(meta.get("generation", 0)) if meta else 0
 
 
 @contextlib.contextmanager
@@ -162,7 +95,7 @@ def _save_progress(folder: Path, st: EAState, F0: np.ndarray, evaluations: int, 
                                "rows.jsonl": "".join(json.dumps(r, sort_keys=True) + "\n"
                                                      for r in st.rows).encode("utf-8"),
                                "state.json": json.dumps(state, sort_keys=True).encode("utf-8")},
-                      {"kind": "ea-progress", "generation": st.generation})
+                      {"kind": "ea-progress", "generation": st.generation, "attempts": attempts})
     log.info("EA checkpoint after generation %d (%s)", st.generation, folder)
 
 
@@ -205,30 +138,28 @@ def run_ea(run_dir: str | os.PathLike[str], cycle: int, device: str | None = Non
     ``device`` defaults to CUDA when available, else CPU. Raises :class:`CheckpointError` naming the member folder
     when a cycle-C member is missing, corrupt or unfinished, and :class:`ConfigError` for unusable settings.
     """
-    started = time.time()
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)
     n = cfg.population.size
     ea = cfg.ea
     if not 0 <= cycle < cfg.run.cycles:
-        raise CheckpointError(f"cycle {cycle}: the run's EA phases are cycles 0..{cfg.run.cycles - 1}")
+        raise ConfigError(f"cycle {cycle}: the run's EA phases are cycles 0..{cfg.run.cycles - 1}")
     if ea.p_crossover > 0 and ea.p_global_partner < 1 and min(ea.neighbourhood, n) < 2:
         raise ConfigError(f"ea.neighbourhood: {ea.neighbourhood} leaves no crossover partner inside B(i); use >= 2")
-    done = _done_record(run, cycle, n)
+    done = done_record(cfg, run, cycle, full=True)
     if done is not None:
         log.info("cycle %d EA phase already complete (%s)", cycle, run.ea(cycle) / "done.json")
         return done
-    with Preemption() as pre, held(run.ea(cycle), f"EA phase of cycle {cycle}", cfg.executor.lease_s) as lease:
-        return _run_ea(run, cfg, cycle, device, pre, lease, started)
+    with stage_context(run, cfg, run.ea(cycle), f"EA phase of cycle {cycle}", device) as ctx:
+        return _run_ea(ctx, cycle)
 
 
-def _run_ea(run: RunDir, cfg: Config, cycle: int, device: str | None, pre: Preemption, lease: Lease,
-            started: float) -> EADone:
+def _run_ea(ctx: StageContext, cycle: int) -> EADone:
+    run, cfg, dev, pre, lease = ctx.run, ctx.cfg, ctx.device, ctx.preempt, ctx.lease
     n, ea = cfg.population.size, cfg.ea
     hint = f"written by the Adam phase of cycle {cycle}"
     members = [(run.member(cycle, j), require_member(run.member(cycle, j), "member", ("G.pt", "D.pt"), hint))
                for j in range(n)]
-    dev = pick_device(device)
     progress = run.ea(cycle) / "progress"
     with _deterministic_cudnn():
         model = factory.build_generator(cfg).to(dev).eval()
@@ -258,14 +189,14 @@ def _run_ea(run: RunDir, cfg: Config, cycle: int, device: str | None, pre: Preem
         else:
             st, F0, before, earlier = resumed
             log.info("cycle %d EA phase: resuming after generation %d", cycle, st.generation)
-        attempt = AttemptLog(earlier, st.generation, dev, started)
+        attempt = ctx.attempt_log(earlier, st.generation)
         attempt.loop_started()
         weights = np.array([m.preference for _, m in members], dtype=np.float64)
         fixed = [j for j in range(n) if slot_mode(cfg, j) == "frozen"]
         log.info("cycle %d EA phase: %d members, %d generations, %s selection, %d fitness tiles, on %s",
                  cycle, n, ea.generations, ea.selection, len(fitness), dev)
         step0 = cycle * ea.generations
-        tb = tb_writer(run.tb / "ea", purge_step=step0 + st.generation + 1)
+        tb = ctx.writer(run.tb / "ea", purge_step=step0 + st.generation + 1)
 
         def on_generation(g: int, s: EAState) -> None:
             step = step0 + g + 1
@@ -285,15 +216,11 @@ def _run_ea(run: RunDir, cfg: Config, cycle: int, device: str | None, pre: Preem
                 tb.close()
                 pre.finish()
 
-        try:
-            evolve(st, weights, ea, cycle=cycle, run_seed=cfg.run.seed, fixed=fixed, evaluate=objective,
-                   on_generation=on_generation)
-            record = _write_outputs(run, cfg, cycle, members, st, F0, fitness, perceptual, before + objective.calls,
-                                    attempt.entries(st.generation), lease)
-            png = (run.ea(cycle) / "front.png").read_bytes()
-            _tb_front(tb, png, step0 + ea.generations)
-        finally:
-            tb.close()
+        evolve(st, weights, ea, cycle=cycle, run_seed=cfg.run.seed, fixed=fixed, evaluate=objective,
+               on_generation=on_generation)
+        record = _write_outputs(run, cfg, cycle, members, st, F0, fitness, perceptual, before + objective.calls,
+                                attempt.entries(st.generation), lease)
+        _tb_front(tb, (run.ea(cycle) / "front.png").read_bytes(), step0 + ea.generations)
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(progress)
     return record
@@ -368,24 +295,13 @@ def _write_outputs(run: RunDir, cfg: Config, cycle: int, members: list[tuple[Pat
     png = plot_front(F0, st.F, st.children_array, f"EA phase of cycle {cycle} ({ea.selection}, {ea.generations} "
                                                   f"generations, N={n})")
     atomic_write_bytes(ea_dir / "front.png", png)
-    done = EADone(cycle=cycle, files={name: sha256_file(ea_dir / name) for name in RECORD_FILES}, starts=starts,
+    done = EADone(cycle=cycle, outputs={name: sha256_file(ea_dir / name) for name in RECORD_FILES},
+                  sizes={name: (ea_dir / name).stat().st_size for name in RECORD_FILES}, starts=starts,
                   hypervolume_initial=hv0, hypervolume_final=st.hypervolume[-1] if st.hypervolume else hv0,
-                  distinct_final=distinct_genomes(st.refs), evaluations=evaluations, attempts=attempts)
+                  distinct_final=distinct_genomes(st.refs), evaluations=evaluations, attempts=attempts,
+                  iteration=st.generation, iters_target=ea.generations)
     lease.check()
     atomic_write_json(ea_dir / "done.json", done.to_dict())
     log.info("cycle %d EA phase done: hypervolume %.6g → %.6g, %d distinct genomes, %d evaluations", cycle,
              done.hypervolume_initial, done.hypervolume_final, done.distinct_final, evaluations)
     return done
-
-
-def read_done(run: RunDir, cycle: int) -> EADone | None:
-    """The EA phase's done record as written (for status and reports; not verified)."""
-    return EADone.read(run.ea(cycle) / "done.json")
-
-
-def start_record(run: RunDir, cycle: int, slot: int) -> MemberMeta | None:
-    """Slot ``slot``'s start entry of ``cycle`` (for status and reports)."""
-    try:
-        return read_member(run.start(cycle, slot))
-    except CheckpointError:
-        return None

@@ -30,10 +30,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -41,73 +39,26 @@ import torch.nn as nn
 
 from .. import factory, losses, rng
 from ..config import Config, load_run_config
+from ..engine.context import StageContext, load_optimizers, loader, resume, stage_context, train
+from ..engine.data import batches
+from ..engine.loop import Cadence
 from ..errors import CheckpointError, ConfigError
-from ..leases import held
+from ..models.specs import generator_spec
 from ..population import final_cycle, final_members, load_member_file
-from ..runtime import AttemptLog, cpu_state, optimizer_state_cpu, pick_device, tb_writer
-from ..store import RunDir, checkpoint_intact, commit_checkpoint, load_verified, read_checkpoint_meta, torch_bytes
-from ..train.loop import Cadence, run_loop
-from ..train.member import batches, load_optimizers
-from ..train.preempt import Preemption
+from ..runtime import cpu_state, optimizer_state_cpu
+from ..stages.fuse import FusionMeta, read_record
+from ..store import RunDir, checkpoint_intact, commit_checkpoint
+from ..tensor_files import torch_bytes
 from .dynamic import attention_parameters, average_attention, dynamic_layers, make_dynamic
-from .merge import merge_from_dynamic
+from .collapse import merge_from_dynamic
 
-__all__ = ["ATTENTION_KEY", "FusionMeta", "run_fusion", "is_done", "progress", "distinct_experts", "build_fusion_model",
-           "attention_state", "average_set", "averaging_crops", "fusion_step"]
+__all__ = ["ATTENTION_KEY", "run_fusion", "distinct_experts", "build_fusion_model", "attention_state", "average_set",
+           "averaging_crops", "fusion_step", "FusionTrainee"]
 
 log = logging.getLogger("easlurm.fuse")
 
+#: What names the attention branches' entries in the dynamic model's state dict.
 ATTENTION_KEY = ".attention."
-SEED_TAG = 0xF05E  # separates the fusion stage's seeds from the members' (cycle, slot) seeds
-
-
-@dataclass
-class FusionMeta:
-    """``RUN/fusion/meta.json`` (the store adds sha256/size)."""
-    iteration: int
-    iters_target: int
-    experts_sha256: list[str]          # distinct experts' G.pt sha256, in the order of the dynamic model
-    slot_expert: list[int]             # final slot → index into experts_sha256
-    experts_cycle: int
-    discriminator_from: int
-    done: bool = False
-    val_ids: list[str] = field(default_factory=list)
-    attention_layers: int = 0
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    kind: str = "fusion"
-    schema: int = 1
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: Path) -> FusionMeta:
-        if d.get("schema") != 1 or d.get("kind") != "fusion":
-            raise CheckpointError(f"{where}: not a fusion record of this easlurm version")
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def _read_meta(run: RunDir, recover: bool = False) -> tuple[FusionMeta, dict[str, Any]] | None:
-    raw = read_checkpoint_meta(run.fusion, recover=recover)
-    return None if raw is None else (FusionMeta.from_dict(raw, run.fusion / "meta.json"), raw)
-
-
-def is_done(run_dir: str | Path) -> bool:
-    """Whether fusion finished: record done, ``fused.pt`` listed and every file intact (size check)."""
-    run = RunDir(run_dir)
-    try:
-        got = _read_meta(run)
-    except CheckpointError:
-        return False
-    return (got is not None and got[0].done and "fused.pt" in got[1].get("sha256", {})
-            and checkpoint_intact(run.fusion, got[1]))
-
-
-def progress(run_dir: str | Path) -> int:
-    """Committed fusion iterations."""
-    try:
-        got = _read_meta(RunDir(run_dir))
-    except CheckpointError:
-        return 0
-    return 0 if got is None else got[0].iteration
 
 
 def distinct_experts(shas: list[str]) -> tuple[list[int], list[int]]:
@@ -177,7 +128,8 @@ def average_set(cfg: Config) -> Path:
 
 
 def averaging_crops(cfg: Config) -> tuple[list[str], Iterator[torch.Tensor]]:
-    """The attention-averaging set: ids and (lazily) 1×3×h×w LR centre crops (half height and width), RGB in [0, 1].
+    """The attention-averaging set: ids and (lazily) 1×3×h×w LR centre crops (half height and width, rounded down to
+    the backbone's input multiple), RGB in [0, 1].
 
     The first ``fusion.average_images`` entries (sorted ids) of :func:`average_set`.
     """
@@ -185,12 +137,13 @@ def averaging_crops(cfg: Config) -> tuple[list[str], Iterator[torch.Tensor]]:
 
     reader = ShardReader(average_set(cfg), scale=cfg.data.scale)
     ids = list(reader.ids)[: cfg.fusion.average_images]
+    m = generator_spec(cfg.model.arch).input_multiple(cfg.data.scale)  # sides the backbone can take
 
     def crops() -> Iterator[torch.Tensor]:
         try:
             for eid in ids:
                 h, w = reader.entries[eid]["lr_shape"][:2]
-                ch, cw = max(1, h // 2), max(1, w // 2)
+                ch, cw = max(m, h // 2 // m * m), max(m, w // 2 // m * m)
                 y, x = (h - ch) // 2, (w - cw) // 2
                 yield to_tensor(reader.read(eid, "lr", y, x, ch, cw)).unsqueeze(0)
         finally:
@@ -207,8 +160,7 @@ def fusion_step(cfg: Config, model: nn.Module, d: nn.Module, perceptual: nn.Modu
     sr = model(lr)
     l1 = losses.l1_loss(sr, hr)
     perc = perceptual(sr, hr)
-    d_real = d(hr).detach() if losses.needs_real_logits(kind) else None
-    gan = losses.gan_g_loss(kind, d(sr), d_real)
+    gan = losses.generator_gan_loss(kind, d, sr, hr)
     total = cfg.fusion.l1_weight * l1 + cfg.loss.perceptual_weight * perc + cfg.loss.gan_weight * gan
     opt_att.zero_grad(set_to_none=True)
     total.backward()
@@ -225,18 +177,21 @@ def fusion_step(cfg: Config, model: nn.Module, d: nn.Module, perceptual: nn.Modu
             "d": l_d.detach()}
 
 
-class _FusionTrainee:
+class FusionTrainee:
+    """The attention branches and the fusion discriminator, as :func:`easlurm.engine.loop.run_loop` drives them."""
     where = "fusion"
 
     def __init__(self, cfg: Config, model: nn.Module, d: nn.Module, perceptual: nn.Module,
-                 opt_att: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
-                 data: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device):
-        self.cfg, self.model, self.d, self.perceptual = cfg, model, d, perceptual
-        self.opt_att, self.opt_d, self.data, self.device = opt_att, opt_d, data, device
+                 opt_att: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, device: torch.device,
+                 folder: Path = Path("fusion")):
+        self.cfg, self.model, self.d, self.perceptual, self.folder = cfg, model, d, perceptual, folder
+        self.opt_att, self.opt_d, self.device = opt_att, opt_d, device
+        self.data: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
         f = cfg.fusion
         self.base = (f.lr, f.d_lr or f.lr)
 
     def step(self, iteration: int) -> dict[str, torch.Tensor]:
+        assert self.data is not None
         # MultiStep schedule as a pure function of the iteration, so a resumed run needs no scheduler state.
         decay = self.cfg.fusion.gamma ** sum(1 for m in self.cfg.fusion.milestones if m <= iteration)
         for opt, base in zip((self.opt_att, self.opt_d), self.base):
@@ -254,77 +209,72 @@ class _FusionTrainee:
                 "optim.pt": torch_bytes({"att": optimizer_state_cpu(self.opt_att),
                                          "d": optimizer_state_cpu(self.opt_d)})}
 
+    def load_files(self, load: Callable[[str], Any]) -> None:
+        _load_attention_state(self.model, load("attention.pt"), self.folder / "attention.pt")
+        self.d.load_state_dict(load("D.pt"))
+        load_optimizers(load("optim.pt"), {"att": self.opt_att, "d": self.opt_d})
+
     def sample_image(self) -> torch.Tensor | None:
         return None
 
 
 def run_fusion(run_dir: str | Path, device: str | None = None) -> FusionMeta:
     """Train (or resume, or skip) the fusion stage of a run; return its record (preemption as for members)."""
-    started = time.time()
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)
     average_set(cfg)  # a refused averaging set must not cost the whole fusion training first
-    with Preemption() as pre, held(run.fusion, "fusion", cfg.executor.lease_s) as lease:
-        got = _read_meta(run, recover=True)  # the fusion stage owns RUN/fusion
-        if got is not None and got[0].done and checkpoint_intact(run.fusion, got[1], full=True):
-            log.info("fusion already complete (%s)", run.fusion / "fused.pt")
-            return got[0]
-        finals = final_members(cfg, run)
-        shas = [m.files["sha256"]["G.pt"] for _, m in finals]
-        unique, slot_expert = distinct_experts(shas)
-        expert_sha = [shas[k] for k in unique]
-        target, batch = cfg.fusion.iters, cfg.fusion.batch_size
-        d_slot = cfg.fusion.discriminator_from % cfg.population.size
-        if got is not None and got[0].experts_sha256 != expert_sha:
-            raise CheckpointError(f"{run.fusion}: the fusion checkpoint was made from other experts than the current "
-                                  f"final population (cycle {final_cycle(cfg)}); delete {run.fusion} to fuse again")
-        dev = pick_device(device)
-        torch.manual_seed(rng.derive_seed(cfg.run.seed, SEED_TAG))
-        model = build_fusion_model(cfg, [load_member_file(finals[k][0], finals[k][1], "G.pt") for k in unique])
-        d = factory.build_discriminator(cfg)
-        if got is None:
-            d.load_state_dict(load_member_file(finals[d_slot][0], finals[d_slot][1], "D.pt"))
-            meta = FusionMeta(0, target, expert_sha, slot_expert, final_cycle(cfg), d_slot)
-            saved = None
-        else:
-            meta, raw = got
-            _load_attention_state(model, load_verified(run.fusion, "attention.pt", raw), run.fusion / "attention.pt")
-            d.load_state_dict(load_verified(run.fusion, "D.pt", raw))
-            saved = load_verified(run.fusion, "optim.pt", raw)
-        model.to(dev).train()
-        d.to(dev).train()
-        f = cfg.fusion
-        opt_att = torch.optim.Adam(attention_parameters(model), lr=f.lr, betas=(f.betas[0], f.betas[1]))
-        opt_d = torch.optim.Adam(d.parameters(), lr=f.d_lr or f.lr, betas=(f.betas[0], f.betas[1]))
-        load_optimizers(saved, {"att": opt_att, "d": opt_d})
-        it0 = meta.iteration
-        perceptual = factory.build_perceptual(cfg).to(dev)
-        if got is not None:
-            rng.restore(load_verified(run.fusion, "rng.pt", got[1]))
-        tb = tb_writer(run.tb / "fusion", purge_step=it0 + 1)
-        record = meta
-        attempt = AttemptLog(meta.attempts, it0, dev, started)
+    with stage_context(run, cfg, run.fusion, "fusion", device) as ctx:
+        return _run_fusion(ctx)
 
-        def commit(done: int, files: dict[str, bytes]) -> None:
-            nonlocal record
-            lease.check()
-            record = dataclasses.replace(record, iteration=done, attempts=attempt.entries(done))
-            commit_checkpoint(run.fusion, files, dataclasses.asdict(record))
 
-        try:
-            if it0 < target:
-                data = batches(factory.data_dirs(cfg).train, cfg, batch,
-                               rng.derive_seed(cfg.run.seed, SEED_TAG, 0xDA7A), start_index=it0 * batch,
-                               total=target * batch, num_workers=cfg.data.num_workers)
-                trainee = _FusionTrainee(cfg, model, d, perceptual, opt_att, opt_d, data, dev)
-                run_loop(trainee, start=it0, cadence=Cadence(target, f.checkpoint_every, f.log_every), commit=commit,
-                         tb=tb, preempt=pre,
-                         extra_scalars=lambda: {"lr/attention": float(opt_att.param_groups[0]["lr"])},
-                         attempt=attempt)
-            lease.check()
-            return _finish(cfg, run, model, dataclasses.replace(record, attempts=attempt.entries(target)), tb)
-        finally:
-            tb.close()
+def _run_fusion(ctx: StageContext) -> FusionMeta:
+    run, cfg = ctx.run, ctx.cfg
+    got = read_record(cfg, run, recover=True)  # the fusion stage owns RUN/fusion
+    if got is not None and got.done and checkpoint_intact(run.fusion, got.store, full=True):
+        log.info("fusion already complete (%s)", run.fusion / "fused.pt")
+        return got
+    finals = final_members(cfg, run)
+    shas = [m.files["sha256"]["G.pt"] for _, m in finals]
+    unique, slot_expert = distinct_experts(shas)
+    expert_sha = [shas[k] for k in unique]
+    f = cfg.fusion
+    target, batch = f.iters, f.batch_size
+    d_slot = f.discriminator_from % cfg.population.size
+    if got is not None and got.experts_sha256 != expert_sha:
+        raise CheckpointError(f"{run.fusion}: the fusion checkpoint was made from other experts than the current "
+                              f"final population (cycle {final_cycle(cfg)}); delete {run.fusion} to fuse again")
+    torch.manual_seed(rng.derive_seed(cfg.run.seed, rng.SEED_TAG_FUSION))
+    model = build_fusion_model(cfg, [load_member_file(finals[k][0], finals[k][1], "G.pt") for k in unique])
+    d = factory.build_discriminator(cfg)
+    model.to(ctx.device).train()
+    d.to(ctx.device).train()
+    opt_att = torch.optim.Adam(attention_parameters(model), lr=f.lr, betas=(f.betas[0], f.betas[1]))
+    opt_d = torch.optim.Adam(d.parameters(), lr=f.d_lr or f.lr, betas=(f.betas[0], f.betas[1]))
+    trainee = FusionTrainee(cfg, model, d, factory.build_perceptual(cfg).to(ctx.device), opt_att, opt_d, ctx.device,
+                            run.fusion)
+    if got is None:
+        d.load_state_dict(load_member_file(finals[d_slot][0], finals[d_slot][1], "D.pt"))
+        record = FusionMeta(iters_target=target, experts_sha256=expert_sha, slot_expert=slot_expert,
+                            experts_cycle=final_cycle(cfg), discriminator_from=d_slot)
+    else:
+        record = got
+        resume(trainee, loader(run.fusion, record))
+    it0 = record.iteration
+    if it0 < target:
+        trainee.data = batches(factory.data_dirs(cfg).train, cfg, batch,
+                               rng.derive_seed(cfg.run.seed, rng.SEED_TAG_FUSION, rng.SEED_TAG_DATA),
+                               start_index=it0 * batch, total=target * batch, num_workers=cfg.data.num_workers)
+
+    def save(rec: FusionMeta, files: dict[str, bytes]) -> FusionMeta:
+        return FusionMeta.from_dict(commit_checkpoint(run.fusion, files, rec.to_dict()), run.fusion / "meta.json")
+
+    tb = ctx.writer(run.tb / "fusion", purge_step=it0 + 1)
+    attempt = ctx.attempt_log(record.attempts, it0)
+    record = train(ctx, trainee, record, save, Cadence(target, f.checkpoint_every, f.log_every),
+                   tb_folder=run.tb / "fusion", tb=tb, attempt=attempt,
+                   extra_scalars=lambda: {"lr/attention": float(opt_att.param_groups[0]["lr"])})
+    ctx.lease.check()
+    return _finish(cfg, run, model, dataclasses.replace(record, attempts=attempt.entries(target)), tb)
 
 
 def _normalised(averages: dict[str, np.ndarray]) -> dict[str, list[float]]:
@@ -362,8 +312,8 @@ def _finish(cfg: Config, run: RunDir, model: nn.Module, meta: FusionMeta, tb: An
     tb.flush()
     files = {"attention.json": (json.dumps(per_slot, indent=2) + "\n").encode("utf-8"),
              "fused.pt": torch_bytes(merged)}
-    meta = dataclasses.replace(meta, done=True, val_ids=ids, attention_layers=len(layer_names))
-    commit_checkpoint(run.fusion, files, dataclasses.asdict(meta))
+    meta = dataclasses.replace(meta, done=True, average_ids=ids, attention_layers=len(layer_names))
+    meta = FusionMeta.from_dict(commit_checkpoint(run.fusion, files, meta.to_dict()), run.fusion / "meta.json")
     log.info("fusion done: %s (%d layers, %d distinct experts, averaged over %d training crops)",
              run.fusion / "fused.pt", len(layer_names), len(meta.experts_sha256), len(ids))
     return meta

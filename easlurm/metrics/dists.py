@@ -39,7 +39,7 @@ from torch import nn
 
 from ..assets import MissingWeightsError, WeightsMismatchError, conv_trunk_state_dict
 from ..errors import EaslurmError
-from ..store import load_checkpoint
+from ..tensor_files import load_checkpoint
 
 __all__ = ["DISTS_WEIGHTS_SHA256", "DISTSNet", "DISTSMetric", "Feature", "dists_weights_file", "load_alpha_beta"]
 

@@ -1,23 +1,8 @@
 """SR backbones (MSRResNet, RRDBNet), the VGG-style discriminator, perceptual feature nets and weight loading.
 
 All image tensors are NCHW RGB float, nominally in [0, 1]; parameter names follow BasicSR so its checkpoints load.
+:mod:`easlurm.models.specs` is the torch-free registry of backbones (what config validation, the factory, inference
+and ``upscale`` know of each); the networks are in their own modules. This package file imports nothing, so the
+registry can be read on a machine without torch.
 """
 from __future__ import annotations
-
-from .checkpoint_io import load_generator_weights
-from .discriminator import VGGStyleDiscriminator
-from .features import VGGFeatureExtractor, resolve_vgg
-from .registry import build_discriminator, build_generator
-from .rrdb import RRDBNet
-from .srresnet import MSRResNet
-
-__all__ = [
-    "MSRResNet",
-    "RRDBNet",
-    "VGGStyleDiscriminator",
-    "VGGFeatureExtractor",
-    "resolve_vgg",
-    "build_generator",
-    "build_discriminator",
-    "load_generator_weights",
-]

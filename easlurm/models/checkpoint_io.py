@@ -5,8 +5,9 @@ Accepted file layouts (all read with ``torch.load(weights_only=True)``, never ar
 * a dict holding ``params_ema`` (preferred — BasicSR's EMA weights) and/or ``params``;
 * a bare state dict ``{name: tensor}``.
 
-Keys written by ``nn.DataParallel`` (``module.`` prefix) are unwrapped. Checkpoints from the original ESRGAN
-repository (``RRDB_trunk.N.RDBk``, ``trunk_conv``, ``upconv1/2``, ``HRconv``) are renamed to BasicSR names.
+Keys written by ``nn.DataParallel`` (``module.`` prefix) are unwrapped. Keys of other code bases are renamed as the
+backbone's spec says (:attr:`easlurm.models.specs.GeneratorSpec.renames`: the original ESRGAN repository's
+``RRDB_trunk.N.RDBk``, ``trunk_conv``, ``upconv1/2``, ``HRconv`` for RRDBNet).
 Loading is strict: any missing, unexpected or mis-shaped key raises :class:`~easlurm.errors.CheckpointError`.
 """
 from __future__ import annotations
@@ -14,28 +15,18 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..store import load_checkpoint
+from ..tensor_files import load_checkpoint
 
 __all__ = ["extract_state_dict", "load_generator_weights"]
 
 _PREFERRED_KEYS = ("params_ema", "params")
 _SHOW = 5
-
-# Original ESRGAN repo (xinntao/ESRGAN) names → BasicSR names.
-_OLD_ESRGAN = [
-    (re.compile(r"^RRDB_trunk\.(\d+)\.RDB(\d)\."), r"body.\1.rdb\2."),
-    (re.compile(r"^trunk_conv\."), "conv_body."),
-    (re.compile(r"^upconv1\."), "conv_up1."),
-    (re.compile(r"^upconv2\."), "conv_up2."),
-    (re.compile(r"^HRconv\."), "conv_hr."),
-]
-
 
 def _listing(keys: list[str]) -> str:
     keys = sorted(keys)
@@ -43,15 +34,15 @@ def _listing(keys: list[str]) -> str:
     return f"{len(keys)}: {', '.join(keys[:_SHOW])}{more}"
 
 
-def extract_state_dict(obj: Any, source: str = "<checkpoint>", key: str | None = None
-                       ) -> tuple[dict[str, torch.Tensor], str]:
+def extract_state_dict(obj: Any, source: str = "<checkpoint>", key: str | None = None,
+                       renames: Sequence[tuple[str, str]] = ()) -> tuple[dict[str, torch.Tensor], str]:
     """Pick the generator state dict out of a loaded checkpoint object.
 
     ``key``: the entry to use (``"params"`` — what the reference EA-Adam code loads — or ``"params_ema"``); a
     checkpoint without it is an error, except a bare state dict (no such entries at all), which is used as is.
     ``None``: ``params_ema`` when present, else ``params``, else bare. Returns ``(state_dict, where)`` with ``where``
-    one of ``"params_ema"``, ``"params"``, ``"bare"``. Renames DataParallel and original-ESRGAN keys. Raises
-    :class:`CheckpointError` naming ``source``.
+    one of ``"params_ema"``, ``"params"``, ``"bare"``. Unwraps DataParallel keys and applies ``renames`` ((regex,
+    replacement) pairs, in order). Raises :class:`CheckpointError` naming ``source``.
     """
     if not isinstance(obj, dict):
         raise CheckpointError(f"{source}: expected a dict, got {type(obj).__name__}")
@@ -69,11 +60,11 @@ def extract_state_dict(obj: Any, source: str = "<checkpoint>", key: str | None =
         raise CheckpointError(f"{source}: entries that are not tensors in {where!r}: {_listing(bad)}{hint}")
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
-    if any(k.startswith("RRDB_trunk.") for k in state):
+    if renames:
         renamed = {}
         for k, v in state.items():
-            for pattern, repl in _OLD_ESRGAN:
-                k = pattern.sub(repl, k)
+            for pattern, repl in renames:
+                k = re.sub(pattern, repl, k)
             renamed[k] = v
         state = renamed
     return state, where
@@ -87,7 +78,10 @@ def load_generator_weights(model: nn.Module, path: str | os.PathLike[str], key: 
     unexpected (first few of each plus counts), or when a tensor's shape differs (naming the key).
     """
     p = Path(path)
-    state, where = extract_state_dict(load_checkpoint(p), str(p), key)
+    from .specs import spec_of
+
+    spec = spec_of(model)
+    state, where = extract_state_dict(load_checkpoint(p), str(p), key, spec.renames if spec is not None else ())
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -48,7 +48,7 @@ def _looks_like_vgg19(path: Path) -> bool:
     if name.startswith("vgg16"):
         return False
     # An arbitrary file name: decide by content (VGG19 has features.34, VGG16 stops at features.28).
-    from ..store import load_checkpoint  # local: only needed for oddly named files
+    from ..tensor_files import load_checkpoint  # local: only needed for oddly named files
     try:
         state = load_checkpoint(path)
     except Exception as exc:

@@ -26,8 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from ..engine.preempt import PREEMPTED_RC, TERMINATED_RC
+
 #: Exit status of a stage that committed a checkpoint after SIGUSR2 (128 + 12) or SIGTERM (128 + 15).
-PREEMPTED_EXIT = (140, 143)
+PREEMPTED_EXIT = (PREEMPTED_RC, TERMINATED_RC)
 QUERY_FAILED = "QUERY_FAILED"
 
 _ACTIVE = frozenset({"PENDING", "RUNNING", "REQUEUED"})
@@ -75,6 +77,7 @@ class Decision:
     verdict: Verdict
     reason: str
     spends_retry: bool = False
+    resets_retries: bool = False    # the task made progress since its last attempt: its retry count starts over
     cancel_queued: bool = True      # on GIVE_UP: cancel this run's queued jobs (they could never start)
 
 
@@ -124,7 +127,7 @@ def decide(view: TaskView, policy: Policy) -> Decision:
                "are missing"}.get(state, f"ended {state}" + (f" (exit {view.exit_code})" if view.exit_code else ""))
         if view.progressed:
             return Decision(Verdict.SUBMIT, f"job {job} {how} after progress; retrying from its checkpoint (retry "
-                                            f"count reset)")
+                                            f"count reset)", resets_retries=True)
         if view.retries < policy.max_retries:
             return Decision(Verdict.SUBMIT, f"job {job} {how}; retry {view.retries + 1}/{policy.max_retries}",
                             spends_retry=True)

@@ -1,26 +1,27 @@
-"""The plan of a run: its stages in order, the typed calls of each stage, and each call's own "done" check.
+"""The plan of a run: its stages in order and their tasks, built from the stage registry (:mod:`easlurm.stages`).
 
     [pretrain] → init → adam/000 (array of N) → ea/000 → adam/001 → … → ea/C-1 → [adam/C (final)] → fuse → eval
 
-A :class:`Task` is a stage function plus its keyword arguments (``easlurm.train.member:train_member(run_dir, cycle,
-member)``), and names the stage module's ``is_done`` — the same check the stage makes when it restarts — so the
-launcher, ``status`` and the stage agree on what is finished. Whether a task is done is read from the run directory
-only (the files are the truth; job ids in ``state.json`` are bookkeeping), so "resume" is "run whatever is not done".
-Executors call :meth:`Task.call` in-process (debug, inside a Slurm job) or start ``python -m
-easlurm.orchestrate.runner RUN STAGE INDEX`` (local executor), which rebuilds the plan and makes the same call.
+Every stage is an instance of a registered :class:`~easlurm.stages.kind.StageKind`; the plan names none of them.
+A :class:`Task` is one call of its kind's entry (``easlurm.train.member:train_member(run_dir, cycle=3, member=2)``)
+and asks its kind whether it is done — the same check the stage makes when it restarts — so the launcher,
+``status`` and the stage agree on what is finished. Whether a task is done is read from the run directory only (the
+files are the truth; job ids in ``state.json`` are bookkeeping), so "resume" is "run whatever is not done". Nothing
+here imports torch: a task's entry is imported only by :meth:`Task.call`, inside the job
+(``python -m easlurm.orchestrate.runner RUN STAGE INDEX`` rebuilds the plan and makes the call).
 """
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+from .. import stages as registry
 from ..config import Config
-from ..population import adam_cycles
+from ..errors import ConfigError
+from ..stages.kind import StageKind
 from ..store import RunDir
-
-STAGE_KINDS = ("pretrain", "init", "adam", "ea", "fuse", "eval")
 
 
 def resolve(ref: str) -> Callable[..., Any]:
@@ -32,101 +33,103 @@ def resolve(ref: str) -> Callable[..., Any]:
 
 @dataclass(frozen=True)
 class Task:
-    """One stage call: ``fn(**kwargs)``; ``done`` names the stage's completion check (same kwargs);
-    ``label`` names the task in logs and reports (e.g. ``member 02``); ``progress_fn`` names the stage's count of
-    committed iterations/generations (a failed task that progressed gets its retries back)."""
-    fn: str
-    kwargs: tuple[tuple[str, Any], ...]
-    done: str
+    """One call of a stage kind's entry: ``entry(run_dir=RUN, **args)``; ``label`` names it in logs and reports
+    (``member 02``). Its done check and progress are its kind's, on this run."""
+    kind: StageKind
+    args: tuple[tuple[str, Any], ...]
     label: str
-    progress_fn: str | None = None
-
-    def progress(self) -> int:
-        """How far the task got (committed iterations or generations; 0 when the stage does not say)."""
-        return int(resolve(self.progress_fn)(**self.arguments)) if self.progress_fn else 0
+    cfg: Config = field(repr=False, compare=False)
+    run: RunDir = field(repr=False, compare=False)
 
     @property
     def arguments(self) -> dict[str, Any]:
-        return dict(self.kwargs)
-
-    def call(self) -> Any:
-        return resolve(self.fn)(**self.arguments)
+        return dict(self.args)
 
     def is_done(self) -> bool:
-        return bool(resolve(self.done)(**self.arguments))
+        return bool(self.kind.is_done(self.cfg, self.run, **self.arguments))
+
+    def progress(self) -> int:
+        """How far the task got (committed iterations or generations; 0 when the stage does not say)."""
+        return int(self.kind.progress(self.cfg, self.run, **self.arguments))
+
+    def call(self) -> Any:
+        """Run the task in this process (imports the stage's code, and with it torch)."""
+        return resolve(self.kind.entry)(run_dir=str(self.run.root), **self.arguments)
 
     def describe(self) -> str:
         """``module:function(k=v, …)`` (for logs and the dry run)."""
-        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs if k != "run_dir")
-        return f"{self.fn}({args})"
+        return f"{self.kind.entry}({', '.join(f'{k}={v!r}' for k, v in self.args)})"
 
 
 @dataclass
 class Stage:
-    """A group of tasks that may run at once (an Adam phase is a Slurm array); stages run strictly in order."""
+    """A group of tasks that may run at once (an Adam phase is a Slurm array); stages run strictly in order.
+    ``before_cycles``: a once-only stage that runs before the first per-cycle stage (pretrain, init)."""
     key: str                      # "pretrain", "init", "adam/003", "ea/003", "fuse", "eval"
-    kind: str                     # one of STAGE_KINDS (selects executor.slurm.<kind> resources)
+    kind: StageKind
     cycle: int | None
     tasks: list[Task] = field(default_factory=list)
+    before_cycles: bool = False
 
     @property
     def is_array(self) -> bool:
-        return self.kind == "adam"
+        return self.kind.array
 
 
-def _task(fn: str, done: str, label: str, progress: str | None = None, **kwargs: Any) -> Task:
-    return Task(fn, tuple(kwargs.items()), done, label, progress)
+def _stage(kind: StageKind, cfg: Config, run: RunDir, cycle: int | None, before: bool = False) -> Stage:
+    key = kind.name if cycle is None else f"{kind.name}/{cycle:03d}"
+    tasks = [Task(kind, spec.args, spec.label, cfg, run) for spec in kind.tasks(cfg, cycle)]
+    return Stage(key, kind, cycle, tasks, before)
 
 
-def build_plan(cfg: Config, run: RunDir) -> list[Stage]:
-    """All stages of the run described by ``cfg`` (done or not)."""
-    r = str(run.root)
+def build_plan(cfg: Config, run: RunDir, kinds: Sequence[StageKind] | None = None) -> list[Stage]:
+    """All stages of the run described by ``cfg`` (done or not), in order: the kinds (default: the registry's) in
+    their order, the per-cycle kinds interleaved cycle by cycle where the first of them stands. Builds paths only;
+    reads nothing."""
+    kinds = [k for k in (registry.KINDS if kinds is None else kinds) if k.enabled(cfg)]
+    cyclic = [k for k in kinds if k.cycles is not None]
+    per_kind = {k.name: k.cycles(cfg) for k in cyclic if k.cycles is not None}
     stages: list[Stage] = []
-    if not cfg.model.pretrained:
-        stages.append(Stage("pretrain", "pretrain", None, [
-            _task("easlurm.train.pretrain:pretrain", "easlurm.train.pretrain:is_done", "pretrain",
-                  "easlurm.train.pretrain:progress", run_dir=r)]))
-    stages.append(Stage("init", "init", None, [
-        _task("easlurm.train.init:init_population", "easlurm.train.init:is_done", "start population", run_dir=r)]))
-    for c in adam_cycles(cfg):
-        stages.append(Stage(f"adam/{c:03d}", "adam", c, [
-            _task("easlurm.train.member:train_member", "easlurm.train.member:is_done", f"member {i:02d}",
-                  "easlurm.train.member:progress", run_dir=r, cycle=c, member=i)
-            for i in range(cfg.population.size)]))
-        if c < cfg.run.cycles:
-            stages.append(Stage(f"ea/{c:03d}", "ea", c, [
-                _task("easlurm.evo.job:run_ea", "easlurm.evo.job:is_done", f"ea cycle {c}",
-                      "easlurm.evo.job:progress", run_dir=r, cycle=c)]))
-    stages.append(Stage("fuse", "fuse", None, [
-        _task("easlurm.fuse.job:run_fusion", "easlurm.fuse.job:is_done", "fusion", "easlurm.fuse.job:progress",
-              run_dir=r)]))
-    stages.append(Stage("eval", "eval", None, [
-        _task("easlurm.evaluate:evaluate_run", "easlurm.evaluate:is_done", "evaluation", run_dir=r)]))
+    block_done = False
+    for kind in kinds:
+        if kind.cycles is None:
+            stages.append(_stage(kind, cfg, run, None, before=not block_done and bool(cyclic)))
+        elif not block_done:
+            block_done = True
+            for c in sorted({c for cs in per_kind.values() for c in cs}):
+                stages += [_stage(k, cfg, run, c) for k in cyclic if c in per_kind[k.name]]
     return stages
 
 
 def find_task(plan: list[Stage], key: str, index: int) -> tuple[Stage, Task]:
-    """The stage with ``key`` and its task ``index`` (KeyError/IndexError naming them otherwise)."""
+    """The stage with ``key`` and its task ``index`` (:class:`ConfigError` naming them otherwise)."""
     for s in plan:
         if s.key == key:
             if not 0 <= index < len(s.tasks):
-                raise IndexError(f"stage {key} has tasks 0..{len(s.tasks) - 1}, not {index}")
+                raise ConfigError(f"stage {key} has tasks 0..{len(s.tasks) - 1}, not {index}")
             return s, s.tasks[index]
-    raise KeyError(f"no stage {key!r} in the plan (stages: {', '.join(s.key for s in plan)})")
+    raise ConfigError(f"no stage {key!r} in the plan (stages: {', '.join(s.key for s in plan)})")
 
 
-def task_done(stage: Stage, index: int, run: RunDir | None = None) -> bool:
-    """Whether task ``index`` of ``stage`` has finished, judged by the stage's own check."""
-    return stage.tasks[index].is_done()
+#: (stage key, task index) → done: one look at the files, shared by everything that decides in one round.
+Done = dict[tuple[str, int], bool]
 
 
-def stage_done(stage: Stage, run: RunDir | None = None) -> bool:
+def snapshot(plan: list[Stage]) -> Done:
+    """Every task's done check, asked once."""
+    return {(s.key, i): t.is_done() for s in plan for i, t in enumerate(s.tasks)}
+
+
+def stage_done(stage: Stage, done: Done | None = None) -> bool:
+    if done is not None:
+        return all(done[(stage.key, i)] for i in range(len(stage.tasks)))
     return all(t.is_done() for t in stage.tasks)
 
 
-def pending_stages(plan: list[Stage], run: RunDir | None = None) -> list[Stage]:
-    """The stages that still have unfinished tasks, in order."""
-    return [s for s in plan if not stage_done(s)]
+def pending_stages(plan: list[Stage], done: Done | None = None) -> list[Stage]:
+    """The stages that still have unfinished tasks, in order (``done``: a :func:`snapshot` to use instead of asking
+    every task again)."""
+    return [s for s in plan if not stage_done(s, done)]
 
 
 def stage_slug(stage: Stage) -> str:

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_run_config(run.root)
         apply_group_umask(cfg.run.group_shared)
         stage, task = find_task(build_plan(cfg, run), args.stage, args.index)
-    except (EaslurmError, KeyError, IndexError) as exc:
+    except EaslurmError as exc:
         print(f"easlurm: error: {exc}", file=sys.stderr)
         return 2
     print(f"[task] {stage.key} {task.label}: {task.describe()}", flush=True)

@@ -24,9 +24,11 @@ import os
 import re
 import subprocess
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
-from .slurm_text import STATES, Row, SlurmQueryError, normalise_state, parse_scontrol, parse_table
+from .slurm_text import (
+    SACCT_USAGE_FIELDS, STATES, Row, SlurmQueryError, normalise_state, parse_sacct, parse_scontrol, parse_table,
+)
 
 __all__ = [
     "STATES",
@@ -38,6 +40,7 @@ __all__ = [
     "job_infos",
     "job_states",
     "normalise_state",
+    "sacct_usage",
 ]
 
 #: States after which a job never runs again (without a manual requeue).
@@ -288,3 +291,21 @@ def _array_state(task_states: Iterable[str]) -> str:
         if state in present:
             return state
     return "UNKNOWN"
+
+
+def sacct_usage(job_ids: list[str], timeout_s: float = 60.0) -> dict[str, dict[str, Any]] | None:
+    """:func:`parse_sacct` for ``job_ids``; None when accounting is not available (no sacct, no slurmdbd)."""
+    try:
+        if not job_ids or not accounting_available(timeout_s=timeout_s):
+            return None
+        text = ""
+        for k in range(0, len(job_ids), 200):
+            proc = subprocess.run(["sacct", "-n", "-P", "-X", "--duplicates", f"--format={SACCT_USAGE_FIELDS}",
+                                   "-j", ",".join(job_ids[k:k + 200])], capture_output=True, text=True,
+                                  timeout=timeout_s, check=False)
+            if proc.returncode != 0:
+                return None
+            text += proc.stdout
+    except (SlurmQueryError, OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_sacct(text)

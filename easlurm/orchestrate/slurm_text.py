@@ -8,12 +8,14 @@ ranges such as ``123_[0-5%2]`` expanded).
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import EaslurmError
 
 __all__ = ["STATES", "SlurmQueryError", "Row", "normalise_state", "parse_table", "parse_scontrol", "exit_code",
-           "elapsed", "rows_from_fields", "expand_tasks"]
+           "elapsed", "rows_from_fields", "expand_tasks", "SACCT_USAGE_FIELDS", "parse_sacct"]
 
 #: Every state :func:`easlurm.orchestrate.slurm_state.job_states` returns.
 STATES = frozenset(
@@ -196,3 +198,45 @@ def parse_scontrol(text: str) -> list[Row]:
         rows.extend(rows_from_fields(label, raw, state, fields.get("Reason", ""), fields.get("ExitCode", ""),
                                       fields.get("RunTime", "")))
     return rows
+
+
+#: What ``sacct`` is asked for the cost report (:func:`parse_sacct`).
+SACCT_USAGE_FIELDS = "JobID,Submit,Eligible,Start,End,ElapsedRaw,AllocTRES,State"
+
+
+def _local_time(text: str) -> float | None:
+    try:
+        return time.mktime(time.strptime(text.strip().replace(" ", "T"), "%Y-%m-%dT%H:%M:%S"))
+    except (ValueError, OverflowError):
+        return None
+
+
+def parse_sacct(text: str) -> dict[str, dict[str, Any]]:
+    """``sacct -n -P -X --duplicates --format=JobID,Submit,Eligible,Start,End,ElapsedRaw,AllocTRES,State`` output →
+    job id → {"elapsed_s" (summed over requeues), "gpu_s" (elapsed × allocated GPUs), "queue_s" (Start − Eligible,
+    summed), "runs"}. Rows that never started contribute no time."""
+    out: dict[str, dict[str, Any]] = {}
+    for line in text.splitlines():
+        f = line.strip().split("|")
+        if len(f) != 8 or not f[0]:
+            continue
+        job, _submit, eligible, start, _end, elapsed, tres, _state = f
+        try:
+            secs = float(elapsed)
+        except ValueError:
+            secs = 0.0
+        gpus = 0
+        for item in tres.split(","):
+            name, _, value = item.partition("=")
+            if name.startswith("gres/gpu") and ":" not in name[len("gres/gpu"):].lstrip(":") and value.isdigit():
+                gpus = max(gpus, int(value))
+        t_el, t_st = _local_time(eligible), _local_time(start)
+        rec = out.setdefault(job, {"elapsed_s": 0.0, "gpu_s": 0.0, "queue_s": 0.0, "runs": 0})
+        if t_st is None:
+            continue
+        rec["runs"] += 1
+        rec["elapsed_s"] += secs
+        rec["gpu_s"] += secs * gpus
+        if t_el is not None:
+            rec["queue_s"] += max(0.0, t_st - t_el)
+    return out

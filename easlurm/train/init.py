@@ -4,7 +4,7 @@ Every slot starts from the same PSNR-oriented generator — ``model.pretrained``
 or this run's finished pretrain stage — and gets its own freshly initialised discriminator (seeded per slot), which
 stays with the slot for the whole run. Slot 0 holds the generator file; the other slots reference it (the store's
 file references), so the shared start costs one copy on disk. No optimizer state: the first Adam phase starts with
-fresh moments.
+fresh moments. Last, ``cycles/000/start/done.json`` (:class:`easlurm.stages.init.InitRecord`) records when it ran.
 """
 from __future__ import annotations
 
@@ -14,16 +14,14 @@ import torch
 
 from .. import factory, rng
 from ..config import Config, load_run_config
+from ..engine.context import stage_context
 from ..errors import CheckpointError
-from ..leases import held
-from ..population import (
-    MemberMeta, member_complete, member_file, preferences, read_member, slot_mode, write_member,
-)
+from ..population import MemberMeta, member_complete, member_file, preferences, read_member, slot_mode, write_member
 from ..runtime import cpu_state
-from ..store import RunDir, load_verified, read_checkpoint_meta, torch_bytes
-
-#: Seed tag of the per-slot discriminator initialisation (with run.seed and the slot).
-SEED_TAG_D = 0xD15C
+from ..stages.init import InitRecord, record_path
+from ..stages.pretrain import read_record as read_pretrain
+from ..store import RunDir, atomic_write_json
+from ..tensor_files import load_verified, torch_bytes
 
 
 def initial_generator_state(cfg: Config, run: RunDir) -> tuple[dict[str, torch.Tensor], str]:
@@ -34,26 +32,21 @@ def initial_generator_state(cfg: Config, run: RunDir) -> tuple[dict[str, torch.T
         g = factory.build_generator(cfg)
         load_generator_weights(g, cfg.model.pretrained, key=cfg.model.pretrained_key)
         return cpu_state(g), f"pretrained:{cfg.model.pretrained}#{cfg.model.pretrained_key}"
-    meta = read_checkpoint_meta(run.pretrain)
-    if meta is None or not meta.get("done"):
+    record = read_pretrain(cfg, run)
+    if record is None or not record.done:
         raise CheckpointError(f"{run.pretrain}: no finished pretraining (run the pretrain stage first, or set "
                               f"model.pretrained)")
-    return load_verified(run.pretrain, "G.pt", meta), f"pretrain:{meta['sha256']['G.pt']}"
+    return load_verified(run.pretrain, "G.pt", record.store), f"pretrain:{record.files['sha256']['G.pt']}"
 
 
-def is_done(run_dir: str | Path) -> bool:
-    """Whether every slot of cycle 0's start population is committed and intact."""
-    run = RunDir(run_dir)
-    cfg = load_run_config(run.root)
-    return all(member_complete(run.start(0, i), "start") for i in range(cfg.population.size))
-
-
-def init_population(run_dir: str | Path) -> list[MemberMeta]:
-    """Write (or complete) cycle 0's start population; return the N records in slot order."""
+def init_population(run_dir: str | Path, device: str | None = None) -> list[MemberMeta]:
+    """Write (or complete) cycle 0's start population; return the N records in slot order (CPU only; ``device``
+    is accepted like every stage's and ignored)."""
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)
     n = cfg.population.size
-    with held(run.cycle(0) / "start", "init stage", cfg.executor.lease_s):
+    with stage_context(run, cfg, run.cycle(0) / "start", "init stage", "cpu", preemptible=False) as ctx:
+        attempt = ctx.attempt_log([], 0)
         g_state, origin = initial_generator_state(cfg, run)
         g_bytes = torch_bytes(g_state)
         prefs = preferences(n)
@@ -64,7 +57,7 @@ def init_population(run_dir: str | Path) -> list[MemberMeta]:
             if existing is not None and member_complete(folder, "start"):
                 out.append(existing)
                 continue
-            torch.manual_seed(rng.derive_seed(cfg.run.seed, SEED_TAG_D, i))
+            torch.manual_seed(rng.derive_seed(cfg.run.seed, rng.SEED_TAG_D, i))
             d = factory.build_discriminator(cfg)
             meta = MemberMeta(kind="start", cycle=0, slot=i, preference=prefs[i], mode=slot_mode(cfg, i),
                               origin=origin, reset_g_optimizer=True)
@@ -74,8 +67,11 @@ def init_population(run_dir: str | Path) -> list[MemberMeta]:
                 files["G.pt"] = g_bytes
             else:
                 refs["G.pt"] = member_file(run.start(0, 0), out[0], "G.pt")
+            ctx.lease.check()
             out.append(write_member(folder, meta, files, refs))
+        record = InitRecord(iteration=1, iters_target=1, done=True, attempts=attempt.entries(1), slots=n)
+        atomic_write_json(record_path(run), record.to_dict())
         return out
 
 
-__all__ = ["initial_generator_state", "init_population", "is_done", "SEED_TAG_D"]
+__all__ = ["initial_generator_state", "init_population"]

@@ -4,9 +4,10 @@ The stage reads slot I's start entry of cycle C (written by the init stage for c
 C-1 after that; never modified) and trains into ``cycles/C/members/I/``, which it alone writes: ``G.pt``, ``D.pt``,
 ``optim.pt`` (generator and discriminator Adam states), ``rng.pt`` and ``meta.json``
 (:class:`easlurm.population.MemberMeta`). All files are committed together every ``adam.checkpoint_every``
-iterations, at the end (``done: true``) and on preemption. Running the same call again resumes from the last commit;
-a finished phase is a no-op. Training data are drawn by global sample index (a pure function of seed and index), so
-the sample position is one integer and a resumed run sees exactly the batches an uninterrupted one would.
+iterations, at the end (``done: true``) and on preemption (:mod:`easlurm.engine`). Running the same call again
+resumes from the last commit; a finished phase is a no-op. Training data are drawn by global sample index (a pure
+function of seed and index), so the sample position is one integer and a resumed run sees exactly the batches an
+uninterrupted one would.
 
 A slot that is not Adam-trained (``population.member0: ea_only | frozen``) finishes at once: its members folder
 *references* the start entry's files instead of copying them.
@@ -20,31 +21,26 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
 
-from .. import factory, losses
+from .. import factory, losses, rng
 from ..config import Config, load_run_config
-from ..errors import CheckpointError
+from ..engine.context import StageContext, load_optimizers, loader, resume, stage_context, train
+from ..engine.data import batches
+from ..engine.loop import Cadence
+from ..errors import ConfigError
 from ..population import (
-    MemberMeta, is_adam_trained, load_member_file, member_complete, member_file, phase_iters, read_member,
-    require_member, write_member,
+    MemberMeta, adam_cycles, is_adam_trained, member_file, phase_iters, read_member, require_member, write_member,
 )
-from ..runtime import AttemptLog, cpu_state, optimizer_state_cpu, pick_device, tb_writer
-from ..store import RunDir, torch_bytes
-from .. import rng
-from ..leases import Lease, held
-from .loop import Cadence, run_loop
+from ..runtime import cpu_state, optimizer_state_cpu
+from ..store import RunDir
+from ..tensor_files import torch_bytes
 from .mix import global_norm, mix
-from .preempt import Preemption
-
-#: Seed tags (with run.seed, cycle, slot): the member's torch RNG and its sample stream.
-SEED_TAG_DATA = 0xDA7A
 
 
 @dataclass
@@ -88,9 +84,7 @@ class MemberStep:
             sr = self.g(lr)
             l_dist = losses.l1_loss(sr.float(), hr)
             l_per = self.perceptual(sr.float(), hr)
-            d_fake = self.d(sr)
-            d_real = self.d(hr).detach() if losses.needs_real_logits(kind) else None
-            l_gan = losses.gan_g_loss(kind, d_fake.float(), None if d_real is None else d_real.float())
+            l_gan = losses.generator_gan_loss(kind, self.d, sr, hr)
             l_perc = cfg.loss.perceptual_weight * l_per + cfg.loss.gan_weight * l_gan
         g1 = (torch.autograd.grad(l_dist, self.params, retain_graph=w_perc != 0.0, allow_unused=True)
               if w_dist != 0.0 else [None] * len(self.params))
@@ -114,40 +108,22 @@ class MemberStep:
         return res, sr_d
 
 
-def batches(train_dir: Path, cfg: Config, batch_size: int, seed: int, start_index: int, total: int,
-            num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Training batches (LR, HR: N×3×h×w RGB float in [0, 1]) for global sample indices ``start_index`` …
-    ``total - 1`` in order."""
-    from ..data.dataset import RandomPatchDataset, infinite_loader
-
-    ds = RandomPatchDataset(train_dir, patch_size=cfg.data.patch_size, scale=cfg.data.scale, num_samples=total,
-                            seed=seed, augment=True)
-    return iter(infinite_loader(ds, batch_size=batch_size, start_index=start_index, num_workers=num_workers,
-                                pin_memory=torch.cuda.is_available()))
-
-
 def sample_grid(lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     """CHW image: nearest-upsampled LR | SR | HR of the first sample, clamped to [0, 1]."""
     up = torch.nn.functional.interpolate(lr[:1].float(), size=hr.shape[-2:], mode="nearest")
     return torch.cat([up[0], sr[0].float(), hr[0].float()], dim=2).clamp(0, 1).cpu()
 
 
-def load_optimizers(state: Mapping[str, Any] | None, optimizers: Mapping[str, torch.optim.Optimizer]) -> None:
-    """Load the saved optimizer states (keys of ``optim.pt``; a missing or None entry means fresh moments)."""
-    for key, opt in optimizers.items():
-        if state and state.get(key):
-            opt.load_state_dict(state[key])
+class MemberTrainee:
+    """The member's step, data and state files, as :func:`easlurm.engine.loop.run_loop` drives them."""
 
-
-class _MemberTrainee:
-    """The member's step, data and state files, as :func:`~easlurm.train.loop.run_loop` drives them."""
-
-    def __init__(self, cfg: Config, where: str, step: MemberStep, data: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    def __init__(self, where: str, step: MemberStep, data: Iterator[tuple[torch.Tensor, torch.Tensor]] | None,
                  device: torch.device):
-        self.where, self.cfg, self.s, self.data, self.device = where, cfg, step, data, device
+        self.where, self.s, self.data, self.device = where, step, data, device
         self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def step(self, iteration: int) -> dict[str, torch.Tensor]:
+        assert self.data is not None
         lr, hr = next(self.data)
         lr, hr = lr.to(self.device, non_blocking=True), hr.to(self.device, non_blocking=True)
         res, sr = self.s(lr, hr)
@@ -162,53 +138,54 @@ class _MemberTrainee:
                 "optim.pt": torch_bytes({"g": optimizer_state_cpu(self.s.opt_g),
                                          "d": optimizer_state_cpu(self.s.opt_d)})}
 
+    def load_files(self, load: Callable[[str], Any]) -> None:
+        self.s.g.load_state_dict(load("G.pt"))
+        self.s.d.load_state_dict(load("D.pt"))
+        load_optimizers(load("optim.pt"), {"g": self.s.opt_g, "d": self.s.opt_d})
+
     def sample_image(self) -> torch.Tensor | None:
         return None if self._last is None else sample_grid(*self._last)
+
+
+def build_member(cfg: Config, preference: tuple[float, float], device: torch.device, where: str = "member"
+                 ) -> MemberTrainee:
+    """A member with freshly built networks and optimizers on ``device`` (no data yet; load its files next)."""
+    g = factory.build_generator(cfg).to(device).train()
+    d = factory.build_discriminator(cfg).to(device).train()
+    if device.type == "cuda" and cfg.adam.channels_last:
+        g.to(memory_format=torch.channels_last)
+        d.to(memory_format=torch.channels_last)
+    a, dc = cfg.adam, cfg.discriminator
+    opt_g = torch.optim.Adam(g.parameters(), lr=a.lr, betas=(a.betas[0], a.betas[1]))
+    opt_d = torch.optim.Adam(d.parameters(), lr=dc.lr, betas=(dc.betas[0], dc.betas[1]))
+    perceptual = factory.build_perceptual(cfg).to(device)
+    return MemberTrainee(where, MemberStep(cfg, g, d, perceptual, preference, opt_g, opt_d, device), None, device)
 
 
 def _start_hint(cycle: int) -> str:
     return ("written by the init stage" if cycle == 0 else f"written by the EA phase of cycle {cycle - 1}")
 
 
-def is_done(run_dir: str | Path, cycle: int, member: int) -> bool:
-    """Whether member ``member``'s Adam phase of ``cycle`` is finished (its record says done and its files exist
-    with their recorded sizes) — the same check the stage makes before it starts."""
-    return member_complete(RunDir(run_dir).member(cycle, member), "member")
-
-
-def progress(run_dir: str | Path, cycle: int, member: int) -> int:
-    """Committed iterations of the member's Adam phase (0 before its first checkpoint)."""
-    try:
-        meta = read_member(RunDir(run_dir).member(cycle, member))
-    except CheckpointError:
-        return 0
-    return 0 if meta is None else meta.iteration
-
-
 def train_member(run_dir: str | Path, cycle: int, member: int, device: str | None = None) -> MemberMeta:
     """Run (or resume, or skip) the Adam phase of ``member`` in ``cycle``; return its final record.
 
-    SIGUSR2/SIGTERM at any point (also during start-up) → checkpoint after the current iteration, then hand the
-    process exits with 128 + signal (the Slurm batch script then requeues the job).
+    SIGUSR2/SIGTERM at any point (also during start-up) → checkpoint after the current iteration, then the process
+    exits with 128 + signal (the Slurm batch script then requeues the job).
     """
-    started = time.time()
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)
     n = cfg.population.size
     if not 0 <= member < n:
-        raise CheckpointError(f"member {member}: the population has members 0..{n - 1}")
-    last = cfg.run.cycles if cfg.adam.final_phase else cfg.run.cycles - 1
-    if not 0 <= cycle <= last:
-        raise CheckpointError(f"cycle {cycle}: the run's Adam phases are cycles 0..{last}")
-    # Installed first: a preemption during start-up must not kill the task before its next commit.
+        raise ConfigError(f"member {member}: the population has members 0..{n - 1}")
+    if cycle not in adam_cycles(cfg):
+        raise ConfigError(f"cycle {cycle}: the run's Adam phases are cycles 0..{adam_cycles(cfg)[-1]}")
     where = f"Adam phase of cycle {cycle}, member {member:02d}"
-    with Preemption() as pre, held(run.member(cycle, member), where, cfg.executor.lease_s) as lease:
-        return _train_member(run, cfg, cycle, member, device, pre, lease, started)
+    with stage_context(run, cfg, run.member(cycle, member), where, device) as ctx:
+        return _train_member(ctx, cycle, member)
 
 
-def _train_member(run: RunDir, cfg: Config, cycle: int, member: int, device: str | None, pre: Preemption,
-                  lease: Lease, started: float) -> MemberMeta:
-    folder = run.member(cycle, member)
+def _train_member(ctx: StageContext, cycle: int, member: int) -> MemberMeta:
+    run, cfg, folder = ctx.run, ctx.cfg, ctx.folder
     meta = read_member(folder, recover=True)  # we own the folder (we hold its lease)
     if meta is not None and meta.done:
         return meta
@@ -219,69 +196,34 @@ def _train_member(run: RunDir, cfg: Config, cycle: int, member: int, device: str
         # Not Adam-trained: the trained population's entry is the start entry itself, by reference.
         refs = {name: member_file(start_folder, start, name) for name in sorted(start.files.get("sha256", {}))}
         record = dataclasses.replace(start, kind="member", iteration=0, iters_target=0, done=True,
-                                     trained_from=run.rel(start_folder), files={}, attempts=[])
+                                     trained_from=run.rel(start_folder), files={},
+                                     attempts=ctx.attempt_log([], 0).entries(0))
         return write_member(folder, record, refs=refs)
 
-    dev = pick_device(device)
-    where = f"Adam phase of cycle {cycle}, member {member:02d}"
-    g = factory.build_generator(cfg)
-    d = factory.build_discriminator(cfg)
-    fresh = meta is None
+    trainee = build_member(cfg, start.preference, ctx.device, ctx.where)
     if meta is None:  # first start: from the start entry; fresh G moments when the EA reset them
         meta = dataclasses.replace(start, kind="member", iteration=0, iters_target=target, sample_index=0,
                                    done=False, trained_from=run.rel(start_folder), files={}, attempts=[])
-        src_folder, src = start_folder, start
-    else:
-        src_folder, src = folder, meta
-    g.load_state_dict(load_member_file(src_folder, src, "G.pt"))
-    d.load_state_dict(load_member_file(src_folder, src, "D.pt"))
-    saved = load_member_file(src_folder, src, "optim.pt") if "optim.pt" in src.files.get("sha256", {}) else None
-    if fresh and saved and start.reset_g_optimizer:
-        saved = {**saved, "g": None}
-    g.to(dev).train()
-    d.to(dev).train()
-    if dev.type == "cuda" and cfg.adam.channels_last:
-        g.to(memory_format=torch.channels_last)
-        d.to(memory_format=torch.channels_last)
-    a, dc = cfg.adam, cfg.discriminator
-    opt_g = torch.optim.Adam(g.parameters(), lr=a.lr, betas=(a.betas[0], a.betas[1]))
-    opt_d = torch.optim.Adam(d.parameters(), lr=dc.lr, betas=(dc.betas[0], dc.betas[1]))
-    load_optimizers(saved, {"g": opt_g, "d": opt_d})  # Adam casts loaded states to its parameters' device
-    perceptual = factory.build_perceptual(cfg).to(dev)
-    # RNG last: building the networks above draws from it, and a resumed run must continue the exact stream.
-    if fresh:
+        trainee.load_files(loader(start_folder, start, {"optim.pt": ("g",)} if start.reset_g_optimizer else None))
         torch.manual_seed(rng.derive_seed(cfg.run.seed, cycle, member))
     else:
-        rng.restore(load_member_file(folder, meta, "rng.pt"))
-    step = MemberStep(cfg, g, d, perceptual, meta.preference, opt_g, opt_d, dev)
-    it0 = meta.iteration
-    batch = cfg.adam.batch_size
-    data = batches(factory.data_dirs(cfg).train, cfg, batch,
-                   rng.derive_seed(cfg.run.seed, cycle, member, SEED_TAG_DATA),
-                   start_index=it0 * batch, total=target * batch, num_workers=cfg.data.num_workers)
-    print(f"[train] {where}: {'resuming' if it0 else 'starting'} at iteration {it0}/{target} on {dev}", flush=True)
-    step0 = sum(phase_iters(cfg, c) for c in range(cycle))
-    tb = tb_writer(run.tb / f"member_{member:02d}", purge_step=step0 + it0 + 1)
-    record = meta
-    attempt = AttemptLog(meta.attempts, it0, dev, started)
+        resume(trainee, loader(folder, meta))
+    it0, batch = meta.iteration, cfg.adam.batch_size
+    trainee.data = batches(factory.data_dirs(cfg).train, cfg, batch,
+                           rng.derive_seed(cfg.run.seed, cycle, member, rng.SEED_TAG_DATA),
+                           start_index=it0 * batch, total=target * batch, num_workers=cfg.data.num_workers)
+    print(f"[train] {ctx.where}: {'resuming' if it0 else 'starting'} at iteration {it0}/{target} on {ctx.device}",
+          flush=True)
 
-    def commit(done: int, files: dict[str, bytes]) -> None:
-        nonlocal record
-        lease.check()
-        record = write_member(folder, dataclasses.replace(record, iteration=done, sample_index=done * batch,
-                                                          done=done >= target, attempts=attempt.entries(done)),
-                              files)
+    def save(record: MemberMeta, files: dict[str, bytes]) -> MemberMeta:
+        return write_member(folder, dataclasses.replace(record, sample_index=record.iteration * batch,
+                                                        done=record.iteration >= target), files)
 
     a = cfg.adam
-    try:
-        run_loop(_MemberTrainee(cfg, where, step, data, dev), start=it0,
-                 cadence=Cadence(target, a.checkpoint_every, a.log_every, a.image_every), commit=commit, tb=tb,
-                 tb_step0=step0, preempt=pre,
-                 extra_scalars=lambda: {"lr/generator": float(opt_g.param_groups[0]["lr"])}, attempt=attempt)
-    finally:
-        tb.close()
-    return record
+    opt_g = trainee.s.opt_g
+    return train(ctx, trainee, meta, save, Cadence(target, a.checkpoint_every, a.log_every, a.image_every),
+                 tb_folder=run.tb / f"member_{member:02d}", tb_step0=sum(phase_iters(cfg, c) for c in range(cycle)),
+                 extra_scalars=lambda: {"lr/generator": float(opt_g.param_groups[0]["lr"])})
 
 
-__all__ = ["MemberStep", "StepResult", "batches", "sample_grid", "load_optimizers", "is_done", "progress",
-           "train_member"]
+__all__ = ["MemberStep", "StepResult", "MemberTrainee", "build_member", "sample_grid", "train_member"]

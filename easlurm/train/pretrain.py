@@ -1,56 +1,38 @@
 """L1 pretraining: the PSNR-oriented generator every member starts from when ``model.pretrained`` is null.
 
-Writes ``RUN/pretrain/{G.pt, optim.pt, rng.pt, meta.json}`` with the same commit/resume rules as a member (the one
-loop of :mod:`easlurm.train.loop`); its settings are ``pretrain.*`` (lr, betas, batch, cadence).
+Writes ``RUN/pretrain/{G.pt, optim.pt, rng.pt, meta.json}`` (:class:`easlurm.stages.pretrain.PretrainRecord`) with
+the same commit/resume rules as a member (the engine of :mod:`easlurm.engine`); its settings are ``pretrain.*``
+(lr, betas, batch, cadence). Images NCHW RGB in [0, 1].
 """
 from __future__ import annotations
 
-import time
+import dataclasses
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
 
 from .. import factory, rng
 from ..config import load_run_config
-from ..leases import held
-from ..runtime import AttemptLog, cpu_state, optimizer_state_cpu, pick_device, tb_writer
-from ..store import RunDir, checkpoint_intact, commit_checkpoint, load_verified, read_checkpoint_meta, torch_bytes
-from .loop import Cadence, run_loop
-from .member import batches, load_optimizers
-from .preempt import Preemption
-
-SEED_TAG = 0x9E7
-
-
-def is_done(run_dir: str | Path) -> bool:
-    """Whether pretraining finished (record done, files present with their recorded sizes)."""
-    folder = RunDir(run_dir).pretrain
-    try:
-        meta = read_checkpoint_meta(folder)
-    except Exception:  # noqa: BLE001 - an unreadable record is simply "not done"
-        return False
-    return bool(meta and meta.get("kind") == "pretrain" and meta.get("done") and checkpoint_intact(folder, meta))
+from ..engine.context import load_optimizers, loader, resume, stage_context, train
+from ..engine.data import batches
+from ..engine.loop import Cadence
+from ..runtime import cpu_state, optimizer_state_cpu
+from ..stages.pretrain import PretrainRecord, read_record
+from ..store import RunDir, commit_checkpoint
+from ..tensor_files import torch_bytes
 
 
-def progress(run_dir: str | Path) -> int:
-    """Committed pretraining iterations."""
-    try:
-        meta = read_checkpoint_meta(RunDir(run_dir).pretrain)
-    except Exception:  # noqa: BLE001
-        return 0
-    return int(meta.get("iteration", 0)) if meta else 0
-
-
-class _PretrainTrainee:
+class PretrainTrainee:
     where = "pretrain"
 
-    def __init__(self, g: nn.Module, opt: torch.optim.Optimizer, data: Iterator[tuple[torch.Tensor, torch.Tensor]],
-                 device: torch.device):
-        self.g, self.opt, self.data, self.device = g, opt, data, device
+    def __init__(self, g: nn.Module, opt: torch.optim.Optimizer, device: torch.device):
+        self.g, self.opt, self.device = g, opt, device
+        self.data: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def step(self, iteration: int) -> dict[str, torch.Tensor]:
+        assert self.data is not None
         lr, hr = next(self.data)
         sr = self.g(lr.to(self.device, non_blocking=True))
         loss = torch.nn.functional.l1_loss(sr, hr.to(self.device, non_blocking=True))
@@ -65,57 +47,45 @@ class _PretrainTrainee:
     def checkpoint_files(self) -> dict[str, bytes]:
         return {"G.pt": torch_bytes(cpu_state(self.g)), "optim.pt": torch_bytes({"g": optimizer_state_cpu(self.opt)})}
 
+    def load_files(self, load: Callable[[str], Any]) -> None:
+        self.g.load_state_dict(load("G.pt"))
+        load_optimizers(load("optim.pt"), {"g": self.opt})
+
     def sample_image(self) -> torch.Tensor | None:
         return None
 
 
-def pretrain(run_dir: str | Path, device: str | None = None) -> dict[str, Any]:
-    """Train (or resume, or skip) the L1 pretraining stage; return its meta.json (preemption as for members)."""
-    started = time.time()
+def pretrain(run_dir: str | Path, device: str | None = None) -> PretrainRecord:
+    """Train (or resume, or skip) the L1 pretraining stage; return its record (preemption as for members)."""
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)
-    with Preemption() as pre, held(run.pretrain, "pretrain", cfg.executor.lease_s) as lease:
+    with stage_context(run, cfg, run.pretrain, "pretrain", device) as ctx:
         p = cfg.pretrain
-        meta = read_checkpoint_meta(run.pretrain, recover=True)
-        if meta is not None and meta.get("done"):
-            return meta
-        dev = pick_device(device)
-        fresh = meta is None
-        if meta is None:  # first start: a seeded random generator (BasicSR init)
-            torch.manual_seed(rng.derive_seed(cfg.run.seed, SEED_TAG))
-            g = factory.build_generator(cfg)
-            meta = {"kind": "pretrain", "iteration": 0, "iters_target": p.iters, "done": False}
-            saved = None
+        record = read_record(cfg, run, recover=True)
+        if record is not None and record.done:
+            return record
+        if record is None:  # first start: a seeded random generator (BasicSR init)
+            torch.manual_seed(rng.derive_seed(cfg.run.seed, rng.SEED_TAG_PRETRAIN))
+        g = factory.build_generator(cfg).to(ctx.device).train()
+        trainee = PretrainTrainee(g, torch.optim.Adam(g.parameters(), lr=p.lr, betas=(p.betas[0], p.betas[1])),
+                                  ctx.device)
+        if record is None:
+            record = PretrainRecord(iters_target=p.iters)
         else:
-            g = factory.build_generator(cfg)
-            g.load_state_dict(load_verified(run.pretrain, "G.pt", meta))
-            saved = load_verified(run.pretrain, "optim.pt", meta)
-        g.to(dev).train()
-        opt = torch.optim.Adam(g.parameters(), lr=p.lr, betas=(p.betas[0], p.betas[1]))
-        load_optimizers(saved, {"g": opt})
-        if not fresh:
-            rng.restore(load_verified(run.pretrain, "rng.pt", meta))
-        it0 = int(meta["iteration"])
-        data = batches(factory.data_dirs(cfg).train, cfg, p.batch_size,
-                       rng.derive_seed(cfg.run.seed, SEED_TAG, 0xDA7A), start_index=it0 * p.batch_size,
-                       total=p.iters * p.batch_size, num_workers=cfg.data.num_workers)
-        tb = tb_writer(run.tb / "pretrain", purge_step=it0 + 1)
-        record = meta
-        attempt = AttemptLog(meta.get("attempts"), it0, dev, started)
+            resume(trainee, loader(run.pretrain, record))
+        it0 = record.iteration
+        trainee.data = batches(factory.data_dirs(cfg).train, cfg, p.batch_size,
+                               rng.derive_seed(cfg.run.seed, rng.SEED_TAG_PRETRAIN, rng.SEED_TAG_DATA),
+                               start_index=it0 * p.batch_size, total=p.iters * p.batch_size,
+                               num_workers=cfg.data.num_workers)
 
-        def commit(done: int, files: dict[str, bytes]) -> None:
-            nonlocal record
-            lease.check()
-            record = commit_checkpoint(run.pretrain, files, {**record, "iteration": done, "done": done >= p.iters,
-                                                             "attempts": attempt.entries(done)})
+        def save(rec: PretrainRecord, files: dict[str, bytes]) -> PretrainRecord:
+            rec = dataclasses.replace(rec, done=rec.iteration >= p.iters)
+            raw = commit_checkpoint(run.pretrain, files, rec.to_dict())
+            return PretrainRecord.from_dict(raw, run.pretrain / "meta.json")
 
-        try:
-            run_loop(_PretrainTrainee(g, opt, data, dev), start=it0,
-                     cadence=Cadence(p.iters, p.checkpoint_every, p.log_every), commit=commit, tb=tb, preempt=pre,
-                     attempt=attempt)
-        finally:
-            tb.close()
-        return record
+        return train(ctx, trainee, record, save, Cadence(p.iters, p.checkpoint_every, p.log_every),
+                     tb_folder=run.tb / "pretrain")
 
 
-__all__ = ["pretrain", "is_done", "progress"]
+__all__ = ["PretrainTrainee", "pretrain"]

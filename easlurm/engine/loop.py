@@ -7,13 +7,14 @@ The loop owns what every trainer needs and nothing stage-specific:
 * **finiteness** — loss terms are checked on the device without a host sync per iteration (the first iteration at
   which each term went non-finite is kept in a device tensor and read at the next log or checkpoint step); weights
   are checked before every commit, so a poisoned checkpoint is never written;
-* **preemption** — SIGUSR2/SIGTERM (:class:`~easlurm.train.preempt.Preemption`) → commit after the current iteration,
+* **preemption** — SIGUSR2/SIGTERM (:class:`~easlurm.engine.preempt.Preemption`) → commit after the current iteration,
   then hand the signal on;
 * **exact resume** — the caller starts the loop at the committed iteration with the committed RNG states; the loop
   adds ``rng.pt`` to every commit.
 
-A stage supplies a :class:`Trainee` (its step and its state files) and a ``commit(iteration, files)`` callback that
-writes its own record (member, pretrain or fusion meta) through :mod:`easlurm.store`.
+A stage supplies a :class:`Trainee` (its step, its state files and how to load them back) and a
+``commit(iteration, files)`` callback that writes its own record; :func:`easlurm.engine.context.train` is that
+callback for a stage with a :class:`~easlurm.records.StageRecord`.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import torch.nn as nn
 
 from ..errors import TrainingError
 from ..runtime import AttemptLog, check_finite_weights
-from ..store import torch_bytes
+from ..tensor_files import torch_bytes
 from .. import rng
 from .preempt import Preemption
 
@@ -53,6 +54,10 @@ class Trainee(Protocol):
 
     def checkpoint_files(self) -> dict[str, bytes]:
         """The state files to commit (the loop adds ``rng.pt``)."""
+
+    def load_files(self, load: Callable[[str], Any]) -> None:
+        """The mirror of :meth:`checkpoint_files`: restore from ``load(name)`` (the loaded file, or None when the
+        checkpoint has no such file — e.g. a start entry without optimizer state)."""
 
     def sample_image(self) -> torch.Tensor | None:
         """A CHW RGB [0, 1] picture of the last step for TensorBoard, or None."""

@@ -3,8 +3,9 @@
 Training must not save from inside a signal handler (an optimizer step may be half applied), so the handler only
 records the signal; the loop commits a checkpoint at the next iteration boundary and then calls
 :meth:`Preemption.finish`, which ends the process with 128 + signal number (140 for SIGUSR2, 143 for SIGTERM), like
-a killed process would. Under Slurm the batch shell (easlurm.orchestrate.sbatch) reads 140 as "checkpoint committed
-before the time limit" and requeues the job, which continues from that checkpoint.
+a killed process would (:data:`PREEMPTED_RC`, :data:`TERMINATED_RC`). Under Slurm the batch shell
+(:mod:`easlurm.orchestrate.sbatch`) reads 140 as "checkpoint committed before the time limit" and requeues the job,
+which continues from that checkpoint. Torch-free: the launcher imports the exit codes from here.
 """
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ from types import FrameType
 from typing import Any
 
 _SIGNALS = tuple(s for s in (getattr(signal, "SIGUSR2", None), signal.SIGTERM) if s is not None)
+
+#: Exit status of a stage that committed its checkpoint after the pre-timeout warning (128 + SIGUSR2): the batch
+#: script requeues the job (easlurm.orchestrate.sbatch) and the launcher resubmits it without spending a retry.
+PREEMPTED_RC = 128 + 12
+#: Exit status after SIGTERM (scancel, or the time limit itself) and a committed checkpoint.
+TERMINATED_RC = 128 + 15
 
 
 class Preempted(SystemExit):
@@ -55,3 +62,6 @@ class Preemption:
         sys.stdout.flush()
         print(f"[easlurm] stopped by signal {signum} after committing a checkpoint", file=sys.stderr, flush=True)
         raise Preempted(128 + signum)
+
+
+__all__ = ["PREEMPTED_RC", "TERMINATED_RC", "Preempted", "Preemption"]

@@ -1,0 +1,1 @@
+"""Extensions written the way a user would add them: one module each plus one registry entry."""

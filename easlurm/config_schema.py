@@ -231,7 +231,8 @@ class LocalConfig:
 class ExecutorConfig:
     """How stages are run: Slurm (sbatch job arrays), locally with a concurrency cap, or in-process (debug)."""
     kind: Literal["slurm", "local", "debug"] = "slurm"
-    max_retries: int = _f(2, min=0, doc="resubmissions of a failed stage before the launcher stops")
+    max_retries: int = _f(2, min=0, doc="resubmissions of a failed task (counted per task, given back when it made "
+                                        "progress) before the launcher stops")
     window: int = _f(0, min=0, doc="cycles kept queued (afterok-chained) while the launcher follows; 0 → the "
                                    "whole chain at once (always so with --detach)")
     poll_s: float = _f(10.0, min=0, min_exclusive=True)

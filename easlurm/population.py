@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from .errors import CheckpointError
+from .evo.selection import uniform_preferences
 from .records import StageRecord
 from .store import FileRef, RunDir, checkpoint_intact, commit_checkpoint, file_ref, read_checkpoint_meta
 
@@ -28,8 +29,9 @@ MEMBER_SCHEMA = 1
 
 
 def preferences(n: int) -> list[tuple[float, float]]:
-    """(w_dist, w_perc) of members 0..n-1, uniform on the simplex from (1, 0) to (0, 1)."""
-    return [(1.0 - i / (n - 1), i / (n - 1)) for i in range(n)] if n > 1 else [(1.0, 0.0)]
+    """(w_dist, w_perc) of members 0..n-1, uniform on the simplex from (1, 0) to (0, 1)
+    (:func:`easlurm.evo.selection.uniform_preferences`, as Python floats)."""
+    return [(float(a), float(b)) for a, b in uniform_preferences(n)]
 
 
 def slot_mode(cfg: Config, slot: int) -> str:

@@ -6,7 +6,7 @@ them imports another stage.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
@@ -33,17 +33,6 @@ def optimizer_state_cpu(opt: torch.optim.Optimizer) -> dict[str, Any]:
     return {"state": {k: {n: (t.cpu() if torch.is_tensor(t) else t) for n, t in s.items()}
                       for k, s in sd["state"].items()},
             "param_groups": sd["param_groups"]}
-
-
-def check_finite_losses(where: str, iteration: int, **terms: torch.Tensor) -> None:
-    """Raise :class:`TrainingError` naming the first non-finite loss term (one host sync per call)."""
-    values = list(terms.values())
-    if bool(torch.stack([torch.isfinite(v.detach()).all() for v in values]).all()):
-        return
-    for name, value in terms.items():
-        if not torch.isfinite(value.detach()).all():
-            raise TrainingError(f"{where}: {name} loss is {float(value)} at iteration {iteration}; stopped, the "
-                                f"last checkpoint is kept")
 
 
 def nonfinite_parameters(modules: Mapping[str, nn.Module]) -> list[str]:
@@ -130,10 +119,5 @@ class AttemptLog:
                                  "last": int(last)}]
 
 
-def parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
-    """Trainable parameters of ``modules``, in order."""
-    return [p for m in modules for p in m.parameters() if p.requires_grad]
-
-
-__all__ = ["pick_device", "cpu_state", "optimizer_state_cpu", "check_finite_losses", "nonfinite_parameters",
-           "check_finite_weights", "tb_writer", "AttemptLog", "parameters"]
+__all__ = ["pick_device", "cpu_state", "optimizer_state_cpu", "nonfinite_parameters", "check_finite_weights",
+           "tb_writer", "AttemptLog"]

@@ -28,7 +28,13 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def _fsync_dir(folder: Path) -> None:
+def umask_mode(mode: int) -> int:
+    """``mode`` as an ordinary ``open()``/``mkdir()`` would get it under the process's umask (mkstemp and mkdtemp
+    make 0600/0700 paths; files on a shared filesystem are read by other users' tools)."""
+    return mode & ~_UMASK
+
+
+def fsync_dir(folder: Path) -> None:
     # The rename itself lives in the directory entry; without this a crash can lose it on some filesystems.
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -54,14 +60,14 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     # mkstemp makes 0600 files; a run directory on a shared filesystem is read by other users' tools (status,
     # TensorBoard), so give the file the permissions an ordinary open() would.
-    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.chmod(tmp, umask_mode(0o666))
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -147,7 +153,7 @@ def recover_checkpoint_dir(folder: str | os.PathLike[str]) -> None:
             if src.name != META:
                 os.replace(src, folder / src.name)
         os.replace(staging / META, folder / META)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     for leftover in sorted(staging.iterdir()):
         leftover.unlink()
     staging.rmdir()

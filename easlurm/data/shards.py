@@ -35,22 +35,17 @@ import numpy as np
 
 from ..errors import DataError
 from ..progress import progress
-from ..store import atomic_write_json, sha256_file
+from ..store import atomic_write_json, fsync_dir, sha256_file, umask_mode
 from .bicubic import bicubic_downscale
 from .images import list_images, read_rgb
 
-__all__ = ["FORMAT", "MANIFEST_NAME", "build_shards", "load_manifest", "verify_shards", "shard_path"]
+__all__ = ["FORMAT", "MANIFEST_NAME", "build_shards", "load_manifest", "verify_shards"]
 
 FORMAT = 1
 MANIFEST_NAME = "manifest.json"
 DEFAULT_CHUNK = 64  # HR chunk side in px; see bench/results/loader.md for the measurement behind it
 _SHARD_RE = re.compile(r"^shard-\d{5}\.h5$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-def shard_path(shard_dir: str | os.PathLike[str], name: str) -> Path:
-    """Path of shard ``name`` inside ``shard_dir``."""
-    return Path(shard_dir) / name
 
 
 def _crop_starts(length: int, size: int, step: int) -> list[int]:
@@ -140,22 +135,6 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _umask_mode(mode: int) -> int:
-    # mkdtemp/mkstemp create 0700/0600 paths; shards on a shared filesystem should get the user's normal mode.
-    mask = os.umask(0)
-    os.umask(mask)
-    return mode & ~mask
-
-
 def _check_out_dir(out: Path) -> None:
     if not out.exists():
         return
@@ -179,7 +158,7 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)  # rename(2) replaces a missing or empty folder
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
 
 
 def build_shards(hr_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], scale: int,
@@ -229,7 +208,7 @@ def build_shards(hr_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        os.chmod(tmp, _umask_mode(0o777))
+        os.chmod(tmp, umask_mode(0o777))
         manifest = _build_into(tmp, sorted(stems.items()), lr_pairs, s, shard_size, sub_image, sub_step,
                                min_size, chunk, compression, f"shards {out.name}" if show_progress else None)
         _move_into_place(tmp, out)
@@ -312,7 +291,7 @@ def _build_into(tmp: Path, sources: list[tuple[str, Path]], lr_pairs: dict[str, 
                   "compression": compression},
     }
     atomic_write_json(tmp / MANIFEST_NAME, manifest)
-    os.chmod(tmp / MANIFEST_NAME, _umask_mode(0o666))
+    os.chmod(tmp / MANIFEST_NAME, umask_mode(0o666))
     return manifest
 
 

@@ -132,6 +132,11 @@ _REPLACED = {
 }
 
 
+#: Options every backbone's section held before each backbone had its own (a run directory of easlurm 0.1 wrote
+#: them for MSRResNet too, at these defaults): read as absent where the backbone has no such option.
+_LEGACY_OPTIONS: dict[str, Any] = {"num_grow_ch": 32}
+
+
 def inline_field(cls: Any) -> dataclasses.Field[Any] | None:
     """The field of ``cls`` whose entries are written flat in the section (``model.num_feat`` for the backbone's
     options, ``executor.slurm.adam`` for a stage kind's resources), if any."""
@@ -148,6 +153,7 @@ def _build_inline(how: str, data: Mapping[str, Any], extra: Mapping[str, Any], p
         arch = data.get("arch", dataclasses.MISSING)
         spec = generator_spec(ModelConfig.arch if arch is dataclasses.MISSING else arch, _where(prefix, "arch"))
         names = [f.name for f in dataclasses.fields(spec.options)]
+        extra = {k: v for k, v in extra.items() if k in names or _LEGACY_OPTIONS.get(k, ...) != v}
         for key in extra:
             if key not in names:
                 raise ConfigError(f"{_where(prefix, key)}: unknown key{suggest(str(key), names + others)} "

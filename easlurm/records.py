@@ -19,10 +19,14 @@ import dataclasses
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Mapping, TypeVar, Union, get_args, get_origin
+from typing import get_type_hints
 
 from .errors import CheckpointError
-from .store import read_json
+from .store import checkpoint_intact, read_checkpoint_meta, read_json
+
+if TYPE_CHECKING:
+    from .store import RunDir
 
 #: Keys of a checkpoint folder's meta.json that belong to the store (checksums, sizes, references).
 STORE_KEYS = ("sha256", "size", "refs")
@@ -133,6 +137,38 @@ class StageRecord:
         return cls.from_dict(read_json(path), path)
 
 
+class FolderRecord(Generic[R]):
+    """The record of a stage that owns one checkpoint folder (its ``meta.json``): reading it, and the done check and
+    progress a stage kind derives from it."""
+
+    def __init__(self, cls: type[R], folder: Callable[[RunDir], Path], needs: tuple[str, ...] = ()):
+        self.cls, self.folder, self.needs = cls, folder, needs
+
+    def read(self, run: RunDir, recover: bool = False) -> R | None:
+        """The record, None before the first commit; a corrupt one raises :class:`CheckpointError` (``recover``:
+        the stage itself, see :func:`easlurm.store.read_checkpoint_meta`)."""
+        folder = self.folder(run)
+        raw = read_checkpoint_meta(folder, recover=recover)
+        return None if raw is None else self.cls.from_dict(raw, folder / "meta.json")
+
+    def get(self, cfg: Any, run: RunDir) -> R | None:
+        """The record, or None when there is none or it cannot be read."""
+        try:
+            return self.read(run)
+        except CheckpointError:
+            return None
+
+    def is_done(self, cfg: Any, run: RunDir) -> bool:
+        """Record done, listing ``needs``, and every file it lists present with its recorded size."""
+        rec = self.get(cfg, run)
+        return (rec is not None and rec.done and all(n in rec.files.get("sha256", {}) for n in self.needs)
+                and checkpoint_intact(self.folder(run), rec.store))
+
+    def progress(self, cfg: Any, run: RunDir) -> int:
+        rec = self.get(cfg, run)
+        return 0 if rec is None else rec.iteration
+
+
 def _plain(v: Any) -> Any:
     if isinstance(v, tuple):
         return [_plain(x) for x in v]
@@ -143,4 +179,4 @@ def _plain(v: Any) -> Any:
     return v
 
 
-__all__ = ["STORE_KEYS", "StageRecord"]
+__all__ = ["STORE_KEYS", "StageRecord", "FolderRecord"]

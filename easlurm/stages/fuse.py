@@ -10,9 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import CheckpointError
-from ..records import StageRecord
-from ..store import checkpoint_intact, read_checkpoint_meta
+from ..records import FolderRecord, StageRecord
 from . import _keys
 from .kind import StageKind, StageResources, TaskSpec
 
@@ -37,35 +35,13 @@ class FusionMeta(StageRecord):
     attention_layers: int = 0
 
 
+#: ``RUN/fusion/meta.json``: read, done check (``fused.pt`` listed: the last commit), progress.
+RECORD = FolderRecord(FusionMeta, lambda run: run.fusion, needs=("fused.pt",))
+
+
 def read_record(cfg: Config | None, run: RunDir, recover: bool = False) -> FusionMeta | None:
     """The fusion record, None before its first commit (``recover``: the stage itself)."""
-    raw = read_checkpoint_meta(run.fusion, recover=recover)
-    return None if raw is None else FusionMeta.from_dict(raw, run.fusion / "meta.json")
-
-
-def is_done(cfg: Config, run: RunDir) -> bool:
-    """Record done, ``fused.pt`` listed and every file present with its recorded size."""
-    try:
-        rec = read_record(cfg, run)
-    except CheckpointError:
-        return False
-    return (rec is not None and rec.done and "fused.pt" in rec.files.get("sha256", {})
-            and checkpoint_intact(run.fusion, rec.store))
-
-
-def progress(cfg: Config, run: RunDir) -> int:
-    try:
-        rec = read_record(cfg, run)
-    except CheckpointError:
-        return 0
-    return 0 if rec is None else rec.iteration
-
-
-def _record(cfg: Config, run: RunDir) -> FusionMeta | None:
-    try:
-        return read_record(cfg, run)
-    except CheckpointError:
-        return None
+    return RECORD.read(run, recover)
 
 
 def _rate_key(cfg: Config) -> dict[str, Any]:
@@ -85,16 +61,16 @@ KIND = StageKind(
     summary="fusion: attention over the final experts, averaged and merged into one plain backbone",
     entry="easlurm.fuse.job:run_fusion",
     tasks=lambda cfg, cycle: [TaskSpec("fusion")],
-    is_done=is_done,
+    is_done=RECORD.is_done,
     unit="iteration",
     resources=StageResources(time_min=12 * 60),
-    progress=progress,
+    progress=RECORD.progress,
     units=lambda cfg, cycle: cfg.fusion.iters,
     commits=lambda cfg: {"fusion attention.pt": 1, "D.pt": 1, "fusion optim.pt": 1, "rng.pt": 1},
     unit_s_default=5.0,
     rate_key=_rate_key,
-    record=_record,
+    record=RECORD.get,
     tiny=_tiny,
 )
 
-__all__ = ["KIND", "FusionMeta", "read_record", "is_done", "progress"]
+__all__ = ["KIND", "RECORD", "FusionMeta", "read_record"]

@@ -117,11 +117,23 @@ os.execve({str(bin_dir / "python")!r}, ["python", *args[1:]], env) if args[0] ==
     return (f"container.image={image}", f"container.binary={fake}", "container.nv=false")
 
 
+#: Runs a Python snippet in an interpreter where ``import torch`` fails, as on a login node without the GPU stack.
+NO_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None; "
+
+
 def test_end_to_end_arrays_chain_and_results(slurm_cluster, make_run):
+    """The launcher and ``status`` run where torch cannot be imported; the jobs run in the environment that has it."""
     run = make_run([*FAST, "run.cycles=1", "adam.final_phase=true"])
     env = slurm_cluster.env()
-    res = _launch(run, env, "--executor", "slurm")
+    res = subprocess.run([sys.executable, "-c", NO_TORCH + "from easlurm.launch import main; sys.exit(main(["
+                          f"'--resume', {str(run)!r}, '--executor', 'slurm']))"], capture_output=True, text=True,
+                         env=env, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
+    assert "# disk: not sized here" in res.stdout  # the launcher really had no torch
+    status = subprocess.run([sys.executable, "-c", NO_TORCH + "from easlurm.status import main; sys.exit(main(["
+                             f"{str(run)!r}, '--json']))"], capture_output=True, text=True, env=env, timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["complete"]
     assert (run / "eval" / "results.md").is_file() and (run / "fusion" / "fused.pt").is_file()
     assert [s["stage"] for s in _submissions(run)] == ["pretrain", "init", "adam/000", "ea/000", "adam/001",
                                                         "fuse", "eval"]  # one chain, submitted at once

@@ -19,28 +19,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import datetime as dt
 import os
-import platform
 import sys
 import time
 from pathlib import Path
-from _machine import cpu_name  # noqa: E402  (bench/ is sys.path[0])
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import RESULTS_DIR, ROOT, best_time, command_line, generator_line, machine, publish, report_head
 
-from easlurm import factory  # noqa: E402
-from easlurm.config import load_config  # noqa: E402
-from easlurm.evo.evolve import EAState, evolve  # noqa: E402
-from easlurm.evo.objectives import FitnessSet, Objectives  # noqa: E402
-from easlurm.population import preferences  # noqa: E402
-from easlurm.store import atomic_write_text  # noqa: E402
+from easlurm import factory
+from easlurm.config import load_config
+from easlurm.evo.evolve import EAState, evolve
+from easlurm.evo.objectives import FitnessSet, Objectives
+from easlurm.population import preferences
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "ea_generation.md"
+RESULTS = RESULTS_DIR / "ea_generation.md"
 
 
 def fitness_tiles(count: int, tile: int, scale: int) -> FitnessSet:
@@ -50,16 +45,6 @@ def fitness_tiles(count: int, tile: int, scale: int) -> FitnessSet:
     lr = torch.nn.functional.avg_pool2d(hr, scale)
     rows = [{"id": "random", "y": 0, "x": k * tile, "size": tile} for k in range(count)]
     return FitnessSet(lr, hr, [0] * count, rows, {"random": "-"})
-
-
-def best_time(fn, repeats: int) -> float:
-    """Fastest of ``repeats`` calls in seconds: on a shared machine interference only ever adds time."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,19 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"N={n}: moead {per_gen['moead']:.3f} s/gen, nsga2 {per_gen['nsga2']:.3f} s/gen, "
               f"N×eval {floor:.3f} s", flush=True)
 
-    argv_used = argv if argv is not None else sys.argv[1:]
-    command = "python bench/ea_generation.py" + ("" if not argv_used else " " + " ".join(argv_used))
     params = sum(v.numel() for v in genome0.values())
     lines = [
-        "# EA generation time vs population size",
-        "",
-        f"- command: `{command}`",
-        f"- date: {dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}, torch {torch.__version__}, {args.threads} torch thread(s), CPU; "
-        f"1-min load average {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end (other processes)",
-        f"- generator: {cfg.model.arch} num_feat {cfg.model.num_feat}, num_block {cfg.model.num_block} "
-        f"({params} parameters), ×{cfg.data.scale}; perceptual {perceptual.net} "
+        *report_head("# EA generation time vs population size", command_line("ea_generation.py", argv),
+                     machine(f"{args.threads} torch thread(s), CPU")),
+        f"- load: 1-min average {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end (other processes)",
+        f"- generator: {generator_line(cfg)} ({params} parameters); perceptual {perceptual.net} "
         f"{dict(cfg.loss.perceptual.layers)}",
         f"- fitness set: {tiles} random tiles of {args.tile} px HR, eval batch {cfg.ea.eval_batch}; "
         f"{generations} generation(s) timed per N (best of {gen_repeats}); "
@@ -161,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "well above 1 in one row is usually interference from other processes; rerun to check.",
         "",
     ]
-    atomic_write_text(args.out, "\n".join(lines))
-    print("\n".join(lines))
+    publish("\n".join(lines), args.out)
     return 0
 
 

@@ -14,28 +14,22 @@ The first batches of both are checked to be identical. Steady-state throughput i
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
-import platform
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
-from _machine import cpu_name  # noqa: E402  (bench/ is sys.path[0])
 
-import h5py
-import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import (
+    command_line, data_machine, demo_train_shards, drain_loader, load_average, publish, report_head,
+)
 
-from easlurm.data.dataset import RandomPatchDataset, ShardReader, augment, infinite_loader, to_tensor  # noqa: E402
-from easlurm.data.images import read_rgb  # noqa: E402
-from easlurm.data.samples import build_samples  # noqa: E402
-from easlurm.data.shards import build_shards  # noqa: E402
+from easlurm.data.dataset import RandomPatchDataset, ShardReader, augment, infinite_loader, to_tensor
+from easlurm.data.images import read_rgb
+from easlurm.data.shards import build_shards
 
 
 class PngPatchDataset(RandomPatchDataset):
@@ -72,14 +66,7 @@ def export_pngs(shard_dir: Path, png_dir: Path) -> int:
 
 def throughput(ds: RandomPatchDataset, samples: int, batch: int, workers: int) -> tuple[float, int, float]:
     """(steady-state samples/s, samples timed, seconds) over indices 0..samples-1; the first batch is not timed."""
-    it = infinite_loader(ds, batch, 0, workers, stop_index=samples)
-    next(it)  # worker start-up and first batch: not part of the steady state
-    t0 = time.perf_counter()
-    n = 0
-    for lr, _hr in it:
-        n += lr.shape[0]
-    secs = time.perf_counter() - t0
-    del it
+    n, secs = drain_loader(infinite_loader(ds, batch, 0, workers, stop_index=samples))
     return n / secs, n, secs
 
 
@@ -88,17 +75,6 @@ def check_same(a: RandomPatchDataset, b: RandomPatchDataset, k: int) -> None:
         (la, ha), (lb, hb) = a[i], b[i]
         if not (torch.equal(la, lb) and torch.equal(ha, hb)):
             raise SystemExit(f"sample {i}: shard and PNG datasets disagree — the comparison would be unfair")
-
-
-def _load() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-
-
-def machine() -> str:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{cpu_name()}, {cpus} CPU cores usable, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, h5py {h5py.__version__} (HDF5 {h5py.version.hdf5_version}), "
-            f"numpy {np.__version__}, Pillow {Image.__version__}")
 
 
 def layouts(src_png: Path, work: Path, scale: int, patch: int, samples: int) -> list[dict[str, Any]]:
@@ -126,12 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="also write the Markdown report here")
     args = ap.parse_args(argv)
     samples = 96 if args.quick else args.samples
-    cmd = "python bench/loader.py " + " ".join(argv if argv is not None else sys.argv[1:])
-
-    load_before = _load()
+    load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="easlurm-loader-bench-") as tmp:
         work = Path(tmp)
-        shard_dir = args.shards or build_samples(work / "samples", scale=args.scale)["train"]
+        shard_dir = args.shards or demo_train_shards(work / "samples", args.scale)
         png_dir = work / "png"
         png_bytes = export_pngs(shard_dir, png_dir)
         shard_ds = RandomPatchDataset(shard_dir, args.patch, args.scale, samples)
@@ -145,12 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ratio = shard_rate / png_rate
     lines = [
-        "## Loader: HDF5 shards vs PNG folder",
-        "",
-        f"- command: `{cmd.strip()}`",
-        f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"- machine: {machine()}",
-        f"- load average before / after (other processes share the cores): {load_before} / {_load()}",
+        *report_head("## Loader: HDF5 shards vs PNG folder", command_line("loader.py", argv), data_machine()),
+        f"- load average before / after (other processes share the cores): {load_before} / {load_average()}",
         f"- data: {len(shard_ds.ids)} images ({args.shards or 'built-in sample photos, train split'}),"
         f" shards {shard_bytes / 1e6:.1f} MB, PNGs {png_bytes / 1e6:.1f} MB;"
         f" {args.patch}px HR / {args.patch // args.scale}px LR patches, batch {args.batch_size},"
@@ -168,11 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                   "| HR chunk | compression | shard MB | samples/s |", "|---:|---|---:|---:|"]
         lines += [f"| {r['chunk']} | {r['compression']} | {r['bytes'] / 1e6:.1f} | {r['rate']:.1f} |"
                   for r in layout_rows]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report, encoding="utf-8")
+    publish("\n".join(lines) + "\n", args.out)
     return 0
 
 

@@ -65,28 +65,22 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-for _p in (str(BENCH), str(ROOT)):  # also when tests import this file by path
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+import torch
 
-import torch  # noqa: E402
-
-from _claim_arms import (  # noqa: E402
+from _claim_arms import (
     ARM_BY_NAME, ARM_KEYS, ARMS, Arm, BenchError, arm_overrides, planned_updates, recorded_updates,
 )
-from _claim_report import (  # noqa: E402
+from _claim_report import (
     HV_MARGIN, collect, front_hypervolume, outcome_lines, shared_reference, to_min_plane, write_results,
 )
-from _claim_run import (  # noqa: E402
+from _claim_run import (
     ArmResult, PretrainResult, arm_config, final_duplicates, lineage_children, perceptual_net, read_rows,
     run_benchmark as _run_benchmark, stored_seconds,
 )
-from _machine import cpu_name  # noqa: E402
+from _common import RESULTS_DIR, ROOT, cpu_name
 
-from easlurm.errors import EaslurmError  # noqa: E402
-from easlurm.store import atomic_write_json  # noqa: E402
+from easlurm.errors import EaslurmError
+from easlurm.store import atomic_write_json
 
 CONFIG_FULL = ROOT / "configs" / "bench" / "paper_claim.yaml"
 CONFIG_QUICK = ROOT / "configs" / "bench" / "paper_claim_quick.yaml"
@@ -131,8 +125,9 @@ def _meta(args: argparse.Namespace, config: Path, n_seeds: int, results: Sequenc
             "machine": f"{cpu_name()}, {os.cpu_count()} cores", "max_parallel": args.max_parallel,
             "omp": os.environ.get("OMP_NUM_THREADS"), "torch": torch.__version__,
             "perceptual_net": perceptual_net(results[0].run_dir), "wall_s": wall,
-            "date": dt.date.today().isoformat(), "scale": cfg.data.scale, "num_feat": cfg.model.num_feat,
-            "num_block": cfg.model.num_block, "pretrain_iters": cfg.pretrain.iters, "population": cfg.population.size,
+            "date": dt.date.today().isoformat(), "scale": cfg.data.scale,
+            "num_feat": cfg.model.options.num_feat, "num_block": cfg.model.options.num_block,
+            "pretrain_iters": cfg.pretrain.iters, "population": cfg.population.size,
             "prefs": ", ".join(f"{w[0]:.3g}" for w in preferences(cfg.population.size)), "cycles": cfg.run.cycles,
             "phases": " + ".join(map(str, phases)), "generations": cfg.ea.generations,
             "fusion_iters": cfg.fusion.iters, "batch": cfg.adam.batch_size, "patch": cfg.data.patch_size,
@@ -143,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python bench/paper_claim.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=None, help="number of seeds 0..N-1 (default 3; --quick: 1)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     ap.add_argument("--quick", action="store_true", help="smoke run with configs/bench/paper_claim_quick.yaml")
     ap.add_argument("--config", type=Path, default=None, help="bench config (default by --quick)")
     ap.add_argument("--work", type=Path, default=None, help="work folder (default runs/bench/<stem>)")

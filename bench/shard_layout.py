@@ -19,7 +19,6 @@ the content; the content only matters for the ``lzf`` row of ``--chunks``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import resource
 import statistics
 import sys
@@ -31,13 +30,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from loader import _load, machine  # noqa: E402  (bench/ is sys.path[0])
+from _common import command_line, data_machine, drain_loader, load_average, publish, report_head
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from easlurm.data.dataset import RandomPatchDataset, infinite_loader  # noqa: E402
-from easlurm.data.samples import sample_image  # noqa: E402
-from easlurm.data.shards import _crop_starts, build_shards  # noqa: E402
+from easlurm.data.dataset import RandomPatchDataset, infinite_loader
+from easlurm.data.samples import sample_image
+from easlurm.data.shards import build_shards
 
 # Photos at least one cell large (chelsea, 451x300, is smaller).
 PHOTOS = ("astronaut", "china", "coffee", "flower", "grace_hopper", "hubble_deep_field", "immunohistochemistry",
@@ -69,26 +66,35 @@ def mosaics(folder: Path, count: int, seed: int = 0) -> int:
     return total
 
 
-def coverage(sub: int, step: int) -> tuple[int, int, float]:
+def crop_starts(manifest: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """The sub-image grid build_shards cut: the distinct row and column starts (HR px) of one source image's
+    entries (every image of the benchmark has the same size, so the same grid)."""
+    first = manifest["entries"][0]["source"]
+    crops = [e["crop"] for e in manifest["entries"] if e["source"] == first]
+    return sorted({y for y, _ in crops}), sorted({x for _, x in crops})
+
+
+def coverage(starts: tuple[list[int], list[int]], sub: int) -> tuple[int, int, float]:
     """(min, max, mean) number of sub-images that hold a pixel of one 2040×1356 image."""
     counts = np.zeros((H, W), np.int16)
-    for y in _crop_starts(H, sub, step):
-        for x in _crop_starts(W, sub, step):
+    for y in starts[0]:
+        for x in starts[1]:
             counts[y:y + sub, x:x + sub] += 1
     return int(counts.min()), int(counts.max()), float(counts.mean())
 
 
-def patch_weights(sub: int, step: int, patch: int, scale: int = 4) -> tuple[int, int, float]:
+def patch_weights(starts: tuple[list[int], list[int]], sub: int, patch: int, scale: int = 4
+                  ) -> tuple[int, int, float]:
     """(min, max, mean) number of sub-images from which each patch position of one image can be drawn.
 
     RandomPatchDataset draws an entry uniformly, then a position in it; with whole-image entries every position
     of an image has weight 1 (as in the reference's loader), with sub-images a position's weight is the number
     of sub-images that contain the whole patch."""
-    def per_axis(length: int) -> np.ndarray:
+    def per_axis(length: int, axis_starts: list[int]) -> np.ndarray:
         pos = np.arange(0, length - patch + 1, scale)
-        return sum(((c <= pos) & (pos <= c + sub - patch)).astype(np.int64) for c in _crop_starts(length, sub, step))
+        return sum(((c <= pos) & (pos <= c + sub - patch)).astype(np.int64) for c in axis_starts)
 
-    m = np.outer(per_axis(H), per_axis(W))
+    m = np.outer(per_axis(H, starts[0]), per_axis(W, starts[1]))
     return int(m.min()), int(m.max()), float(m.mean())
 
 
@@ -96,7 +102,7 @@ def build(src: Path, out: Path, **kwargs: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     m = build_shards(src, out, 4, show_progress=False, **kwargs)
     return {"secs": time.perf_counter() - t0, "bytes": m["counts"]["bytes"], "entries": m["counts"]["entries"],
-            "shards": m["counts"]["shards"]}
+            "shards": m["counts"]["shards"], "manifest": m}
 
 
 def _cpu_s() -> float:
@@ -109,14 +115,8 @@ def measure(ds: RandomPatchDataset, samples: int, batch: int, workers: int) -> t
     """(steady-state samples/s, CPU µs per sample). The CPU time covers the whole run, worker start-up included
     (the same for both layouts); unlike wall time it hardly changes when other jobs share the cores."""
     cpu0 = _cpu_s()
-    it = infinite_loader(ds, batch, 0, workers, stop_index=samples)
-    next(it)  # worker start-up and first batch: not part of the steady state
-    t0 = time.perf_counter()
-    n = 0
-    for lr, _hr in it:  # exhausting the loader joins its workers, so their CPU time is in RUSAGE_CHILDREN
-        n += lr.shape[0]
-    secs = time.perf_counter() - t0
-    del it
+    # Exhausting the loader joins its workers, so their CPU time is in RUSAGE_CHILDREN.
+    n, secs = drain_loader(infinite_loader(ds, batch, 0, workers, stop_index=samples))
     return n / secs, (_cpu_s() - cpu0) / samples * 1e6
 
 
@@ -147,9 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.images, args.samples, args.reps = 3, 256, 1
-    cmd = "python bench/shard_layout.py " + " ".join(argv if argv is not None else sys.argv[1:])
     chunk_sides = [int(c) for c in args.chunks.split(",") if c.strip()]
-    load_before = _load()
+    load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="easlurm-shard-layout-") as tmp:
         work = Path(tmp)
         png_bytes = mosaics(work / "hr", args.images, args.seed)
@@ -169,16 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     # Medians over the repetitions: rate[workers][layout] in samples/s, cpu[...] in CPU µs per sample.
     rate = {k: {n: statistics.median(v[0] for v in runs) for n, runs in rs.items()} for k, rs in measured.items()}
     cpu = {k: {n: statistics.median(v[1] for v in runs) for n, runs in rs.items()} for k, rs in measured.items()}
-    cov = coverage(args.sub_image, args.sub_step)
-    pw = patch_weights(args.sub_image, args.sub_step, args.patch)
+    starts = crop_starts(layouts["sub"]["manifest"])
+    cov = coverage(starts, args.sub_image)
+    pw = patch_weights(starts, args.sub_image, args.patch)
     w, s = layouts["whole"], layouts["sub"]
     lines = [
-        "## Shard layout: whole images vs sub-images",
-        "",
-        f"- command: `{cmd.strip()}`",
-        f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"- machine: {machine()}",
-        f"- load average before / after (other processes share the cores): {load_before} / {_load()}",
+        *report_head("## Shard layout: whole images vs sub-images", command_line("shard_layout.py", argv),
+                     data_machine()),
+        f"- load average before / after (other processes share the cores): {load_before} / {load_average()}",
         f"- data: {args.images} HR images of {W}x{H} px (mosaics of the shipped sample photos at native "
         f"resolution, {png_bytes / 1e6:.0f} MB as PNG), bicubic x4 LR, uncompressed 64 px chunks unless stated;"
         f" {args.patch} px HR patches through RandomPatchDataset + infinite_loader, batch {args.batch_size}, the"
@@ -217,11 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         base = cpu[0].get("chunk 64 none", cpu[0]["whole"])
         lines += [f"| {v['chunk']} | {v['compression']} | {v['bytes'] / 1e6:.1f} | {v['secs']:.1f} |"
                   f" {rate[0][k]:.0f} | {cpu[0][k]:.0f} | {cpu[0][k] / base:.2f}x |" for k, v in variants.items()]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report, encoding="utf-8")
+    publish("\n".join(lines) + "\n", args.out)
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
 import os
 import re
 import statistics
@@ -22,10 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import RESULTS_DIR, ROOT, now_iso, publish
 
 
 def scontrol_times(job: str) -> tuple[float, float]:
@@ -73,14 +73,14 @@ def stage_jobs(run: Path) -> dict[str, list[str]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cycles", type=int, default=4)
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "slurm_overhead.md"))
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "slurm_overhead.md")
     args = ap.parse_args()
     if "SLURM_CONF" not in os.environ:
         print("set SLURM_CONF (e.g. eval \"$(bash tests/slurm/cluster.sh env)\")", file=sys.stderr)
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="easlurm-overhead-"))
     run = tmp / "run"
-    cmd = [sys.executable, "-m", "easlurm.launch", "--config", str(REPO / "configs" / "tiny.yaml"),
+    cmd = [sys.executable, "-m", "easlurm.launch", "--config", str(ROOT / "configs" / "tiny.yaml"),
            "--executor", "slurm", "--run-dir", str(run), "--set", f"run.cycles={args.cycles}",
            "--set", f"data.demo_dir={tmp / 'demo'}", "--set", "model.num_feat=8", "--set", "model.num_block=1",
            "--set", "adam.iters_per_cycle=5", "--set", "adam.checkpoint_every=5", "--set", "pretrain.iters=5",
@@ -118,7 +118,7 @@ def main() -> int:
         "",
         f"- command: `python bench/slurm_overhead.py --cycles {args.cycles}` (cluster: `tests/slurm/cluster.sh "
         "start`, single node, 2 cores, Slurm 22.05, batch_sched_delay=0)",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M')}; load average at end: "
+        f"- date: {now_iso()}; load average at end: "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}; whole run wall time {wall:.0f} s",
         "- *Slurm gap*: from Slurm's StartTime/EndTime (1 s resolution). *Task gap*: from the last write to the "
         "previous stage's job log (RUN/slurm/<stage>/<job>.out) to the first logging line of the next stage's task "
@@ -137,9 +137,7 @@ def main() -> int:
                 if per_cycle_fine else "task clock: no task logged a start line")
         lines += ["", f"Per-cycle overhead (both gaps): Slurm clock median {statistics.median(per_cycle_slurm):.1f} s "
                       f"(max {max(per_cycle_slurm):.1f} s); {fine}. Target: ≤ 5 s per cycle."]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("\n".join(lines) + "\n", args.out)
     return 0
 
 

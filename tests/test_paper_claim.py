@@ -24,6 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_bench() -> ModuleType:
+    # As ``python bench/paper_claim.py`` runs it: bench/ on sys.path for its sibling modules (_claim_*, _common).
+    if str(REPO / "bench") not in sys.path:
+        sys.path.insert(0, str(REPO / "bench"))
     spec = importlib.util.spec_from_file_location("paper_claim", REPO / "bench" / "paper_claim.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
@@ -268,6 +271,17 @@ def test_results_count_bicubic_once_and_hypervolumes_match(micro_run: tuple[Path
     arm_pts = np.array([(float(r["psnr"]), float(r["lpips"])) for r in rows if r["arm"] != "reference"])
     assert np.all(-arm_pts[:, 0] < ref[0]) and np.all(arm_pts[:, 1] < ref[1])  # every arm model inside the ref
     assert {s["ea_children"] for s in summ if s["arm"] in ("adam_only", "weighted_sum")} == {"0"}
+
+
+def test_meta_describes_the_arms_config(micro_run: tuple[Path, Any, Any]) -> None:
+    import argparse
+
+    _, _, results = micro_run
+    args = argparse.Namespace(quick=True, seeds=None, max_parallel=1)
+    meta = pc._meta(args, pc.CONFIG_QUICK, 1, results, 1.0)
+    assert (meta["num_feat"], meta["num_block"], meta["population"]) == (8, 1, N)  # MICRO's model, quick's size
+    assert meta["command"] == "python bench/paper_claim.py --quick"
+    assert meta["config"] == "configs/bench/paper_claim_quick.yaml"
 
 
 def test_disagreeing_bicubic_rows_are_refused(micro_run: tuple[Path, Any, Any]) -> None:

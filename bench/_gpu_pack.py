@@ -86,8 +86,8 @@ def shuffle(raw: bytes, regions: list[tuple[int, int, int]], inverse: bool = Fal
 
 
 def _load_tree(path: Path) -> Any:
-    # The project's restricted unpickler (numpy arrays only); the repository root must be importable.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    # The project's restricted unpickler (numpy arrays only): packing needs easlurm importable (bench/gpu_pack.sh
+    # sets PYTHONPATH to the repository root); unpacking needs only the standard library and numpy.
     from easlurm.assets import load_numpy_pickle
 
     return load_numpy_pickle(path)

@@ -5,7 +5,7 @@ scalings, an add, for each of the two gradients): 702 tensors of RRDB make some 
 a GPU can cost more host time than the arithmetic. The same mathematics on one flat buffer: every gradient's L2 norm
 in one ``torch._foreach_norm`` call, the per-tensor scales spread over the elements by a precomputed segment index,
 one multiply-add, then split back into views of the parameters' shapes; about a dozen launches whatever the tensor
-count. :class:`FlatMixBare` is bench/adam_step.py's bare loop with only this part changed, so timing it next to the
+count. :class:`FlatMixBare` is bench/_adam_sides.py's bare loop with only this part changed, so timing it next to the
 bare loop shows what the fix would gain in the trainer.
 """
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any, Sequence
 
 import torch
 
-from adam_step import BareStep
+from _adam_sides import BareStep
 
 
 class FlatMixBare(BareStep):
-    """bench/adam_step.py's :class:`BareStep` with the normalised mix computed on one flat buffer."""
+    """bench/_adam_sides.py's :class:`BareStep` with the normalised mix computed on one flat buffer."""
 
     def __init__(self, *a: Any, **k: Any) -> None:
         super().__init__(*a, **k)

@@ -3,6 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from _common import median
+
+
+def _median(xs: Any) -> float | None:
+    return median(xs) if xs else None
+
 
 def _g(d: Any, *keys: Any, default: Any = None) -> Any:
     for k in keys:
@@ -174,10 +180,9 @@ def _ea(rec: dict[str, Any]) -> list[str]:
            + ", ".join(f"{k} {_f(v, '.3f')} s" for k, v in (rec.get("bare_s") or {}).items()),
            f"- **ratio bare (G + VGG(sr), HR features precomputed) / Objectives = "
            f"{_f(rec.get('ratio_bare_vs_objectives'), '.3f')}** (target ≥ 0.9)"]
-    if rec.get("objectives_cache_forced_s") is not None:
-        out.append(f"- Objectives with the 1 GiB HR-feature cache limit lifted: "
-                   f"{rec['objectives_cache_forced_s']:.3f} s per evaluation (peak "
-                   f"{_f(rec.get('peak_gib_cache_forced'), '.1f')} GiB)")
+    if rec.get("hr_feature_gib") is not None:
+        out.append(f"- the fitness set's HR features: {rec['hr_feature_gib']:.2f} GiB; HR-side VGG passes per "
+                   f"Objectives evaluation: {rec.get('hr_passes_per_evaluation')} (0: cached)")
     mc = rec.get("make_child_s") or {}
     if mc:
         out.append("- make_child alone (operators forced on): " + ", ".join(f"{k} {v:.3f} s" for k, v in mc.items()))
@@ -272,7 +277,7 @@ def render(data: dict[str, Any]) -> str:
                         if bf else f"{len(rows)} variant(s)"),
         "loader": ", ".join(f"{r['workers']} workers {_f(r.get('ratio_to_consumer'), '.1f')}×"
                             for r in _g(sec, "loader", "rows") or []) + " of the bf16 RRDB step (target ≥ 2×)",
-        "ea": (f"{_f(median_or_none(_g(sec, 'ea', 'generations', 'seconds')), '.2f')} s/generation, bare/Objectives "
+        "ea": (f"{_f(_median(_g(sec, 'ea', 'generations', 'seconds')), '.2f')} s/generation, bare/Objectives "
                f"{_f(_g(sec, 'ea', 'ratio_bare_vs_objectives'), '.3f')} (target ≥ 0.9)"),
         "fusion": (f"step {_f(_g(sec, 'fusion', 'step', 'median_s'), '.3f')} s, peak "
                    f"{_f(_g(sec, 'fusion', 'step', 'peak_gib'), '.1f')} GiB; averaging "
@@ -303,11 +308,3 @@ def render(data: dict[str, Any]) -> str:
         if rec.get("traceback"):
             lines += ["", "```", rec["traceback"].rstrip(), "```"]
     return "\n".join(lines) + "\n"
-
-
-def median_or_none(xs: Any) -> float | None:
-    if not xs:
-        return None
-    s = sorted(xs)
-    k = len(s) // 2
-    return s[k] if len(s) % 2 else (s[k - 1] + s[k]) / 2

@@ -91,9 +91,8 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's easlurm (bench/ is sys.path[0])
-
-from _gpu_common import ROOT, Clock, Results, build_demo, now_iso, run_section
+from _common import RESULTS_DIR, ROOT, build_demo, now_iso
+from _gpu_common import Clock, Results, run_section
 from _gpu_report import render
 from _gpu_sections import (
     Ctx, section_device, section_ea, section_extras, section_fusion, section_loader, section_member_step,
@@ -253,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("OUT"):
             outs.append(Path(os.environ["OUT"]))
         if not smoke:
-            outs.append(ROOT / "bench" / "results")
+            outs.append(RESULTS_DIR)
     if not outs:
         print("gpu_check: --cpu-smoke needs --out DIR or $OUT (it never writes bench/results)", file=sys.stderr)
         return 3

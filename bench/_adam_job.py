@@ -22,6 +22,7 @@ from easlurm.train.init import init_population
 from easlurm.train.member import MemberStep, train_member
 from easlurm.train.pretrain import pretrain
 
+
 def make_job_run(root: Path, config: Path, overrides: Sequence[str], shards: Path, iters: int) -> Path:
     """A run directory whose members train ``iters`` iterations in cycle 0's Adam phase, starting from a
     1-iteration L1 pretrain (:func:`prepare_job_run` runs it and the init stage)."""

@@ -8,9 +8,11 @@ imported by the helpers that need them, so a torch-free script (bench/slurm_over
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -79,8 +81,6 @@ def now_iso() -> str:
 def command_line(script: str, argv: Sequence[str] | None, env: Sequence[str] = ()) -> str:
     """``python bench/SCRIPT.py ARGS`` as run (``argv`` None: this process's arguments), prefixed with the
     ``env`` variables that are set (e.g. ``OMP_NUM_THREADS=1``)."""
-    import sys
-
     args = list(sys.argv[1:] if argv is None else argv)
     prefix = [f"{k}={os.environ[k]}" for k in env if os.environ.get(k)]
     return " ".join([*prefix, "python", f"bench/{script}", *args])
@@ -93,8 +93,6 @@ def report_head(title: str, command: str, machine_line: str) -> list[str]:
 
 def generator_line(cfg: Any) -> str:
     """The configured generator for a report: ``msrresnet (num_feat 32, num_block 4), ×4``."""
-    import dataclasses
-
     opts = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(cfg.model.options).items())
     return f"{cfg.model.arch} ({opts}), ×{cfg.data.scale}"
 

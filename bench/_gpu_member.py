@@ -21,6 +21,7 @@ from _gpu_ctx import CONFIGS, Ctx, flags
 from _gpu_flatmix import FlatMixBare
 from _gpu_syncs import SyncProbe, count_ops, count_syncs
 
+
 @dataclass(frozen=True)
 class Variant:
     label: str

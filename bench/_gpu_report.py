@@ -106,7 +106,7 @@ def _member(rec: dict[str, Any], peak: Any) -> list[str]:
     j = rec.get("job")
     if j:
         out += ["", f"**Whole job** ({j['label']}, `train_member` for {j['iters']} iterations, "
-                f"{j['num_workers']} loader workers, timed by bench/adam_step.py's JobClock): steady "
+                f"{j['num_workers']} loader workers, timed by bench/_adam_job.py's JobClock): steady "
                 f"{j['steady'] * 1e3:.1f} ms/it (MemberStep alone "
                 f"{_f((j.get('memberstep_alone_s') or 0) * 1e3, '.1f')} "
                 f"ms/it → ratio alone/steady **{_f(j.get('ratio_alone_to_steady'), '.3f')}**); per steady iteration: "

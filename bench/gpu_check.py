@@ -5,7 +5,7 @@ how the lead runs it on a lent machine. Sections, each with its own time limit, 
 moment it ends (a run stopped at the call's time limit keeps every finished section):
 
 0. device: name, datasheet bf16 peak, measured bf16 matrix-product rate, versions;
-1. member step: ``MemberStep`` vs the bare loop of bench/adam_step.py (RRDB 64×23 and MSRResNet 64×16, batch 16,
+1. member step: ``MemberStep`` vs the bare loop of bench/_adam_sides.py (RRDB 64×23 and MSRResNet 64×16, batch 16,
    128² HR; fp32, TF32, bf16 autocast, and two cheap fixes), ms/it, ratio, TFLOP/s, MFU, host syncs (in the step,
    and per iteration of the real training loop around it: log and checkpoint steps only), peak memory;
 2. loader: HDF5 shard samples/s through the trainer's loader vs what the bf16 RRDB step consumes;

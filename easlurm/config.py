@@ -64,7 +64,7 @@ def validate(cfg: Config) -> Config:
     if cfg.data.scale not in spec.scales:
         raise ConfigError(f"data.scale: {spec.name} upscales ×{', ×'.join(map(str, spec.scales))}, not "
                           f"×{cfg.data.scale}")
-    m = spec.input_multiple(cfg.data.scale)
+    m = spec.side_multiple(cfg.data.scale, cfg.model.options)
     for name in ("patch_size", "fitness_tile"):
         lr_side = getattr(cfg.data, name) // cfg.data.scale
         if lr_side % m:

@@ -70,11 +70,12 @@ def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def input_multiple(model: nn.Module, scale: int) -> int:
     """The factor the LR input's height and width must be multiples of, as the model's backbone spec says
-    (:attr:`easlurm.models.specs.GeneratorSpec.input_multiple`; RRDBNet ×2: 2); 1 for a network no spec builds."""
+    (:meth:`easlurm.models.specs.GeneratorSpec.model_multiple`; RRDBNet ×2: 2, SwinIR: its window size); 1 for a
+    network no spec builds."""
     from .models.specs import spec_of
 
     spec = spec_of(model)
-    return spec.input_multiple(scale) if spec is not None else 1
+    return spec.model_multiple(model, scale) if spec is not None else 1
 
 
 def _model_device(model: nn.Module) -> torch.device | None:

@@ -137,7 +137,7 @@ def averaging_crops(cfg: Config) -> tuple[list[str], Iterator[torch.Tensor]]:
 
     reader = ShardReader(average_set(cfg), scale=cfg.data.scale)
     ids = list(reader.ids)[: cfg.fusion.average_images]
-    m = generator_spec(cfg.model.arch).input_multiple(cfg.data.scale)  # sides the backbone can take
+    m = generator_spec(cfg.model.arch).side_multiple(cfg.data.scale, cfg.model.options)  # sides it can take
 
     def crops() -> Iterator[torch.Tensor]:
         try:

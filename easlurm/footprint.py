@@ -104,7 +104,9 @@ def _sizes(cfg: Config) -> dict[str, int]:
     import torch
 
     from . import factory, rng
+    from .evo.genes import gene_plan
     from .fuse.dynamic import make_dynamic
+    from .models.specs import generator_spec
     from .tensor_files import torch_bytes
 
     with torch.device("meta"):
@@ -122,7 +124,7 @@ def _sizes(cfg: Config) -> dict[str, int]:
         "fusion attention.pt": _proxy_bytes(att_state),
         "fusion optim.pt": _proxy_bytes({"att": _adam_state(att, cfg.fusion.betas),
                                          "d": _adam_state(dp, cfg.fusion.betas)}),
-        "G tensors": sum(1 for v in g.state_dict().values() if v.is_floating_point()),
+        "G tensors": len(gene_plan(g, generator_spec(cfg.model.arch).ea_genes).crossover),  # SBX u values
         "G parameters": sum(p.numel() for p in gp), "D parameters": sum(p.numel() for p in dp),
     }
 

@@ -22,6 +22,7 @@ import numpy as np
 from ..config import EAConfig
 from ..rng import SEED_TAG_CHILD, derive_seed
 from . import EvoError
+from .genes import GenePlan
 from .operators import Genome, choose_partner, gaussian_mutation, sbx_child
 from .pareto import hypervolume
 from .selection import MoeadState, assign_slots_by_f1, moead_replace, neighbourhoods, nsga2_select
@@ -45,9 +46,12 @@ def child_id(cycle: int, generation: int, slot: int) -> str:
     return f"c{cycle}-g{generation}-s{slot}"
 
 
-def make_child(i: int, genomes: Sequence[Genome], ea: EAConfig, neighbourhood: Sequence[int], seed: int
-               ) -> tuple[Genome, list[dict[str, Any]], int | None]:
+def make_child(i: int, genomes: Sequence[Genome], ea: EAConfig, neighbourhood: Sequence[int], seed: int,
+               genes: GenePlan | None = None) -> tuple[Genome, list[dict[str, Any]], int | None]:
     """Member ``i``'s child (DESIGN.md §2 EA steps 1-2) with all draws from ``seed``.
+
+    ``genes``: the backbone's gene layout (which entries SBX crosses and mutation perturbs,
+    :mod:`easlurm.evo.genes`); None → SBX crosses every floating-point entry, mutation the weight-like ones.
 
     A ``numpy.random.Generator(seed)`` draws ``r_c`` then ``r_m`` (two uniforms in [0, 1), always both, so the
     mutation decision does not depend on how many draws crossover used); crossover fires when ``r_c <
@@ -68,12 +72,14 @@ def make_child(i: int, genomes: Sequence[Genome], ea: EAConfig, neighbourhood: S
     partner: int | None = None
     if r_cross < ea.p_crossover:
         partner = choose_partner(i, n, neighbourhood, ea.p_global_partner, rng)
-        child, us = sbx_child(genomes[i], genomes[partner], ea.sbx_eta, rng)
+        child, us = sbx_child(genomes[i], genomes[partner], ea.sbx_eta, rng,
+                              genes.crossover if genes is not None else None)
         ops.append({"op": "sbx", "eta": ea.sbx_eta, "partner": partner, "u": us})
     if r_mut < ea.p_mutation:
         gen = torch.Generator(device="cpu")
         gen.manual_seed(seed)
-        child, mutated = gaussian_mutation(child, ea.mutation_rate, ea.mutation_sigma, gen)
+        child, mutated = gaussian_mutation(child, ea.mutation_rate, ea.mutation_sigma, gen,
+                                           genes.mutation if genes is not None else None)
         ops.append({"op": "mutation", "rate": ea.mutation_rate, "sigma": ea.mutation_sigma, "mutated": mutated})
     return child, ops or [{"op": "copy"}], partner
 
@@ -128,11 +134,12 @@ class Context:
     neighbourhood: list[list[int]]
     fixed: frozenset[int]
     evaluate: Evaluate
+    genes: GenePlan | None = None
 
     def new_child(self, st: EAState, g: int, i: int) -> tuple[Genome, dict[str, Any], tuple[float, float] | None]:
         """Make and evaluate slot i's child of generation g; returns (child, lineage row, objectives or None)."""
         seed = derive_seed(self.run_seed, self.cycle, g, i, SEED_TAG)
-        child, ops, partner = make_child(i, st.genomes, self.ea, self.neighbourhood[i], seed)
+        child, ops, partner = make_child(i, st.genomes, self.ea, self.neighbourhood[i], seed, self.genes)
         parents = [st.refs[i]] + ([st.refs[partner]] if partner is not None else [])
         if ops[0]["op"] == "copy":  # the parent itself: evaluation would only reproduce its objectives
             f = (float(st.F[i, 0]), float(st.F[i, 1]))
@@ -211,10 +218,11 @@ SELECTIONS: dict[str, Generation | None] = {"moead": _moead_generation, "nsga2":
 
 def evolve(state: EAState, weights: np.ndarray, ea: EAConfig, *, cycle: int, run_seed: int,
            fixed: Sequence[int] = (), evaluate: Evaluate,
-           on_generation: Callable[[int, EAState], None] | None = None) -> EAState:
+           on_generation: Callable[[int, EAState], None] | None = None, genes: GenePlan | None = None) -> EAState:
     """Run generations ``state.generation`` … ``ea.generations - 1`` in place; return the state.
 
     ``weights``: the n × 2 preferences. ``fixed``: slots never replaced. ``evaluate(genome) -> (f1, f2)``.
+    ``genes``: the backbone's gene layout (:func:`make_child`; None → the ``float_tensors`` rule).
     A child whose objectives are not finite is rejected (logged, never selected, z not updated). A "copy" child
     (no operator fired) is not re-evaluated: it gets its parent's objectives. ``on_generation(g, state)`` runs after
     each generation (the job logs and checkpoints there).
@@ -232,7 +240,7 @@ def evolve(state: EAState, weights: np.ndarray, ea: EAConfig, *, cycle: int, run
     if step is None:
         return state
     ctx = Context(ea, cycle, run_seed, np.asarray(weights, dtype=np.float64), neighbourhoods(n, ea.neighbourhood),
-                  frozenset(int(j) for j in fixed), evaluate)
+                  frozenset(int(j) for j in fixed), evaluate, genes)
     for g in range(state.generation, ea.generations):
         accepted, rejected = step(state, g, ctx)
         state.hypervolume.append(hypervolume(state.F, state.hv_ref))

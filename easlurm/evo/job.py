@@ -38,6 +38,7 @@ from ..config import Config, load_run_config
 from ..engine.context import StageContext, stage_context
 from ..errors import CheckpointError, ConfigError
 from ..leases import Lease
+from ..models.specs import generator_spec
 from ..population import MemberMeta, member_file, require_member, slot_mode, write_member
 from ..stages.ea import RECORD_FILES, EADone, done_record
 from ..store import (
@@ -45,6 +46,7 @@ from ..store import (
 )
 from ..tensor_files import load_verified, torch_bytes
 from .evolve import HV_REF_FACTOR, EAState, distinct_genomes, evolve
+from .genes import GenePlan, gene_plan
 from .objectives import OBJECTIVE_NAMES, FitnessSet, Objectives
 from .operators import Genome
 from .pareto import hypervolume
@@ -163,6 +165,7 @@ def _run_ea(ctx: StageContext, cycle: int) -> EADone:
     progress = run.ea(cycle) / "progress"
     with _deterministic_cudnn():
         model = factory.build_generator(cfg).to(dev).eval()
+        genes = gene_plan(model, generator_spec(cfg.model.arch).ea_genes)
         perceptual = factory.build_perceptual(cfg).to(dev).eval()
         fitness = FitnessSet.from_config(cfg)
         objective = Objectives(model, perceptual, fitness.to(dev), ea.eval_batch, cfg.data.fitness_mean)
@@ -176,7 +179,8 @@ def _run_ea(ctx: StageContext, cycle: int) -> EADone:
                 except RuntimeError as exc:
                     raise CheckpointError(f"{folder / 'G.pt'}: does not fit the configured {cfg.model.arch} "
                                           f"({str(exc).splitlines()[0]})") from exc
-                genomes.append({k: v.to(dev) for k, v in sd.items()})
+                genes.check_buffers(sd, str(folder / "G.pt"))
+                genomes.append({k: v.to(dev) for k, v in genes.genome(sd).items()})
                 ref = member_file(folder, meta, "G.pt")
                 refs.append({"checkpoint": run.rel(ref.path), "sha256": ref.sha256})
             F0 = np.array([objective(g) for g in genomes], dtype=np.float64)
@@ -217,9 +221,9 @@ def _run_ea(ctx: StageContext, cycle: int) -> EADone:
                 pre.finish()
 
         evolve(st, weights, ea, cycle=cycle, run_seed=cfg.run.seed, fixed=fixed, evaluate=objective,
-               on_generation=on_generation)
+               on_generation=on_generation, genes=genes)
         record = _write_outputs(run, cfg, cycle, members, st, F0, fitness, perceptual, before + objective.calls,
-                                attempt.entries(st.generation), lease)
+                                attempt.entries(st.generation), lease, genes)
         _tb_front(tb, (run.ea(cycle) / "front.png").read_bytes(), step0 + ea.generations)
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(progress)
@@ -236,8 +240,9 @@ def _tb_front(tb: Any, png: bytes, step: int) -> None:
 
 def _write_outputs(run: RunDir, cfg: Config, cycle: int, members: list[tuple[Path, MemberMeta]], st: EAState,
                    F0: np.ndarray, fitness: FitnessSet, perceptual: Any, evaluations: int,
-                   attempts: list[dict[str, Any]], lease: Lease) -> EADone:
-    """Start entries of cycle C+1 first, then the phase's records, done.json last (the commit point)."""
+                   attempts: list[dict[str, Any]], lease: Lease, genes: GenePlan) -> EADone:
+    """Start entries of cycle C+1 first, then the phase's records, done.json last (the commit point). A new
+    genome is written as the full state dict (its buffers put back, :meth:`GenePlan.complete`)."""
     n, ea = cfg.population.size, cfg.ea
     rows_by_id = {r["id"]: r for r in st.rows}
     written: dict[str, FileRef] = {}        # child id → where its genome was first written
@@ -255,7 +260,7 @@ def _write_outputs(run: RunDir, cfg: Config, cycle: int, members: list[tuple[Pat
             if cid in written:
                 refs["G.pt"] = written[cid]
             else:
-                files["G.pt"] = torch_bytes(_cpu_genome(st.genomes[j]))
+                files["G.pt"] = torch_bytes(_cpu_genome(genes.complete(st.genomes[j])))
         else:
             origin = f"carried:{ref['checkpoint']}"
             path = run.root / ref["checkpoint"]

@@ -76,7 +76,8 @@ class Objectives:
     """``f(genome) = (mean L1, mean perceptual loss)`` over a :class:`FitnessSet` (both minimised, floats).
 
     ``model`` is the backbone whose parameters the genome replaces (via ``torch.func.functional_call``, so the model
-    itself is never modified); ``perceptual`` maps (sr, hr) NCHW RGB [0, 1] to a scalar mean loss. Both are put in
+    itself is never modified; entries a genome leaves out, its backbone's buffers (:mod:`easlurm.evo.genes`), are
+    the model's own); ``perceptual`` maps (sr, hr) NCHW RGB [0, 1] to a scalar mean loss. Both are put in
     eval mode. ``mean``: ``image`` (per-image means, then their mean) or ``tile``. Sums are float64. A diverged
     genome gives NaN/inf, which the caller must reject. ``calls`` counts evaluations.
     """

@@ -1,10 +1,12 @@
 """Variation operators on generator genomes: SBX crossover, Gaussian weight mutation, partner choice.
 
-A *genome* is a generator's state dict: ``dict[str, torch.Tensor]`` (ordered as the model's ``state_dict()``).
-Floating-point tensors are genes; any other tensor (e.g. an integer buffer) rides along unchanged from the first
-parent. Every operator returns new tensors, keeps the key order of its first argument and never modifies its
-inputs. Randomness comes only from the explicit generator argument, consumed in key order, so the same seed gives
-the same child on any machine and device.
+A *genome* is a generator's state dict: ``dict[str, torch.Tensor]`` (ordered as the model's ``state_dict()``), less
+the entries its backbone keeps out of it (:mod:`easlurm.evo.genes`). Which entries are genes is the backbone's rule
+too, passed to the operators as key lists (``keys``); without one, floating-point tensors are SBX's genes and
+:func:`is_weight_key` says what mutation perturbs. Any other entry rides along unchanged from the first parent.
+Every operator returns new tensors, keeps the key order of its first argument and never modifies its inputs.
+Randomness comes only from the explicit generator argument, consumed in key order, so the same seed gives the same
+child on any machine and device.
 
 Reference: DESIGN.md §2 "EA phase", steps 1-2 (github.com/csslc/EA-Adam, ``EA_operator/gen.py`` and the EA loop of
 ``train_EA-Adam_srresnet.py``).
@@ -65,25 +67,38 @@ def _check_same_structure(p1: Mapping[str, torch.Tensor], p2: Mapping[str, torch
             raise EvoError(f"SBX parents: key {key!r} is floating-point in one parent only ({t1.dtype} vs {t2.dtype})")
 
 
-def _gene_keys(genome: Mapping[str, torch.Tensor]) -> list[str]:
-    return [k for k, t in genome.items() if t.is_floating_point()]
+def _gene_keys(genome: Mapping[str, torch.Tensor], keys: Sequence[str] | None = None) -> list[str]:
+    """The genes of ``genome`` in its key order: ``keys`` (each must be a floating-point entry), or every
+    floating-point entry when None."""
+    if keys is None:
+        return [k for k, t in genome.items() if t.is_floating_point()]
+    wanted = set(keys)
+    missing = sorted(wanted - set(genome))
+    if missing:
+        raise EvoError(f"genome lacks the gene entries {missing[:5]}")
+    bad = sorted(k for k in wanted if not genome[k].is_floating_point())
+    if bad:
+        raise EvoError(f"gene entries {bad[:5]} are not floating-point tensors")
+    return [k for k in genome if k in wanted]
 
 
 def sbx_child_with_u(
-    p1: Mapping[str, torch.Tensor], p2: Mapping[str, torch.Tensor], eta: float, us: Sequence[float]
+    p1: Mapping[str, torch.Tensor], p2: Mapping[str, torch.Tensor], eta: float, us: Sequence[float],
+    keys: Sequence[str] | None = None,
 ) -> Genome:
-    """First SBX offspring of ``p1`` and ``p2`` with given draws: one ``u`` per floating-point tensor, in key order.
+    """First SBX offspring of ``p1`` and ``p2`` with given draws: one ``u`` per gene, in key order.
 
-    For each floating-point tensor: ``child = 0.5 * ((1 + β) * p1 + (1 - β) * p2)``, ``β = sbx_u_to_beta(u, eta)``,
-    computed in the tensor's dtype on ``p1``'s device. Non-float entries are cloned from ``p1``. (The second
-    offspring of the pair is ``sbx_child_with_u(p2, p1, eta, us)``; the pair's mean equals the parents' mean.)
-    With ``u = 0.5`` the child equals ``p1`` exactly.
+    The genes are ``keys`` (the backbone's crossover entries, :class:`easlurm.evo.genes.GenePlan`), or every
+    floating-point tensor when None. For each gene: ``child = 0.5 * ((1 + β) * p1 + (1 - β) * p2)``,
+    ``β = sbx_u_to_beta(u, eta)``, computed in the tensor's dtype on ``p1``'s device. Every other entry is cloned
+    from ``p1``. (The second offspring of the pair is ``sbx_child_with_u(p2, p1, eta, us, keys)``; the pair's mean
+    equals the parents' mean.) With ``u = 0.5`` the child equals ``p1`` exactly.
     """
     _check_same_structure(p1, p2)
-    genes = _gene_keys(p1)
+    genes = _gene_keys(p1, keys)
     us = [float(u) for u in us]
     if len(us) != len(genes):
-        raise EvoError(f"sbx_child_with_u: need one u per floating-point tensor ({len(genes)}), got {len(us)}")
+        raise EvoError(f"sbx_child_with_u: need one u per gene ({len(genes)}), got {len(us)}")
     draws = dict(zip(genes, us))
     child: Genome = {}
     with torch.no_grad():
@@ -98,18 +113,19 @@ def sbx_child_with_u(
 
 
 def sbx_child(
-    p1: Mapping[str, torch.Tensor], p2: Mapping[str, torch.Tensor], eta: float, rng: np.random.Generator
+    p1: Mapping[str, torch.Tensor], p2: Mapping[str, torch.Tensor], eta: float, rng: np.random.Generator,
+    keys: Sequence[str] | None = None,
 ) -> tuple[Genome, list[float]]:
     """First SBX offspring (DESIGN.md §2 EA step 1; reference η = 20), drawing its own ``u`` values.
 
-    Draw order: one ``u = rng.random()`` (uniform in [0, 1)) per floating-point tensor of ``p1``, in key order,
-    nothing else. Returns ``(child, us)``; ``us`` goes into the lineage so the child can be re-created with
-    :func:`sbx_child_with_u`. The reference draws u with torch on each tensor; here numpy's Generator is used so
-    a child depends only on the lineage seed.
+    Draw order: one ``u = rng.random()`` (uniform in [0, 1)) per gene of ``p1`` (``keys``, or every floating-point
+    tensor when None), in key order, nothing else. Returns ``(child, us)``; ``us`` goes into the lineage so the
+    child can be re-created with :func:`sbx_child_with_u`. The reference draws u with torch on each tensor; here
+    numpy's Generator is used so a child depends only on the lineage seed.
     """
     _check_same_structure(p1, p2)
-    us = [float(rng.random()) for _ in _gene_keys(p1)]
-    return sbx_child_with_u(p1, p2, eta, us), us
+    us = [float(rng.random()) for _ in _gene_keys(p1, keys)]
+    return sbx_child_with_u(p1, p2, eta, us, keys), us
 
 
 def is_weight_key(name: str, tensor: torch.Tensor) -> bool:
@@ -123,15 +139,17 @@ def is_weight_key(name: str, tensor: torch.Tensor) -> bool:
 
 
 def gaussian_mutation(
-    genome: Mapping[str, torch.Tensor], rate: float, sigma: float, generator: torch.Generator
+    genome: Mapping[str, torch.Tensor], rate: float, sigma: float, generator: torch.Generator,
+    keys: Sequence[str] | None = None,
 ) -> tuple[Genome, int]:
     """Gaussian mutation of weight tensors (DESIGN.md §2 EA step 2; reference rate 0.02, σ = 0.03).
 
-    Each element of every weight tensor (:func:`is_weight_key`) independently gets ``N(0, σ²)`` noise with
-    probability ``rate``. All other entries — biases included — are cloned unchanged, so the child keeps the
-    biases it got from crossover. Note: the reference (``gen_mut``) rebuilds the child from a copy of the *parent*
-    and loads only the weights into it, which silently reverts the crossover child's biases to the parent's; that
-    is a bug and is not reproduced here.
+    Each element of every weight tensor — the entries in ``keys`` (the backbone's mutation entries,
+    :class:`easlurm.evo.genes.GenePlan`), or those :func:`is_weight_key` accepts when None — independently gets
+    ``N(0, σ²)`` noise with probability ``rate``. All other entries — biases included — are cloned unchanged, so
+    the child keeps the biases it got from crossover. Note: the reference (``gen_mut``) rebuilds the child from a
+    copy of the *parent* and loads only the weights into it, which silently reverts the crossover child's biases to
+    the parent's; that is a bug and is not reproduced here.
 
     Determinism: for each weight tensor, in key order, first a uniform mask ``torch.rand(shape) < rate`` then the
     noise ``torch.randn(shape) * σ`` are drawn in float32 **on the CPU** from ``generator`` (which must be a CPU
@@ -146,12 +164,13 @@ def gaussian_mutation(
         raise EvoError(f"gaussian_mutation: sigma must be a finite number >= 0, got {sigma!r}")
     if generator.device.type != "cpu":
         raise EvoError(f"gaussian_mutation: generator must be a CPU torch.Generator, got one on {generator.device}")
+    genes = set(_gene_keys(genome, keys)) if keys is not None else None
     child: Genome = {}
     mutated = 0
     with torch.no_grad():
         for key, tensor in genome.items():
             t = tensor.detach()
-            if not is_weight_key(key, t):
+            if not (is_weight_key(key, t) if genes is None else key in genes):
                 child[key] = t.clone()
                 continue
             mask = torch.rand(t.shape, generator=generator, dtype=torch.float32, device="cpu") < rate

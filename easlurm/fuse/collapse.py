@@ -1,8 +1,9 @@
 """Collapse a dynamic model (:mod:`easlurm.fuse.dynamic`) into one plain backbone with the averaged attention.
 
-Reads the stacked expert kernels of every :class:`~easlurm.fuse.dynamic.DynamicConv2d`, takes the other entries as
-the experts share them, drops the attention branches, and merges with :func:`easlurm.fuse.merge.merge_state_dicts`
-(θ_l = Σ_k w̄_{l,k} θ_{l,k}). Kept apart from both so that each imports only what is below it.
+Reads the stacked expert tensors of every dynamic layer (:class:`~easlurm.fuse.layers.DynamicLayer`: convs, linear
+layers, LayerNorms), takes the other entries as the experts share them, drops the attention branches, and merges
+with :func:`easlurm.fuse.merge.merge_state_dicts` (θ_l = Σ_k w̄_{l,k} θ_{l,k}). Kept apart from both so that each
+imports only what is below it.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .dynamic import dynamic_layers
+from .layers import dynamic_layers
 from .merge import FusionError, merge_state_dicts
 
 
@@ -29,7 +30,7 @@ def merge_from_dynamic(dynamic_model: nn.Module,
     """Collapse a model built by :func:`easlurm.fuse.dynamic.make_dynamic` into a plain backbone state dict.
 
     Args:
-        dynamic_model: the dynamic model (its stacked expert kernels are read; attention branches are dropped).
+        dynamic_model: the dynamic model (its stacked expert tensors are read; attention branches are dropped).
         averages: per dynamic layer name, the K averaged attention weights (e.g. from ``average_attention``).
 
     Returns:
@@ -37,7 +38,7 @@ def merge_from_dynamic(dynamic_model: nn.Module,
     """
     layers = dynamic_layers(dynamic_model)
     if not layers:
-        raise FusionError("merge_from_dynamic: the model has no DynamicConv2d layer (was it built by make_dynamic?)")
+        raise FusionError("merge_from_dynamic: the model has no dynamic layer (was it built by make_dynamic?)")
     num = layers[0][1].num_experts
     # Longest names first so a layer nested inside another's name space is never claimed by the outer one.
     prefixes = sorted(((n, f"{n}." if n else "") for n, _ in layers), key=lambda p: -len(p[1]))

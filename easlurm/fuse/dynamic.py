@@ -1,103 +1,58 @@
-"""Generic dynamic-convolution wrapper for fusing K expert generators (DESIGN.md §2 "Fusion" 1 and 3).
+"""Generic dynamic-layer wrapper for fusing K expert generators (DESIGN.md §2 "Fusion" 1 and 3).
 
-:func:`make_dynamic` deep-copies expert 0 and replaces **every** ``nn.Conv2d`` found by ``named_modules`` with a
-:class:`DynamicConv2d` over the K experts' matching convs, so any backbone (toy nets, MSRResNet, RRDBNet) works
-without a hand-written dynamic twin. Each dynamic layer holds the frozen expert kernels as buffers and a trainable
-attention branch on the layer's input that picks, per image, the mixing vector a ∈ Δ^K used for both kernel
-Σ_k a_k W_k and bias Σ_k a_k b_k.
+:func:`make_dynamic` deep-copies expert 0 and replaces **every** parameterised layer of a kind it knows — found by
+``named_modules`` and module type, so any backbone (toy nets, MSRResNet, RRDBNet, SwinIR) works without a
+hand-written dynamic twin — with a dynamic layer over the K experts' matching layers (:mod:`easlurm.fuse.layers`):
 
-Attention branch — as in the reference code (github.com/csslc/EA-Adam, ``models/*_dynamic/*_block.py``, class
-``Fusion``; fusion configs ``num_feat_fusion: 64``, ``num_params: 100``, ``use_bias: True``):
+- ``nn.Conv2d`` → :class:`DynamicConv2d` (every conv, as the reference: conv_first … conv_last, upsampling convs
+  included; its attention branch is the reference's conv branch, :class:`~easlurm.fuse.layers.AttentionBranch`);
+- ``nn.Linear`` → :class:`~easlurm.fuse.token_layers.DynamicLinear` and ``nn.LayerNorm`` (with affine weights) →
+  :class:`~easlurm.fuse.token_layers.DynamicLayerNorm` — a transformer's qkv, projection and MLP layers and its
+  norms (SwinIR), with a per-token attention branch (:mod:`easlurm.fuse.token_layers` says why).
 
-    Conv(C_in → 64, k) · LeakyReLU(0.2) · Conv(64 → 64, k) · LeakyReLU(0.2) · Conv(64 → 100, k) · LeakyReLU(0.2)
-    → global average pool → 100-d → Linear(100 → 15) · LeakyReLU(0.2) → Linear(15 → K) → softmax
+Linear and LayerNorm are matched by exact type (a subclass such as ``nn.MultiheadAttention``'s ``out_proj``, whose
+weight its owner reads directly, is left alone); MSRResNet and RRDBNet have neither, so their fusion is unchanged.
+Each dynamic layer holds the frozen expert tensors as buffers and a trainable attention branch on the layer's input
+that picks, per image, the mixing vector a ∈ Δ^K used for weight Σ_k a_k W_k and bias Σ_k a_k b_k. Every other
+entry (SwinIR: the relative-position bias tables and buffers) follows :func:`easlurm.fuse.merge.combine_shared`.
 
-with k = 5 for SRResNet and 3 for RRDB, stride 1, padding k // 2, biases on every layer. Here ``att_hidden`` is the
-64 and ``att_channels`` the 100. Every conv of the backbone becomes dynamic, as in the reference (conv_first …
-conv_last, upsampling convs included). The reference uses one image per batch when averaging; here the average is
-per image too (the sum of all images' vectors over the number of images), whatever the batch size.
+The reference uses one image per batch when averaging; here the average is per image too (the sum of all images'
+vectors over the number of images), whatever the batch size.
 """
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
-from typing import cast
+from collections.abc import Iterable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import (
+    AttentionBranch, DynamicLayer, attention_parameters, check_experts, dynamic_layers, set_fixed_attention, set_record,
+)
 from .merge import FusionError, combine_shared
+from .token_layers import DynamicLayerNorm, DynamicLinear, TokenLayer, forget_batch_size, note_batch_size
 
-__all__ = ["AttentionBranch", "DynamicConv2d", "make_dynamic", "attention_parameters", "dynamic_layers",
-           "set_fixed_attention", "set_record", "AttentionAverager", "average_attention"]
-
-_MAPPING_HIDDEN = 15
-_LRELU_SLOPE = 0.2
-
-
-class AttentionBranch(nn.Module):
-    """Per-image softmax weights over K experts from a feature map.
-
-    Input: (N, C_in, H, W) features (any range). Output: (N, K) float, rows non-negative and summing to 1.
-    """
-
-    def __init__(self, in_channels: int, num_experts: int, kernel_size: int = 3, hidden: int = 64,
-                 channels: int = 100) -> None:
-        super().__init__()
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise FusionError(f"attention kernel size must be odd and >= 1 (same-size output), got {kernel_size}")
-        pad = kernel_size // 2
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, hidden, kernel_size, stride=1, padding=pad),
-            nn.LeakyReLU(_LRELU_SLOPE),
-            nn.Conv2d(hidden, hidden, kernel_size, stride=1, padding=pad),
-            nn.LeakyReLU(_LRELU_SLOPE),
-            nn.Conv2d(hidden, channels, kernel_size, stride=1, padding=pad),
-            nn.LeakyReLU(_LRELU_SLOPE),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.mapping = nn.Sequential(
-            nn.Linear(channels, _MAPPING_HIDDEN),
-            nn.LeakyReLU(_LRELU_SLOPE),
-            nn.Linear(_MAPPING_HIDDEN, num_experts),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.pool(self.features(x)).flatten(1)
-        return torch.softmax(self.mapping(pooled), dim=1)
+__all__ = ["AttentionBranch", "DynamicLayer", "DynamicConv2d", "DynamicLinear", "DynamicLayerNorm", "make_dynamic",
+           "attention_parameters", "dynamic_layers", "fusable_layers", "set_fixed_attention", "set_record",
+           "AttentionAverager", "average_attention"]
 
 
 def _check_expert_convs(name: str, convs: Sequence[nn.Module]) -> nn.Conv2d:
-    if len(convs) == 0:
-        raise FusionError(f"layer '{name}': no expert convs given")
-    for k, c in enumerate(convs):
-        if not isinstance(c, nn.Conv2d):
-            raise FusionError(f"layer '{name}': expert {k} holds a {type(c).__name__}, not an nn.Conv2d")
-    ref = convs[0]
+    ref = check_experts(name, convs, nn.Conv2d, ("in_channels", "out_channels", "kernel_size", "stride", "padding",
+                                                 "dilation", "groups", "padding_mode"))
+    assert isinstance(ref, nn.Conv2d)
     if ref.groups != 1:
         raise FusionError(f"layer '{name}': grouped convs (groups={ref.groups}) are not supported")
     if ref.padding_mode != "zeros":
         raise FusionError(f"layer '{name}': padding_mode '{ref.padding_mode}' is not supported (only 'zeros')")
-    fields = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
-              "padding_mode")
-    for k, c in enumerate(convs[1:], start=1):
-        for f in fields:
-            if getattr(c, f) != getattr(ref, f):
-                raise FusionError(f"layer '{name}': expert {k} has {f}={getattr(c, f)!r}, expert 0 has "
-                                  f"{getattr(ref, f)!r}")
-        if (c.bias is None) != (ref.bias is None):
-            raise FusionError(f"layer '{name}': expert {k} has bias={c.bias is not None}, expert 0 has "
-                              f"bias={ref.bias is not None}")
-        if c.weight.dtype != ref.weight.dtype:
-            raise FusionError(f"layer '{name}': expert {k} weights are {c.weight.dtype}, expert 0's are "
-                              f"{ref.weight.dtype}")
-    assert isinstance(ref, nn.Conv2d)
     return ref
 
 
-class DynamicConv2d(nn.Module):
+class DynamicConv2d(DynamicLayer):
     """A conv whose kernel is a per-image convex mix of K frozen expert kernels.
 
     Buffers (frozen, saved in the state dict): ``weight`` (K, O, I, kh, kw) and ``bias`` (K, O) or None, stacked in
@@ -114,50 +69,17 @@ class DynamicConv2d(nn.Module):
     def __init__(self, experts: Sequence[nn.Conv2d], att_kernel: int = 3, att_channels: int = 100,
                  att_hidden: int = 64, name: str = "conv",
                  fixed_attention: torch.Tensor | None = None) -> None:
-        super().__init__()
         ref = _check_expert_convs(name, experts)
-        self.name = name
-        self.num_experts = len(experts)
+        super().__init__(experts, name)
         self.in_channels = ref.in_channels
         self.out_channels = ref.out_channels
         self.kernel_size = ref.kernel_size
         self.stride = ref.stride
         self.padding = ref.padding
         self.dilation = ref.dilation
-        device, dtype = ref.weight.device, ref.weight.dtype
-        with torch.no_grad():
-            self.register_buffer("weight", torch.stack([c.weight.detach().to(device).clone() for c in experts]))
-            bias = None
-            if ref.bias is not None:
-                bias = torch.stack([c.bias.detach().to(device).clone() for c in experts])  # type: ignore[union-attr]
-            self.register_buffer("bias", bias)
         self.attention = AttentionBranch(self.in_channels, self.num_experts, att_kernel, att_hidden,
-                                         att_channels).to(device=device, dtype=dtype)
-        self.record = False
-        self.last_attention: torch.Tensor | None = None
-        self._fixed: torch.Tensor | None = None
+                                         att_channels).to(device=ref.weight.device, dtype=ref.weight.dtype)
         self.fixed_attention = fixed_attention
-
-    @property
-    def fixed_attention(self) -> torch.Tensor | None:
-        """The (K,) vector that replaces the attention branch, or None to use the branch."""
-        return self._fixed
-
-    @fixed_attention.setter
-    def fixed_attention(self, value: torch.Tensor | Sequence[float] | np.ndarray | None) -> None:
-        if value is None:
-            self._fixed = None
-            return
-        if isinstance(value, torch.Tensor):
-            t = value.detach().to("cpu", torch.float64)
-        else:
-            t = torch.as_tensor(np.asarray(value, dtype=np.float64))
-        if t.shape != (self.num_experts,):
-            raise FusionError(f"layer '{self.name}': fixed_attention must have shape ({self.num_experts},), "
-                              f"got {tuple(t.shape)}")
-        if not torch.isfinite(t).all():
-            raise FusionError(f"layer '{self.name}': fixed_attention must be finite, got {t.tolist()}")
-        self._fixed = t
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, experts={self.num_experts}, {self.in_channels}->{self.out_channels}, "
@@ -169,15 +91,13 @@ class DynamicConv2d(nn.Module):
             raise FusionError(f"layer '{self.name}': expected input (N, {self.in_channels}, H, W), "
                               f"got {tuple(x.shape)}")
         n = x.shape[0]
-        w_all = cast(torch.Tensor, self.weight)
-        b_all = cast("torch.Tensor | None", self.bias)
-        if self._fixed is not None:
+        w_all = self.weight
+        b_all = self.bias
+        if self.fixed_attention is not None:
             # One kernel for the whole batch: a plain conv, no grouping needed.
-            a = self._fixed.to(device=w_all.device, dtype=w_all.dtype)
-            kernel = torch.tensordot(a, w_all, dims=1)
-            bias = torch.tensordot(a, b_all, dims=1) if b_all is not None else None
+            kernel, bias = self.fixed_mix()
             out = F.conv2d(x, kernel, bias, self.stride, self.padding, self.dilation)
-            att = a.unsqueeze(0).expand(n, -1)
+            att = self.fixed_attention.to(device=w_all.device, dtype=w_all.dtype).unsqueeze(0).expand(n, -1)
         else:
             att = self.attention(x)
             a = att.to(w_all.dtype)
@@ -186,53 +106,8 @@ class DynamicConv2d(nn.Module):
             folded = x.reshape(1, n * self.in_channels, x.shape[2], x.shape[3])
             out = F.conv2d(folded, kernel, bias, self.stride, self.padding, self.dilation, groups=n)
             out = out.view(n, self.out_channels, out.shape[2], out.shape[3])
-        if self.record:
-            self.last_attention = att.detach()
+        self.remember(att)
         return out
-
-
-def dynamic_layers(model: nn.Module) -> list[tuple[str, DynamicConv2d]]:
-    """All :class:`DynamicConv2d` layers of ``model`` with their names, in module-registration order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, DynamicConv2d)]
-
-
-def attention_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The trainable parameters of every attention branch, in module order (what the fusion optimizer gets)."""
-    params: list[nn.Parameter] = []
-    for _, layer in dynamic_layers(model):
-        params.extend(layer.attention.parameters())
-    return params
-
-
-def set_fixed_attention(model: nn.Module,
-                        value: torch.Tensor | Sequence[float] | np.ndarray
-                        | Mapping[str, torch.Tensor | Sequence[float] | np.ndarray] | None) -> None:
-    """Set (or clear with None) ``fixed_attention`` on every dynamic layer.
-
-    ``value`` is one (K,) vector for all layers or a mapping layer name → (K,) that must name every layer.
-    """
-    layers = dynamic_layers(model)
-    if isinstance(value, Mapping):
-        names = [n for n, _ in layers]
-        name_set = set(names)
-        unknown = [k for k in value if k not in name_set]
-        if unknown:
-            raise FusionError(f"set_fixed_attention: '{unknown[0]}' is not a dynamic layer of the model")
-        for name, layer in layers:
-            if name not in value:
-                raise FusionError(f"set_fixed_attention: no vector given for layer '{name}'")
-            layer.fixed_attention = value[name]
-    else:
-        for _, layer in layers:
-            layer.fixed_attention = value
-
-
-def set_record(model: nn.Module, flag: bool) -> None:
-    """Turn recording of the last attention vectors on/off on every dynamic layer (off also clears them)."""
-    for _, layer in dynamic_layers(model):
-        layer.record = flag
-        if not flag:
-            layer.last_attention = None
 
 
 def _module_types(model: nn.Module) -> list[tuple[str, type]]:
@@ -265,17 +140,37 @@ def _check_same_structure(experts: Sequence[nn.Module]) -> None:
             raise FusionError(f"expert {k} differs from expert 0: extra entry '{extra[0]}'")
 
 
-def _conv_names(model: nn.Module) -> list[str]:
+#: Layer kinds :func:`make_dynamic` wraps: (does this module qualify, its dynamic layer's builder). Convs by
+#: ``isinstance`` (as ever); Linear and LayerNorm by exact type (see the module docstring).
+Builder = Callable[[str, Sequence[nn.Module], int, int, int], DynamicLayer]
+LAYER_KINDS: tuple[tuple[Callable[[nn.Module], bool], Builder], ...] = (
+    (lambda m: isinstance(m, nn.Conv2d),
+     lambda name, ms, k, c, h: DynamicConv2d(ms, att_kernel=k, att_channels=c,  # type: ignore[arg-type]
+                                             att_hidden=h, name=name)),
+    (lambda m: type(m) is nn.Linear,
+     lambda name, ms, k, c, h: DynamicLinear(ms, att_hidden=h, att_channels=c, name=name)),  # type: ignore[arg-type]
+    (lambda m: type(m) is nn.LayerNorm and m.elementwise_affine,
+     lambda name, ms, k, c, h: DynamicLayerNorm(ms, att_hidden=h, att_channels=c,  # type: ignore[arg-type]
+                                                name=name)),
+)
+
+
+def _kind(module: nn.Module) -> Builder | None:
+    return next((build for qualifies, build in LAYER_KINDS if qualifies(module)), None)
+
+
+def fusable_layers(model: nn.Module) -> list[str]:
+    """Names of the layers :func:`make_dynamic` makes dynamic, in module order (``""``: the model itself)."""
     seen: dict[int, str] = {}
     names: list[str] = []
     for name, m in model.named_modules(remove_duplicate=False):
-        if isinstance(m, nn.Conv2d):
+        if _kind(m) is not None:
             if id(m) in seen:
-                raise FusionError(f"conv '{name}' is the same module as '{seen[id(m)]}' (shared weights); "
-                                  f"make_dynamic needs one module per conv layer")
+                raise FusionError(f"layer '{name}' is the same module as '{seen[id(m)]}' (shared weights); "
+                                  f"make_dynamic needs one module per layer")
             seen[id(m)] = name
             names.append(name)
-    return names
+    return [""] if "" in names else names  # the kinds are leaf layers; "": the model is one bare layer
 
 
 def make_dynamic(experts: Sequence[nn.Module], att_kernel: int = 3, att_channels: int = 100, *,
@@ -283,19 +178,22 @@ def make_dynamic(experts: Sequence[nn.Module], att_kernel: int = 3, att_channels
     """Build the dynamic fusion model over K experts of one backbone.
 
     Args:
-        experts: K modules of identical structure (same module tree, state-dict keys and shapes, conv configs).
+        experts: K modules of identical structure (same module tree, state-dict keys and shapes, layer configs).
             They are not modified.
-        att_kernel: kernel size of the attention branch convs (3 for RRDB, 5 for SRResNet in the reference).
+        att_kernel: kernel size of the conv layers' attention convs (3 for RRDB, 5 for SRResNet in the reference;
+            token layers' branches are per-token).
         att_channels: width of the pooled attention feature (reference: 100).
-        att_hidden: width of the first two attention convs (reference: 64).
+        att_hidden: width of the first two attention layers (reference: 64).
 
     Returns:
-        A deep copy of expert 0 in which every ``nn.Conv2d`` is a :class:`DynamicConv2d` over the experts' matching
-        convs. Non-conv parameters/buffers follow :func:`easlurm.fuse.merge.combine_shared` (kept if identical,
-        else averaged uniformly). Only attention-branch parameters require grad. Same device/dtype as the experts.
+        A deep copy of expert 0 in which every layer of a kind in :data:`LAYER_KINDS` (:func:`fusable_layers`) is a
+        dynamic layer over the experts' matching layers. Other parameters/buffers follow
+        :func:`easlurm.fuse.merge.combine_shared` (kept if identical, else averaged uniformly). Only
+        attention-branch parameters require grad. Same device/dtype as the experts. With token layers, the model
+        tells them each forward's batch size (:func:`easlurm.fuse.token_layers.note_batch_size`).
 
     Raises:
-        FusionError naming the first layer where the experts differ (or a conv config that is not supported).
+        FusionError naming the first layer where the experts differ (or a layer config that is not supported).
     """
     if len(experts) == 0:
         raise FusionError("make_dynamic: no experts given")
@@ -303,24 +201,26 @@ def make_dynamic(experts: Sequence[nn.Module], att_kernel: int = 3, att_channels
         if not isinstance(e, nn.Module):
             raise FusionError(f"make_dynamic: expert {k} is a {type(e).__name__}, not an nn.Module")
         if dynamic_layers(e):
-            raise FusionError(f"make_dynamic: expert {k} already contains DynamicConv2d layers")
+            raise FusionError(f"make_dynamic: expert {k} already contains dynamic layers")
     _check_same_structure(experts)
-    names = _conv_names(experts[0])
+    names = fusable_layers(experts[0])
     if not names:
-        raise FusionError(f"make_dynamic: {type(experts[0]).__name__} has no nn.Conv2d to fuse")
+        raise FusionError(f"make_dynamic: {type(experts[0]).__name__} has no layer to fuse (nn.Conv2d, nn.Linear, "
+                          f"nn.LayerNorm)")
 
-    def build(name: str) -> DynamicConv2d:
-        convs = [e.get_submodule(name) for e in experts]
-        return DynamicConv2d(convs, att_kernel=att_kernel, att_channels=att_channels,  # type: ignore[arg-type]
-                             att_hidden=att_hidden, name=name or "<root>")
+    def build(name: str) -> DynamicLayer:
+        layers = [e.get_submodule(name) for e in experts]
+        make = _kind(layers[0])
+        assert make is not None
+        return make(name or "<root>", layers, att_kernel, att_channels, att_hidden)
 
-    if names == [""]:  # the backbone is a single bare conv
+    if names == [""]:  # the backbone is a single bare layer
         model: nn.Module = build("")
     else:
         model = copy.deepcopy(experts[0])
-        conv_prefixes = tuple(f"{n}." for n in names)
+        prefixes = tuple(f"{n}." for n in names)
         sds = [e.state_dict() for e in experts]
-        shared_keys = [key for key in sds[0] if not key.startswith(conv_prefixes)]
+        shared_keys = [key for key in sds[0] if not key.startswith(prefixes)]
         shared = combine_shared(sds, shared_keys)
         own = model.state_dict()
         with torch.no_grad():
@@ -330,6 +230,9 @@ def make_dynamic(experts: Sequence[nn.Module], att_kernel: int = 3, att_channels
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name)
             setattr(parent, child, build(name))
+        if any(isinstance(m, TokenLayer) for m in model.modules()):
+            model.register_forward_pre_hook(note_batch_size)
+            model.register_forward_hook(forget_batch_size)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in attention_parameters(model):
@@ -347,7 +250,7 @@ class AttentionAverager:
     def __init__(self, model: nn.Module) -> None:
         self._layers = dynamic_layers(model)
         if not self._layers:
-            raise FusionError("AttentionAverager: the model has no DynamicConv2d layer")
+            raise FusionError("AttentionAverager: the model has no dynamic layer")
         self._sums: dict[str, np.ndarray] = {n: np.zeros(layer.num_experts, dtype=np.float64)
                                              for n, layer in self._layers}
         self.count = 0

@@ -2,9 +2,10 @@
 
 ``run_fusion(RUN)`` reads the final population (:func:`easlurm.population.final_members`). Identical experts (slots
 that hold the same genome, e.g. after MOEA/D copied one child into several slots) enter once: fusing K copies of one
-kernel is the same as fusing it once with the copies' attention summed. Every conv of the backbone is wrapped into a
-dynamic conv over the distinct experts (:func:`easlurm.fuse.dynamic.make_dynamic`, attention kernel
-``fusion.att_kernel``, width ``fusion.att_channels``) and **only the attention branches** are trained for
+kernel is the same as fusing it once with the copies' attention summed. Every conv (and a transformer's linear
+layers and LayerNorms) of the backbone is wrapped into a dynamic layer over the distinct experts
+(:func:`easlurm.fuse.dynamic.make_dynamic`, conv attention kernel ``fusion.att_kernel``, width
+``fusion.att_channels``) and **only the attention branches** are trained for
 ``fusion.iters`` iterations with Adam (``fusion.lr``, ``fusion.betas``; both learning rates multiplied by
 ``fusion.gamma`` from each of the iterations ``fusion.milestones`` on), on random training patches (batch
 ``fusion.batch_size``):

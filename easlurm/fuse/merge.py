@@ -1,14 +1,17 @@
 """Collapse K expert generators into one plain backbone with per-layer mixing weights (DESIGN.md §2 "Fusion" 3).
 
-For every conv layer l with averaged attention w̄_l (K non-negative numbers summing to 1):
+For every fused layer l (a conv, linear layer or LayerNorm; "conv" below, as the names of the arguments say) with
+averaged attention w̄_l (K non-negative numbers summing to 1):
 θ_l = Σ_k w̄_{l,k} θ_{l,k}, for ``<l>.weight`` and ``<l>.bias`` alike. The sum is accumulated in float64 and cast
 back to the parameter's dtype, so a one-hot w̄_l reproduces that expert's tensor bit for bit.
 
-Entries that belong to no conv layer (e.g. a PReLU slope, normalisation statistics — the paper's MSRResNet and
-RRDBNet have none) follow one rule, shared with :func:`easlurm.fuse.dynamic.make_dynamic` so the dynamic model that
-is trained and the merged model agree: floating-point entries identical in all experts are kept as they are;
-entries that differ are averaged **uniformly** (the attention never saw a per-layer weight for them). Non-float
-entries (integer counters) must be identical, otherwise :class:`FusionError`.
+Entries that belong to no fused layer (e.g. a PReLU slope, normalisation statistics — the paper's MSRResNet and
+RRDBNet have none; SwinIR's relative-position bias tables and its buffers) follow one rule, shared with
+:func:`easlurm.fuse.dynamic.make_dynamic` so the dynamic model that is trained and the merged model agree:
+floating-point entries identical in all experts are kept as they are; entries that differ are averaged
+**uniformly** (the attention never saw a per-layer weight for them). Non-float entries (integer counters) must be
+identical, otherwise :class:`FusionError`. Tensors on the meta device (networks built for their shapes only, e.g.
+by the bill) cannot be compared and are taken from expert 0.
 
 State dicts are ``dict[str, Tensor]`` with the keys of the ordinary backbone class (loadable with ``strict=True``);
 output key order is expert 0's.
@@ -94,7 +97,7 @@ def combine_shared(experts: Sequence[Mapping[str, torch.Tensor]], keys: Iterable
     for key in keys:
         tensors = [sd[key] for sd in experts]
         ref = tensors[0]
-        same = all(torch.equal(ref, t.to(ref.device)) for t in tensors[1:])
+        same = ref.is_meta or all(torch.equal(ref, t.to(ref.device)) for t in tensors[1:])
         if same:
             out[key] = ref.detach().clone()
         elif ref.is_floating_point() or ref.is_complex():

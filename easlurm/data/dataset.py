@@ -17,7 +17,7 @@ os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
 import itertools  # noqa: E402
 from collections import OrderedDict  # noqa: E402
-from collections.abc import Iterator, Sequence  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any
@@ -28,10 +28,11 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
 
 from ..errors import DataError  # noqa: E402
-from .shards import load_manifest  # noqa: E402
+from .shard_files import ShardLayout, check_shard, chunk_side, read_region  # noqa: E402
+from .shards import MANIFEST_NAME, load_manifest  # noqa: E402
 
-__all__ = ["ShardReader", "PatchPlan", "RandomPatchDataset", "TileDataset", "ImageDataset", "IndexRangeSampler",
-           "infinite_loader", "to_tensor", "augment"]
+__all__ = ["ShardReader", "PatchPlan", "RandomPatchDataset", "IndexRangeSampler", "infinite_loader", "to_tensor",
+           "augment"]
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -50,20 +51,33 @@ class ShardReader:
 
     At most ``max_open`` shard files stay open per process (least recently used are closed), so a dataset of
     thousands of shards does not exhaust file descriptors in every DataLoader worker.
+
+    Each shard file is checked when it is opened (:func:`easlurm.data.shard_files.check_shard`): every dataset its
+    manifest entries name must be a plain chunked uint8 dataset of the recorded shape, chunk size and codec, or a
+    :class:`DataError` names the file and the dataset; reads inflate compressed chunks with bounded output.
+    ``manifest_sha256``: the sha256 the manifest's bytes must have (recorded at launch), checked on the bytes read.
     """
 
     max_open = 64
 
-    def __init__(self, shard_dir: str | os.PathLike[str], scale: int | None = None) -> None:
+    def __init__(self, shard_dir: str | os.PathLike[str], scale: int | None = None, *,
+                 manifest_sha256: str | None = None) -> None:
         self.shard_dir = Path(shard_dir)
-        self.manifest = load_manifest(self.shard_dir)
+        self.manifest = load_manifest(self.shard_dir, sha256=manifest_sha256)
         self.scale: int = self.manifest["scale"]
         if scale is not None and _check_int("scale", scale, 1) != self.scale:
-            raise DataError(f"{self.shard_dir / 'manifest.json'}: shards were built for scale {self.scale}, "
+            raise DataError(f"{self.shard_dir / MANIFEST_NAME}: shards were built for scale {self.scale}, "
                             f"not {scale}")
+        self.chunk_side = chunk_side(self.manifest, self.shard_dir / MANIFEST_NAME)
         self.entries: dict[str, dict[str, Any]] = {e["id"]: e for e in self.manifest["entries"]}
         self.ids: list[str] = [e["id"] for e in self.manifest["entries"]]  # sorted (validated by load_manifest)
-        self._files: OrderedDict[str, h5py.File] = OrderedDict()
+        self._by_shard: dict[str, list[dict[str, Any]]] = {}
+        for e in self.manifest["entries"]:
+            self._by_shard.setdefault(e["shard"], []).append(e)
+        self._files: OrderedDict[str, tuple[h5py.File, dict[str, ShardLayout]]] = OrderedDict()
+        # Layouts of shards checked before, with the identity of the file checked: a shard closed by the LRU and
+        # reopened is checked again only when it is another file or was changed (ctime cannot be set back).
+        self._checked: dict[str, tuple[tuple[int, ...], dict[str, ShardLayout]]] = {}
         self._pid: int | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -72,25 +86,37 @@ class ShardReader:
         state["_pid"] = None
         return state
 
-    def _file(self, name: str) -> h5py.File:
+    def _file(self, name: str) -> tuple[h5py.File, dict[str, ShardLayout]]:
         pid = os.getpid()
         if self._pid != pid:
             # Inherited through fork: these handles belong to the parent's HDF5 state; open our own.
             self._files = OrderedDict()
             self._pid = pid
-        f = self._files.get(name)
-        if f is not None:
+        opened = self._files.get(name)
+        if opened is not None:
             self._files.move_to_end(name)
-        else:
-            if len(self._files) >= self.max_open:
-                self._files.popitem(last=False)[1].close()
-            path = self.shard_dir / name
-            try:
-                f = h5py.File(path, "r", locking=False)
-            except (OSError, ValueError) as exc:
-                raise DataError(f"{path}: cannot open shard ({exc})") from exc
-            self._files[name] = f
-        return f
+            return opened
+        if len(self._files) >= self.max_open:
+            self._files.popitem(last=False)[1][0].close()
+        path = self.shard_dir / name
+        try:
+            f = h5py.File(path, "r", locking=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: cannot open shard ({exc})") from exc
+        try:
+            st = os.fstat(f.id.get_vfd_handle())
+            identity = (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns, st.st_mtime_ns)
+            checked = self._checked.get(name)
+            if checked is not None and checked[0] == identity:
+                layouts = checked[1]
+            else:
+                layouts = check_shard(f, path, self._by_shard.get(name, []), self.chunk_side, self.scale)
+                self._checked[name] = (identity, layouts)
+        except BaseException:
+            f.close()
+            raise
+        self._files[name] = (f, layouts)
+        return f, layouts
 
     def read(self, entry_id: str, kind: str, y: int, x: int, h: int, w: int) -> np.ndarray:
         """uint8 HWC RGB region ``[y:y+h, x:x+w]`` of entry ``entry_id``'s ``kind`` (``"hr"`` or ``"lr"``) image,
@@ -98,21 +124,14 @@ class ShardReader:
         entry = self.entries.get(entry_id)
         if entry is None:
             raise DataError(f"{self.shard_dir}: no entry {entry_id!r} in the manifest")
-        f = self._file(entry["shard"])
+        if kind not in ("hr", "lr"):
+            raise DataError(f"{self.shard_dir}: image kind must be 'hr' or 'lr' (got {kind!r})")
+        f, layouts = self._file(entry["shard"])
         key = f"{kind}/{entry_id}"
-        try:
-            ds = f[key]
-        except KeyError as exc:
-            raise DataError(f"{self.shard_dir / entry['shard']}: dataset {key!r} missing (corrupt shard?)") from exc
         expected = tuple(entry[f"{kind}_shape"])
-        if ds.shape != expected or ds.dtype != np.uint8:
-            raise DataError(f"{self.shard_dir / entry['shard']}: dataset {key!r} is {ds.dtype} {ds.shape}, "
-                            f"manifest says uint8 {expected}")
-        if y < 0 or x < 0 or y + h > expected[0] or x + w > expected[1]:
+        if y < 0 or x < 0 or h < 0 or w < 0 or y + h > expected[0] or x + w > expected[1]:
             raise DataError(f"{entry_id}: region y={y} x={x} {h}x{w} outside {kind} image {expected[:2]}")
-        out = np.empty((h, w, expected[2]), dtype=np.uint8)
-        ds.read_direct(out, source_sel=np.s_[y:y + h, x:x + w, :])
-        return out
+        return read_region(f[key], layouts[key], self.shard_dir / entry["shard"], key, y, x, h, w)
 
     def read_full(self, entry_id: str, kind: str) -> np.ndarray:
         """The whole uint8 HWC RGB ``kind`` image of ``entry_id``."""
@@ -125,7 +144,7 @@ class ShardReader:
     def close(self) -> None:
         """Close this process's handles (reopened lazily on the next read)."""
         if self._pid == os.getpid():
-            for f in self._files.values():
+            for f, _ in self._files.values():
                 f.close()
         self._files = OrderedDict()
 
@@ -161,10 +180,11 @@ class RandomPatchDataset(Dataset):
     corner, and (when ``augment``) hflip/vflip/rot90 each with probability 1/2, applied identically to LR and HR.
     So a training position is just the global sample index and resuming is exact for any worker count.
     ``len()`` is ``num_samples``; any index >= 0 is valid. Returns ``(lr, hr)`` float32 CHW RGB in [0, 1].
+    ``manifest_sha256``: as for :class:`ShardReader`.
     """
 
     def __init__(self, shard_dir: str | os.PathLike[str], patch_size: int, scale: int, num_samples: int,
-                 seed: int = 0, augment: bool = True) -> None:
+                 seed: int = 0, augment: bool = True, *, manifest_sha256: str | None = None) -> None:
         self.scale = _check_int("scale", scale, 1)
         self.patch_size = _check_int("patch_size", patch_size, 1)
         if self.patch_size % self.scale:
@@ -172,7 +192,7 @@ class RandomPatchDataset(Dataset):
         self.num_samples = _check_int("num_samples", num_samples, 1)
         self.seed = _check_int("seed", seed, 0)
         self.augment = bool(augment)
-        self.reader = ShardReader(shard_dir, scale=self.scale)
+        self.reader = ShardReader(shard_dir, scale=self.scale, manifest_sha256=manifest_sha256)
         self.ids = list(self.reader.ids)
         lr_shapes = []
         for eid in self.ids:

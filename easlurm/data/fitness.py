@@ -150,11 +150,12 @@ class FitnessTiles(Dataset):
     ``images``: N distinct source images; ``choice``/``max_tiles``: the tile rule and its K. Tiles are ordered by
     source image, then row-major index. :attr:`image_index` (LongTensor, one per tile) says which of the N images
     each tile comes from. Raises :class:`DataError` naming the shard folder for too few sources, a source smaller
-    than one tile, inconsistent entries of one source, or a tile that no entry covers.
+    than one tile, inconsistent entries of one source, or a tile that no entry covers. ``manifest_sha256``: the
+    sha256 the shard manifest must have (:class:`~easlurm.data.dataset.ShardReader`).
     """
 
     def __init__(self, shard_dir: str | os.PathLike[str], tile_size: int, scale: int, images: int,
-                 choice: str = "reference", max_tiles: int = 50) -> None:
+                 choice: str = "reference", max_tiles: int = 50, *, manifest_sha256: str | None = None) -> None:
         for name, value in (("tile_size", tile_size), ("scale", scale), ("images", images),
                             ("max_tiles", max_tiles)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -164,7 +165,7 @@ class FitnessTiles(Dataset):
         if choice not in TILE_CHOICES:
             raise DataError(f"tile choice must be one of {', '.join(TILE_CHOICES)} (got {choice!r})")
         self.tile_size, self.scale, self.choice, self.max_tiles = tile_size, scale, choice, max_tiles
-        self.reader = ShardReader(shard_dir, scale=scale)
+        self.reader = ShardReader(shard_dir, scale=scale, manifest_sha256=manifest_sha256)
         d = self.reader.shard_dir
         groups: dict[str, list[dict[str, Any]]] = {}
         for eid in self.reader.ids:  # sorted ids, so each group is in sorted id order

@@ -14,16 +14,21 @@ Policy, per Pillow mode of the decoded file:
 * ``CMYK`` and other colour spaces (``LAB``, ``HSV``) are refused: converting them needs a colour profile.
 * Animated / multi-frame files are refused (which frame would be meant is unclear).
 * Corrupt, truncated or non-image files are refused.
+* An image of more than ``max_pixels`` pixels (default :data:`DEFAULT_MAX_PIXELS`, Pillow's own limit) is refused
+  from its header, before anything is decoded; Pillow's ``DecompressionBombWarning`` is an error too (Pillow itself
+  only warns between 1× and 2× its limit: a 481 KiB PNG of 169 MP decoded to 483 MiB).
 * Only the decoders in :data:`FORMATS` (PNG, JPEG, BMP, TIFF, WebP) are ever tried, whatever the file's name: a
   file in another format (GIF, EPS, PDF, …) is refused without running its Pillow plugin, so an EPS file named
   ``.png`` never starts Ghostscript.
 
 EXIF orientation tags are ignored: pixels are used as stored, so an HR image and its LR partner stay aligned.
 :func:`list_images` lists a flat folder's images (suffixes in :data:`IMAGE_SUFFIXES`, case-insensitive), sorted.
+Messages show file names with :func:`shown`, so a name that is not valid UTF-8 is printed, never a crash.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +36,51 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "FORMATS", "read_rgb", "list_images"]
+__all__ = ["IMAGE_SUFFIXES", "FORMATS", "DEFAULT_MAX_PIXELS", "read_rgb", "list_images", "check_max_pixels", "shown"]
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: Pillow format names :func:`read_rgb` opens (the formats of :data:`IMAGE_SUFFIXES`); no other plugin is tried.
 FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 
+#: The default pixel cap of :func:`read_rgb`: Pillow's ``Image.MAX_IMAGE_PIXELS`` (about 89.5 MP).
+DEFAULT_MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
+
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;32", "I;32B", "I;32L"}
+
+
+def shown(name: str | os.PathLike[str]) -> str:
+    """A file name or path as text that can always be printed and written as UTF-8.
+
+    Python keeps file-name bytes that are not UTF-8 as lone surrogates (``surrogateescape``); encoding such a
+    string raises ``UnicodeEncodeError``. Those bytes are shown as ``\\xNN`` instead; valid names are unchanged.
+    """
+    s = os.fspath(name)
+    if isinstance(s, bytes):
+        s = os.fsdecode(s)
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        try:
+            raw = s.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return s.encode("utf-8", "backslashreplace").decode("utf-8")
+        return raw.decode("utf-8", "backslashreplace")
+
+
+def check_max_pixels(value: object) -> int:
+    """``value`` as a pixel cap: an integer from 1 to Pillow's ``Image.MAX_IMAGE_PIXELS`` (above it Pillow warns,
+    and :func:`read_rgb` treats the warning as an error); None means :data:`DEFAULT_MAX_PIXELS`."""
+    if value is None:
+        return DEFAULT_MAX_PIXELS
+    ceiling = Image.MAX_IMAGE_PIXELS
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1 \
+            or (ceiling is not None and int(value) > ceiling):
+        raise DataError(f"max_pixels must be an integer from 1 to {ceiling} (Pillow's Image.MAX_IMAGE_PIXELS; got "
+                        f"{value!r})")
+    return int(value)
 
 
 def _png_bit_depth(path: Path) -> int | None:
@@ -63,7 +104,7 @@ def _tiff_max_bits(im: Image.Image) -> int | None:
     return int(bits)
 
 
-def _drop_opaque_alpha(path: Path, rgba: Image.Image) -> np.ndarray:
+def _drop_opaque_alpha(path: str, rgba: Image.Image) -> np.ndarray:
     arr = np.asarray(rgba.convert("RGBA"))
     alpha = arr[..., 3]
     if alpha.min() < 255:
@@ -74,23 +115,36 @@ def _drop_opaque_alpha(path: Path, rgba: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
-def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
+def read_rgb(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
     """Decode an image file into a uint8 HWC RGB array (0–255), following the module's format policy.
 
     Raises :class:`DataError` naming ``path`` for a missing, corrupt, truncated, non-image, 16-bit, CMYK,
-    multi-frame or partly transparent file.
+    multi-frame or partly transparent file, and for one of more than ``max_pixels`` pixels (default
+    :data:`DEFAULT_MAX_PIXELS`), which is refused from its header before it is decoded.
     """
+    cap = check_max_pixels(max_pixels)
     p = Path(path)
-    if not p.is_file():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return _read_rgb(p, shown(p), cap)
+
+
+def _read_rgb(path: Path, p: str, cap: int) -> np.ndarray:
+    """:func:`read_rgb` of ``path`` (shown as ``p`` in messages), at most ``cap`` pixels."""
+    if not path.is_file():
         raise DataError(f"{p}: image file not found")
     try:
-        bits = _png_bit_depth(p)
+        bits = _png_bit_depth(path)
     except OSError as exc:
         raise DataError(f"{p}: cannot read file ({exc})") from exc
     if bits is not None and bits > 8:
         raise DataError(f"{p}: {bits}-bit PNG is not supported; convert it to 8 bits per channel first")
     try:
-        with Image.open(p, formats=list(FORMATS)) as im:
+        with Image.open(path, formats=list(FORMATS)) as im:
+            width, height = im.size
+            if width * height > cap:
+                raise DataError(f"{p}: image is {width}x{height} = {width * height} px, more than the {cap} px "
+                                "allowed (max_pixels); it was not decoded")
             frames = int(getattr(im, "n_frames", 1))
             if frames > 1:
                 raise DataError(f"{p}: multi-frame image ({frames} frames) is not supported")
@@ -116,8 +170,8 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     except UnidentifiedImageError as exc:
         raise DataError(f"{p}: not a readable image: not a PNG, JPEG, BMP, TIFF or WebP file (other formats are "
                         "not opened; convert it to PNG first)") from exc
-    except Image.DecompressionBombError as exc:
-        raise DataError(f"{p}: not a readable image ({exc})") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{p}: image too large, refused before decoding ({exc})") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # Pillow's corrupt-file errors vary by plugin
         raise DataError(f"{p}: corrupt or truncated image ({type(exc).__name__}: {exc})") from exc
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
@@ -133,11 +187,11 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     """
     d = Path(folder)
     if not d.exists():
-        raise DataError(f"{d}: image folder not found")
+        raise DataError(f"{shown(d)}: image folder not found")
     if not d.is_dir():
-        raise DataError(f"{d}: not a folder")
+        raise DataError(f"{shown(d)}: not a folder")
     files = [f for f in sorted(d.iterdir())
              if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file()]
     if not files:
-        raise DataError(f"{d}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+        raise DataError(f"{shown(d)}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     return files

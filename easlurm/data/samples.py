@@ -86,8 +86,9 @@ def _is_current(folder: Path, scale: int, ids: tuple[str, ...]) -> bool:
     return m["scale"] == scale and [e["id"] for e in m["entries"]] == sorted(ids)
 
 
-def build_samples(out_dir: str | os.PathLike[str], scale: int = 4) -> dict[str, Path]:
+def build_samples(out_dir: str | os.PathLike[str], scale: int = 4, max_pixels: int | None = None) -> dict[str, Path]:
     """Build ``out_dir/train`` and ``out_dir/val`` shard folders (HR + bicubic ×``scale`` LR); return their paths.
+    ``max_pixels``: as for :func:`~easlurm.data.shards.build_shards` (the sample photos are all below 1 MP).
 
     Idempotent: a split whose manifest verifies (checksums, scale, ids) is left untouched, so a second call only
     hashes the existing shards (~100 MB/s). Each split is built atomically by :func:`build_shards`.
@@ -104,5 +105,5 @@ def build_samples(out_dir: str | os.PathLike[str], scale: int = 4) -> dict[str, 
             for sid in ids:
                 # Fast PNG compression: the files live only until build_shards has read them.
                 Image.fromarray(sample_image(sid)).save(Path(tmp) / f"{sid}.png", compress_level=1)
-            build_shards(tmp, dest, scale)
+            build_shards(tmp, dest, scale, max_pixels=max_pixels)
     return result

@@ -20,7 +20,7 @@ build a given ``out_dir`` at a time.
 """
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import json
 import os
 import re
@@ -37,13 +37,14 @@ from ..errors import DataError
 from ..progress import progress
 from ..store import atomic_write_json, fsync_dir, sha256_file, umask_mode
 from .bicubic import bicubic_downscale
-from .images import list_images, read_rgb
+from .images import check_max_pixels, list_images, read_rgb, shown
+from .shard_files import DEFAULT_CHUNK, MAX_CHUNK, check_shard, chunk_side
 
-__all__ = ["FORMAT", "MANIFEST_NAME", "build_shards", "load_manifest", "verify_shards"]
+__all__ = ["FORMAT", "MANIFEST_NAME", "DEFAULT_CHUNK", "build_shards", "load_manifest", "verify_shards",
+           "manifest_digest", "check_manifest"]
 
 FORMAT = 1
 MANIFEST_NAME = "manifest.json"
-DEFAULT_CHUNK = 64  # HR chunk side in px; see bench/results/loader.md for the measurement behind it
 _SHARD_RE = re.compile(r"^shard-\d{5}\.h5$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -68,22 +69,23 @@ def _pair_lr(hr_files: list[Path], lr_dir: Path, scale: int) -> dict[str, Path]:
     by_stem: dict[str, Path] = {}
     for f in lr_files:
         if f.stem in by_stem:
-            raise DataError(f"{f}: two LR files share the stem {f.stem!r} (other: {by_stem[f.stem]})")
+            raise DataError(f"{shown(f)}: two LR files share the stem {f.stem!r} (other: {shown(by_stem[f.stem])})")
         by_stem[f.stem] = f
     pairs: dict[str, Path] = {}
     used: set[str] = set()
     for hr in hr_files:
         names = [n for n in (hr.stem, f"{hr.stem}x{scale}") if n in by_stem]
         if not names:
-            raise DataError(f"{hr}: no LR partner in {lr_dir} (looked for {hr.stem!r} or {hr.stem + f'x{scale}'!r})")
+            raise DataError(f"{shown(hr)}: no LR partner in {shown(lr_dir)} (looked for {hr.stem!r} or "
+                            f"{hr.stem + f'x{scale}'!r})")
         if len(names) > 1:
-            raise DataError(f"{hr}: ambiguous LR partner in {lr_dir}: {by_stem[names[0]].name} and "
-                            f"{by_stem[names[1]].name}")
+            raise DataError(f"{shown(hr)}: ambiguous LR partner in {shown(lr_dir)}: "
+                            f"{shown(by_stem[names[0]].name)} and {shown(by_stem[names[1]].name)}")
         pairs[hr.stem] = by_stem[names[0]]
         used.add(names[0])
     unpaired = sorted(set(by_stem) - used)
     if unpaired:
-        raise DataError(f"{by_stem[unpaired[0]]}: LR image has no HR partner in the HR folder "
+        raise DataError(f"{shown(by_stem[unpaired[0]])}: LR image has no HR partner in the HR folder "
                         f"({len(unpaired)} unpaired LR file(s))")
     return pairs
 
@@ -139,10 +141,11 @@ def _check_out_dir(out: Path) -> None:
     if not out.exists():
         return
     if not out.is_dir():
-        raise DataError(f"{out}: output path exists and is not a folder")
+        raise DataError(f"{shown(out)}: output path exists and is not a folder")
     content = sorted(out.iterdir())
     if content and not (out / MANIFEST_NAME).is_file():
-        raise DataError(f"{out}: output folder is not empty and holds no {MANIFEST_NAME}; refusing to replace it")
+        raise DataError(f"{shown(out)}: output folder is not empty and holds no {MANIFEST_NAME}; refusing to "
+                        "replace it")
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
@@ -165,24 +168,31 @@ def build_shards(hr_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
                  lr_dir: str | os.PathLike[str] | None = None, shard_size: int = 64,
                  sub_image: int | None = None, sub_step: int | None = None, min_size: int = 0,
                  *, chunk: int = DEFAULT_CHUNK, compression: str | None = None,
-                 show_progress: bool = True) -> dict[str, Any]:
+                 show_progress: bool = True, max_pixels: int | None = None) -> dict[str, Any]:
     """Build a shard folder from the images in ``hr_dir`` (and their LR partners in ``lr_dir``); return the manifest.
 
     ``scale``: integer SR factor. ``shard_size``: entries per shard file. ``sub_image``/``sub_step``: cut every HR
     image into overlapping ``sub_image``-px crops every ``sub_step`` px (default step = ``sub_image``; both must
     be multiples of ``scale``; the last row/column of crops is flush with the border); entry ids become
     ``<stem>_s001``, ``<stem>_s002`` … row-major. ``min_size``: an HR image whose smaller side is below it is an
-    error. ``chunk``: HDF5 chunk side in HR px (LR uses ``chunk // scale``); ``compression``: None or ``"lzf"``.
+    error. ``chunk``: HDF5 chunk side in HR px, at most 256 (LR uses ``chunk // scale``); ``compression``: None,
+    ``"lzf"`` or ``"gzip"``. ``max_pixels``: the largest image (HR or LR) read, in pixels (default: Pillow's limit,
+    :data:`easlurm.data.images.DEFAULT_MAX_PIXELS`); a larger one is refused before it is decoded.
     ``show_progress``: report images done, rate and ETA on stderr (:mod:`easlurm.progress`: a bar on a terminal,
     else at most one line per 10 % and 30 s).
 
     Raises :class:`DataError` naming the culprit file for unreadable images, missing/ambiguous/mis-sized LR
-    partners, duplicate ids, images below ``min_size`` or ``sub_image``; nothing new is left in ``out_dir`` then.
+    partners, duplicate ids, images below ``min_size`` or ``sub_image`` or above ``max_pixels``; nothing new is
+    left in ``out_dir`` then. A file name that is not valid UTF-8 is kept in ids, the manifest and messages with
+    its odd bytes written as ``\\xNN`` (:func:`easlurm.data.images.shown`).
     """
     s = _check_positive_int("scale", scale)
     shard_size = _check_positive_int("shard_size", shard_size)
     min_size = _check_positive_int("min_size", min_size, minimum=0)
     chunk = _check_positive_int("chunk", chunk)
+    if chunk > MAX_CHUNK:
+        raise DataError(f"chunk must be at most {MAX_CHUNK} px (got {chunk}); shard readers refuse larger chunks")
+    max_pixels = check_max_pixels(max_pixels)
     if compression not in (None, "lzf", "gzip"):
         raise DataError(f"compression must be None, 'lzf' or 'gzip' (got {compression!r})")
     if sub_image is None:
@@ -199,7 +209,7 @@ def build_shards(hr_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     stems: dict[str, Path] = {}
     for f in hr_files:
         if f.stem in stems:
-            raise DataError(f"{f}: two HR files share the stem {f.stem!r} (other: {stems[f.stem]})")
+            raise DataError(f"{shown(f)}: two HR files share the stem {f.stem!r} (other: {shown(stems[f.stem])})")
         stems[f.stem] = f
     lr_pairs = _pair_lr(hr_files, Path(lr_dir), s) if lr_dir is not None else None
 
@@ -210,7 +220,8 @@ def build_shards(hr_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     try:
         os.chmod(tmp, umask_mode(0o777))
         manifest = _build_into(tmp, sorted(stems.items()), lr_pairs, s, shard_size, sub_image, sub_step,
-                               min_size, chunk, compression, f"shards {out.name}" if show_progress else None)
+                               min_size, chunk, compression, f"shards {shown(out.name)}" if show_progress else None,
+                               max_pixels)
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -220,7 +231,7 @@ def build_shards(hr_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
 
 def _build_into(tmp: Path, sources: list[tuple[str, Path]], lr_pairs: dict[str, Path] | None, s: int,
                 shard_size: int, sub_image: int | None, sub_step: int | None, min_size: int, chunk: int,
-                compression: str | None, progress_desc: str | None) -> dict[str, Any]:
+                compression: str | None, progress_desc: str | None, max_pixels: int) -> dict[str, Any]:
     writer = _ShardWriter(tmp, shard_size, chunk, s, compression)
     entries: list[dict[str, Any]] = []
     seen: dict[str, Path] = {}
@@ -228,38 +239,40 @@ def _build_into(tmp: Path, sources: list[tuple[str, Path]], lr_pairs: dict[str, 
     try:
         for stem, hr_path in progress(sources, desc=progress_desc or "", unit="images",
                                       enabled=progress_desc is not None):
-            hr = read_rgb(hr_path)
+            hr = read_rgb(hr_path, max_pixels)
             h0, w0 = hr.shape[:2]
             if min(h0, w0) < min_size:
-                raise DataError(f"{hr_path}: image is {w0}x{h0} px, smaller than min_size {min_size}")
+                raise DataError(f"{shown(hr_path)}: image is {w0}x{h0} px, smaller than min_size {min_size}")
             h, w = h0 - h0 % s, w0 - w0 % s
             if h == 0 or w == 0:
-                raise DataError(f"{hr_path}: image is {w0}x{h0} px, smaller than scale {s}")
+                raise DataError(f"{shown(hr_path)}: image is {w0}x{h0} px, smaller than scale {s}")
             hr = np.ascontiguousarray(hr[:h, :w])
-            base: dict[str, Any] = {"source": hr_path.name, "source_sha256": sha256_file(hr_path)}
+            base: dict[str, Any] = {"source": shown(hr_path.name), "source_sha256": sha256_file(hr_path)}
             if lr_pairs is None:
                 lr = bicubic_downscale(hr, s)
             else:
                 lr_path = lr_pairs[stem]
-                lr = read_rgb(lr_path)
+                lr = read_rgb(lr_path, max_pixels)
                 if lr.shape[:2] != (h // s, w // s):
-                    raise DataError(f"{lr_path}: LR size {lr.shape[1]}x{lr.shape[0]} does not match HR {hr_path.name}"
-                                    f" ({w}x{h} after mod-crop) / scale {s} = {w // s}x{h // s}")
-                base.update(lr_source=lr_path.name, lr_source_sha256=sha256_file(lr_path))
+                    raise DataError(f"{shown(lr_path)}: LR size {lr.shape[1]}x{lr.shape[0]} does not match HR "
+                                    f"{shown(hr_path.name)} ({w}x{h} after mod-crop) / scale {s} = {w // s}x{h // s}")
+                base.update(lr_source=shown(lr_path.name), lr_source_sha256=sha256_file(lr_path))
+            eid = shown(stem)  # unchanged for UTF-8 names; HDF5 names and the manifest must be valid UTF-8
             if sub_image is None:
-                crops = [(stem, 0, 0, h, w)]
+                crops = [(eid, 0, 0, h, w)]
             else:
                 assert sub_step is not None
                 if min(h, w) < sub_image:
-                    raise DataError(f"{hr_path}: image is {w}x{h} px (after mod-crop), smaller than "
+                    raise DataError(f"{shown(hr_path)}: image is {w}x{h} px (after mod-crop), smaller than "
                                     f"sub_image {sub_image}")
                 ys, xs = _crop_starts(h, sub_image, sub_step), _crop_starts(w, sub_image, sub_step)
                 width = max(3, len(str(len(ys) * len(xs))))
-                crops = [(f"{stem}_s{k + 1:0{width}d}", y, x, sub_image, sub_image)
+                crops = [(f"{eid}_s{k + 1:0{width}d}", y, x, sub_image, sub_image)
                          for k, (y, x) in enumerate((y, x) for y in ys for x in xs)]
             for entry_id, y, x, ch, cw in crops:
                 if entry_id in seen:
-                    raise DataError(f"{hr_path}: entry id {entry_id!r} collides with one from {seen[entry_id]}")
+                    raise DataError(f"{shown(hr_path)}: entry id {entry_id!r} collides with one from "
+                                    f"{shown(seen[entry_id])}")
                 seen[entry_id] = hr_path
                 hr_crop = np.ascontiguousarray(hr[y:y + ch, x:x + cw])
                 lr_crop = np.ascontiguousarray(lr[y // s:(y + ch) // s, x // s:(x + cw) // s])
@@ -300,17 +313,48 @@ def _is_shape(v: object, channels: int = 3) -> bool:
             and v[0] > 0 and v[1] > 0 and v[2] == channels)
 
 
-def load_manifest(shard_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and validate ``shard_dir/manifest.json``; raise :class:`DataError` naming the file when it is
-    missing, not JSON, or inconsistent (fields, sorted unique ids, shapes vs scale, shard counts, shard files)."""
-    d = Path(shard_dir)
-    path = d / MANIFEST_NAME
+def _manifest_bytes(path: Path) -> bytes:
     try:
-        m = json.loads(path.read_text(encoding="utf-8"))
+        return path.read_bytes()
     except FileNotFoundError as exc:
         raise DataError(f"{path}: shard manifest not found (build shards with `python -m easlurm.data build`)") \
             from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read shard manifest ({exc})") from exc
+
+
+def manifest_digest(shard_dir: str | os.PathLike[str]) -> str:
+    """The hex sha256 of ``shard_dir/manifest.json``'s bytes (which list every shard file's sha256): what a launch
+    records so that its stages can tell that the shard folder is still the one it checked. Torch-free."""
+    return hashlib.sha256(_manifest_bytes(Path(shard_dir) / MANIFEST_NAME)).hexdigest()
+
+
+def _check_digest(path: Path, data: bytes, expected: str) -> None:
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != expected:
+        raise DataError(f"{path}: shard manifest changed since it was recorded (sha256 {digest[:12]}…, expected "
+                        f"{str(expected)[:12]}…): the shard folder {path.parent} was rebuilt or replaced")
+
+
+def check_manifest(shard_dir: str | os.PathLike[str], expected_sha256: str) -> None:
+    """Raise :class:`DataError` naming the folder when ``shard_dir/manifest.json`` is missing or its sha256 is not
+    ``expected_sha256`` (see :func:`manifest_digest`). Torch-free."""
+    path = Path(shard_dir) / MANIFEST_NAME
+    _check_digest(path, _manifest_bytes(path), expected_sha256)
+
+
+def load_manifest(shard_dir: str | os.PathLike[str], sha256: str | None = None) -> dict[str, Any]:
+    """Read and validate ``shard_dir/manifest.json``; raise :class:`DataError` naming the file when it is
+    missing, not JSON, or inconsistent (fields, sorted unique ids, shapes vs scale, shard counts, shard files,
+    ``build.chunk``). With ``sha256``, the bytes read must have that digest (:func:`check_manifest`)."""
+    d = Path(shard_dir)
+    path = d / MANIFEST_NAME
+    data = _manifest_bytes(path)
+    if sha256 is not None:
+        _check_digest(path, data, sha256)
+    try:
+        m = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise DataError(f"{path}: corrupt shard manifest ({exc})") from exc
 
     def bad(msg: str) -> DataError:
@@ -366,18 +410,31 @@ def load_manifest(shard_dir: str | os.PathLike[str]) -> dict[str, Any]:
             raise bad(f"shard {sh['name']} lists count {sh['count']} but {shard_counts[sh['name']]} entries use it")
     if not m["entries"]:
         raise bad("no entries")
+    chunk_side(m, path)
     return m
 
 
-def verify_shards(shard_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Validate the manifest and check every shard file's sha256; return the manifest.
+def verify_shards(shard_dir: str | os.PathLike[str], sha256: str | None = None) -> dict[str, Any]:
+    """Validate the manifest, check every shard file's sha256 and that its datasets are plain data; return the
+    manifest. ``sha256``: the digest the manifest's bytes must have (:func:`manifest_digest`).
 
-    Raises :class:`DataError` naming the first shard whose checksum does not match (corrupt or replaced).
+    Raises :class:`DataError` naming the first shard whose checksum does not match (corrupt or replaced), or the
+    shard and dataset that holds anything ``build`` never writes (:func:`easlurm.data.shard_files.check_shard`).
     """
-    m = load_manifest(shard_dir)
+    m = load_manifest(shard_dir, sha256=sha256)
+    side = chunk_side(m, Path(shard_dir) / MANIFEST_NAME)
+    by_shard: dict[str, list[dict[str, Any]]] = {}
+    for e in m["entries"]:
+        by_shard.setdefault(e["shard"], []).append(e)
     for sh in m["shards"]:
         path = Path(shard_dir) / sh["name"]
         if sha256_file(path) != sh["sha256"]:
             raise DataError(f"{path}: sha256 mismatch with {Path(shard_dir) / MANIFEST_NAME} "
                             "(file is corrupt or was replaced; rebuild the shards)")
+        try:
+            f = h5py.File(path, "r", locking=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: cannot open shard ({exc})") from exc
+        with f:
+            check_shard(f, path, by_shard.get(sh["name"], []), side, m["scale"])
     return m

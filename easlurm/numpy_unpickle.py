@@ -21,9 +21,16 @@ globals a numpy pickle names to stand-ins that check everything first:
 Every other global, persistent id or out-of-band buffer raises :class:`UnsafePickleError` naming the file and what
 was refused. After loading, the stand-ins are replaced by the real arrays, scalars and dtypes; the result holds only
 dicts, lists, tuples, sets, Python scalars, strings, bytes and numpy arrays/scalars/dtypes.
+
+Memory stays proportional to the file (security audit N8). The unpickler is the pure-Python ``pickle._Unpickler``,
+whose memo is a dict: the C unpickler's memo is an array sized by the largest index a ``PUT`` names, so a 9-byte
+pickle (``LONG_BINPUT 2**25``) took 512 MiB and index ``2**31 - 1`` asks for 32 GiB (CPython gh-115952). And the
+arrays built from one pickle may hold at most as many bytes as the pickle has: each array copies its data, so one
+memoized buffer named as the data of many arrays would otherwise multiply it.
 """
 from __future__ import annotations
 
+import io
 import math
 import pickle
 from typing import IO, Any, Callable
@@ -76,7 +83,22 @@ class _DType:
             self.dtype = self.dtype.newbyteorder(state[1])
 
 
-def _array(source: str, buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+class _Budget:
+    """The bytes the arrays of one pickle may still take (at first: the pickle's own size)."""
+
+    __slots__ = ("source", "left", "total")
+
+    def __init__(self, source: str, total: int) -> None:
+        self.source, self.left, self.total = source, total, total
+
+    def take(self, n: int) -> None:
+        if n > self.left:
+            raise UnsafePickleError(f"{self.source}: refusing arrays of more bytes than the {self.total}-byte pickle "
+                                    f"holds (one buffer used as the data of many arrays?)")
+        self.left -= n
+
+
+def _array(source: str, buf: Any, dtype: Any, shape: Any, order: Any, budget: _Budget) -> np.ndarray:
     """A writable array from checked bytes: ``buf`` must hold exactly ``prod(shape) × itemsize`` bytes."""
     if isinstance(buf, list):
         raise UnsafePickleError(f"{source}: refusing an array of Python objects (object dtype)")
@@ -92,6 +114,7 @@ def _array(source: str, buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndar
     if len(buf) != want:
         raise UnsafePickleError(f"{source}: array data is {len(buf)} bytes, but shape {shape} of "
                                 f"{dtype.dtype.str} needs {want}")
+    budget.take(want)
     flat = np.frombuffer(bytes(buf), dtype=dtype.dtype)
     return np.array(flat.reshape(shape, order=order), order="C", copy=True)
 
@@ -99,10 +122,11 @@ def _array(source: str, buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndar
 class _Array:
     """``numpy.core.multiarray._reconstruct(ndarray, (0,), b'b')`` + its BUILD state, checked; ``.array`` is real."""
 
-    __slots__ = ("source", "array")
+    __slots__ = ("source", "array", "budget")
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, budget: _Budget) -> None:
         self.source = source
+        self.budget = budget
         self.array: np.ndarray | None = None
 
     def __setstate__(self, state: Any) -> None:
@@ -110,22 +134,22 @@ class _Array:
         if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1 and isinstance(state[3], bool)):
             raise UnsafePickleError(f"{self.source}: refusing numpy array state of type {type(state).__name__}")
         _, shape, dtype, fortran, raw = state
-        self.array = _array(self.source, raw, dtype, shape, "F" if fortran else "C")
+        self.array = _array(self.source, raw, dtype, shape, "F" if fortran else "C", self.budget)
 
 
-def _allowed(source: str) -> dict[tuple[str, str], Any]:
+def _allowed(source: str, budget: _Budget) -> dict[tuple[str, str], Any]:
     def reconstruct(cls: Any, shape: Any, typecode: Any) -> _Array:
         if cls is not _NDARRAY or shape != (0,) or typecode not in (b"b", "b"):
             raise UnsafePickleError(f"{source}: refusing _reconstruct({cls!r}, {shape!r}, {typecode!r})")
-        return _Array(source)
+        return _Array(source, budget)
 
     def frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
-        return _array(source, buf, dtype, shape, order)
+        return _array(source, buf, dtype, shape, order, budget)
 
     def scalar(dtype: Any, data: Any = None) -> Any:
         if not isinstance(dtype, _DType):
             raise UnsafePickleError(f"{source}: refusing numpy scalar of dtype {dtype!r}")
-        return _array(source, data, dtype, (), "C")[()]
+        return _array(source, data, dtype, (), "C", budget)[()]
 
     def encode(text: Any, encoding: Any = "utf-8") -> bytes:
         if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
@@ -151,13 +175,17 @@ def _allowed(source: str) -> dict[tuple[str, str], Any]:
     return allowed
 
 
-class NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler for plain numeric numpy data; :func:`load` is the entry point (it also resolves the stand-ins)."""
+class NumpyOnlyUnpickler(pickle._Unpickler):
+    """Unpickler for plain numeric numpy data; :func:`load` is the entry point (it also resolves the stand-ins).
 
-    def __init__(self, file: IO[bytes], source: str) -> None:
+    The pure-Python unpickler (dict memo, see the module docstring). ``size``: the bytes the arrays may take in all
+    (:func:`load` passes the pickle's size).
+    """
+
+    def __init__(self, file: IO[bytes], source: str, size: int) -> None:
         super().__init__(file)
         self._source = source
-        self._allowed = _allowed(source)
+        self._allowed = _allowed(source, _Budget(source, size))
 
     def find_class(self, module: str, name: str) -> Any:
         try:
@@ -202,12 +230,30 @@ def _resolve(obj: Any, source: str, done: dict[int, Any], active: set[int]) -> A
     return out
 
 
+def _remaining(file: IO[bytes]) -> int | None:
+    """Bytes from the current position of ``file`` to its end, or None when it cannot seek."""
+    try:
+        if not file.seekable():
+            return None
+        pos = file.tell()
+        end = file.seek(0, io.SEEK_END)
+        file.seek(pos)
+    except (AttributeError, OSError, ValueError):
+        return None
+    return end - pos
+
+
 def load(file: IO[bytes], source: str) -> Any:
     """Unpickle ``file`` (named ``source`` in errors) that may hold only plain numeric numpy data.
 
-    Raises :class:`UnsafePickleError` for anything else; other exceptions mean the bytes are not a valid pickle.
+    Raises :class:`UnsafePickleError` for anything else, including arrays of more bytes in all than the pickle
+    has; other exceptions mean the bytes are not a valid pickle.
     """
-    raw = NumpyOnlyUnpickler(file, source).load()
+    size = _remaining(file)
+    if size is None:
+        data = file.read()
+        file, size = io.BytesIO(data), len(data)
+    raw = NumpyOnlyUnpickler(file, source, size).load()
     return _resolve(raw, source, {}, set())
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import time
 from pathlib import Path
 
@@ -101,3 +102,22 @@ def test_honest_files_still_load_and_a_changed_one_fails_its_hash(tmp_path: Path
         load_checkpoint(tmp_path / "G.pt", sha256=sha)
     with pytest.raises(CheckpointError, match=r"checkpoint not found"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_zip_records_may_not_overlap(tmp_path: Path) -> None:
+    # 20 more central-directory entries naming the same 1 MiB stored record: 21 MiB of records in a 1 MiB file.
+    data = torch_bytes({"w": torch.zeros(1 << 18)})
+    eocd = data.rfind(b"PK\x05\x06")
+    count, cd_size, cd_off = struct.unpack_from("<HII", data, eocd + 10)
+    entries, i = [], cd_off
+    while i < cd_off + cd_size:
+        n, m, k = struct.unpack_from("<HHH", data, i + 28)
+        entries.append(data[i:i + 46 + n + m + k])
+        i += 46 + n + m + k
+    biggest = max(entries, key=lambda e: struct.unpack_from("<I", e, 24)[0])  # by uncompressed size
+    tail = bytearray(data[eocd:])
+    struct.pack_into("<HHI", tail, 8, count + 20, count + 20, cd_size + 20 * len(biggest))
+    evil = tmp_path / "overlap.pt"
+    evil.write_bytes(data[:cd_off + cd_size] + biggest * 20 + bytes(tail))
+    with pytest.raises(CheckpointError, match=rf"^{evil}: its zip records hold \d+ bytes, more than the file's"):
+        load_checkpoint(evil)

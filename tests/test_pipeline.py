@@ -121,8 +121,11 @@ def test_tiny_runs_end_to_end(member0, selection, demo_shards, tmp_path):
         assert g0 == [run.member(c, 0) / "G.pt" for c in range(CYCLES + 1)]  # trained every phase
 
 
+PAPER_CONFIGS = {"srresnet": "msrresnet", "rrdb": "rrdbnet", "swinir": "swinir"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["srresnet", "rrdb"])
+@pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
 def test_shrunk_paper_configs_run_end_to_end(name, tmp_path):
     """The preflight of each paper config (easlurm.preflight): its structure kept, its sizes shrunk."""
     from easlurm.preflight import run_preflight, shrink
@@ -143,7 +146,7 @@ def test_shrunk_paper_configs_run_end_to_end(name, tmp_path):
     again = DebugExecutor(cfg, run, echo=lambda m: None)
     again.run(build_plan(cfg, run))
     assert again.calls == []
-    assert cfg.model.arch == {"srresnet": "msrresnet", "rrdb": "rrdbnet"}[name]
+    assert cfg.model.arch == PAPER_CONFIGS[name]
     g0 = facts["g0"]
     # Member 0 is never Adam-trained (frozen: SRResNet; EA-only: RRDB): its members folders hold no generator file.
     assert all(not (run.member(c, 0) / "G.pt").exists() for c in range(CYCLES + 1))
@@ -160,9 +163,14 @@ def test_shrunk_paper_configs_run_end_to_end(name, tmp_path):
     d_start = load_verified(run.start(0, 1), "D.pt")
     d_end = load_verified(run.member(CYCLES, 1), "D.pt")
     assert any(not torch.equal(d_start[k], d_end[k]) for k in d_start)
+    # Every layer fusion knows of became dynamic (SwinIR: its linear layers and LayerNorms beside the convs).
+    from easlurm.fuse.dynamic import fusable_layers
+
+    attention = json.loads((run.fusion / "attention.json").read_text())
+    assert list(attention) == fusable_layers(factory.build_generator(cfg))
 
 
-OTHER_CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.stem not in ("srresnet", "rrdb"))
+OTHER_CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.stem not in PAPER_CONFIGS)
 
 
 @pytest.mark.slow

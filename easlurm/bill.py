@@ -1,7 +1,7 @@
 """The bill of a run before it runs: jobs, GPU-hours, expected time and disk (``python -m easlurm.bill``).
 
-    python -m easlurm.bill --config configs/rrdb.yaml [--set key=value ...] [--rates RUN_DIR|rates.json] [--keep K]
-    python -m easlurm.bill --run RUN_DIR [--json] [--save-rates rates.json]
+    easlurm bill --config configs/rrdb.yaml [--site FILE] [--set key=value ...] [--rates RUN_DIR|rates.json] [--keep K]
+    easlurm bill RUN_DIR [--json] [--save-rates rates.json]
 
 :func:`make_bill` is a pure function of the config, optional measured step rates
 (:class:`~easlurm.timings.Rates`) and optional partition limits:
@@ -378,9 +378,10 @@ def render(cfg: Config, run: RunDir, *, short: bool = False, leads: Mapping[str,
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m easlurm.bill", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--config", help="YAML config")
-    src.add_argument("--run", help="an existing run directory (its config; its own measurements as rates)")
+    ap.add_argument("run", nargs="?", help="an existing run directory (its config; its own measurements as rates)")
+    ap.add_argument("--run", dest="run_flag", help=argparse.SUPPRESS)  # the earlier spelling
+    ap.add_argument("--config", help="a YAML config, instead of RUN")
+    ap.add_argument("--site", metavar="FILE", help="site profile on top of --config (default: $EASLURM_SITE)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--rates", action="append", default=[], metavar="RUN_DIR|FILE",
                     help="measured rates: a finished run of the same config or a rates JSON (repeatable)")
@@ -388,13 +389,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the bill as JSON")
     ap.add_argument("--save-rates", metavar="FILE", help="with --run: write its measured rates to FILE")
     args = ap.parse_args(argv)
+    args.run = args.run or args.run_flag
+    if bool(args.run) == bool(args.config):
+        ap.error("give exactly one of RUN or --config FILE")
     try:
         if args.run:
             run = RunDir(args.run)
             cfg = load_run_config(run.root)
             cfg.executor.kind = recorded_executor(run) or cfg.executor.kind  # type: ignore[assignment]
         else:
-            cfg = load_config(args.config, args.overrides)
+            from .site import read_site, site_path
+
+            where = site_path(args.site)
+            cfg = load_config(args.config, args.overrides, site=read_site(where) if where is not None else None)
             run = RunDir(Path(cfg.run.root) / f"{cfg.run.name}-BILL")
         if args.save_rates:
             from .store import atomic_write_json

@@ -1,6 +1,6 @@
 """Evaluate a run's final members and its fused model on test sets (DESIGN.md §2 "Evaluation", §4).
 
-``python -m easlurm.evaluate --run RUN [--sets NAME=PATH ...] [--device DEV]``
+``easlurm evaluate RUN [--sets NAME=PATH ...] [--device DEV]`` (``python -m easlurm.evaluate`` alike)
 
 Test sets: ``eval.sets`` of the run's config (``name: path``), or — when that is empty — the val shards as ``val``;
 each ``--sets NAME=PATH`` adds a set or replaces the one of the same name (relative paths are relative to the
@@ -113,7 +113,7 @@ def resolve_sets(cfg: Config, extra: Mapping[str, str] | None = None) -> dict[st
 def check_test_sets(cfg: Config, extra: Mapping[str, str] | None = None) -> list[EvalSet]:
     """Open every test set of ``cfg`` (plus ``extra``); ONE :class:`EvalError` names each missing or bad set, its path
     and what to put there. Cheap (lists files, reads manifests): a launcher can call it before spending GPU-hours."""
-    return open_test_sets(resolve_sets(cfg, extra))
+    return open_test_sets(resolve_sets(cfg, extra), cfg.data.max_pixels)
 
 
 def final_models(cfg: Config, run: RunDir) -> list[ModelEntry]:
@@ -244,15 +244,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; prints the Markdown tables and the path of pareto.png. Exit 2 on a bad input."""
     ap = argparse.ArgumentParser(prog="python -m easlurm.evaluate",
                                  description="Evaluate a run's final members and fused model on test sets.")
-    ap.add_argument("--run", required=True, help="run directory (holds config.yaml)")
+    ap.add_argument("run", nargs="?", help="run directory (holds config.yaml)")
+    ap.add_argument("--run", dest="run_flag", help=argparse.SUPPRESS)  # the earlier spelling
     ap.add_argument("--sets", nargs="+", default=[], metavar="NAME=PATH",
                     help="test sets to add (or replace by name): a shard folder or a folder of HR images")
     ap.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     args = ap.parse_args(argv)
+    run = args.run or args.run_flag
+    if not run:
+        ap.error("the run directory is needed: easlurm evaluate RUN [--sets NAME=PATH ...]")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     try:
         extra = dict(parse_set_arg(s) for s in args.sets)
-        result = evaluate_run(args.run, extra, device=args.device)
+        result = evaluate_run(run, extra, device=args.device)
     except EaslurmError as exc:
         print("easlurm.evaluate: error: " + str(exc).replace("\n", " "), file=sys.stderr)
         return 2

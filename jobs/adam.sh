@@ -3,7 +3,7 @@
 #   sbatch --array=0-4 jobs/adam.sh RUN_DIR CYCLE          (cycle run.cycles is the final phase)
 #SBATCH --job-name=easlurm-adam
 #SBATCH --array=0-4
-#SBATCH --gpus-per-node=1
+#SBATCH --gres=gpu:1
 #SBATCH --cpus-per-task=8
 #SBATCH --mem=32G
 #SBATCH --time=12:00:00

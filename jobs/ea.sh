@@ -2,7 +2,7 @@
 # The EA phase of one cycle: objectives, SBX crossover, mutation, MOEA/D or NSGA-II selection.
 #   sbatch --dependency=afterok:ARRAY_ID jobs/ea.sh RUN_DIR CYCLE
 #SBATCH --job-name=easlurm-ea
-#SBATCH --gpus-per-node=1
+#SBATCH --gres=gpu:1
 #SBATCH --cpus-per-task=8
 #SBATCH --mem=32G
 #SBATCH --time=04:00:00

@@ -2,7 +2,7 @@
 # Evaluation of every final member, the fused model and bicubic on the run's eval.sets (+ data.val).
 #   sbatch jobs/eval.sh RUN_DIR        (extra sets: python -m easlurm.evaluate --run RUN --sets NAME=PATH)
 #SBATCH --job-name=easlurm-eval
-#SBATCH --gpus-per-node=1
+#SBATCH --gres=gpu:1
 #SBATCH --cpus-per-task=8
 #SBATCH --mem=32G
 #SBATCH --time=01:00:00

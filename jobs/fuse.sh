@@ -2,7 +2,7 @@
 # Fusion: train the attention branches over the final experts, average, merge into RUN/fusion/fused.pt.
 #   sbatch jobs/fuse.sh RUN_DIR
 #SBATCH --job-name=easlurm-fuse
-#SBATCH --gpus-per-node=1
+#SBATCH --gres=gpu:1
 #SBATCH --cpus-per-task=8
 #SBATCH --mem=32G
 #SBATCH --time=12:00:00

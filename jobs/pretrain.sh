@@ -2,7 +2,7 @@
 # L1 pretraining of the PSNR-oriented start (when model.pretrained is null).
 #   sbatch jobs/pretrain.sh RUN_DIR
 #SBATCH --job-name=easlurm-pretrain
-#SBATCH --gpus-per-node=1
+#SBATCH --gres=gpu:1
 #SBATCH --cpus-per-task=8
 #SBATCH --mem=32G
 #SBATCH --time=24:00:00

@@ -36,7 +36,7 @@ class FakeSlurm:
     down: int = 0
     next_id: int = 100
 
-    def submit(self, script: Path, array: Sequence[int] | None, *, cwd: Path, what: str) -> list[str]:
+    def submit(self, script: Path, array: Sequence[int] | None, *, cwd: Path, what: str, key: str = "") -> list[str]:
         text = script.read_text()
         job = str(self.next_id)
         self.next_id += 1
@@ -46,6 +46,7 @@ class FakeSlurm:
                                                                                                    array or ()])
         dep = re.search(r"^#SBATCH --dependency=afterok:(\S+)$", text, re.M)
         name = re.search(r"^#SBATCH --job-name=easlurm-\S+?-(\S+)$", text, re.M)
+        assert re.search(rf"^#SBATCH --comment={re.escape(key)}$", text, re.M), "the key is the job's comment"
         for i in ids:
             self.jobs[i] = JobInfo("PENDING")
         self.submitted.append(Submitted(job, ids, name.group(1) if name else "?",

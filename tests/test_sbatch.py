@@ -106,3 +106,14 @@ def test_the_rendered_lead_is_the_one_the_launcher_computed(tmp_path, kind):
     leads = signal_leads(cfg)
     script = render(cfg, run, Submission(stage, (0,)), sys.executable, leads[kind])
     assert f"#SBATCH --signal=B:USR2@{leads[kind]}\n" in script
+
+
+def test_the_plain_scripts_ask_for_their_gpu_as_the_launcher_does(tmp_path):
+    cfg = _cfg("tiny.yaml", f"data.demo_dir={tmp_path}", "executor.slurm.adam.gpus=1")
+    adam = next(s for s in build_plan(cfg, RunDir(tmp_path / "run")) if s.key == "adam/000")
+    launcher = dict(directives(cfg, RunDir(tmp_path / "run"), Submission(adam, (0,))))
+    assert launcher["gres"] == "gpu:1"
+    for script in ("adam", "ea", "fuse", "eval", "pretrain"):
+        lines = (REPO / "jobs" / f"{script}.sh").read_text().splitlines()
+        gpu = [line for line in lines if "gpu" in line and line.startswith("#SBATCH")]
+        assert gpu == ["#SBATCH --gres=gpu:1"], script

@@ -56,6 +56,7 @@ KIND = StageKind(
     tasks=lambda cfg, cycle: [TaskSpec("start population")],
     is_done=is_done,
     resources=StageResources(time_min=30, gpus=0, cpus=2, mem_gb=16),
+    gpus_used=0,
     rate_key=_rate_key,
     record=_record,
 )

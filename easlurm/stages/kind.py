@@ -95,6 +95,8 @@ class StageKind:
     """What one unit of progress is: ``iteration``, ``generation``, or ``task`` for a stage without a loop."""
     resources: StageResources = field(default_factory=StageResources)
     """Default ``executor.slurm.<name>``."""
+    gpus_used: int = 1
+    """GPUs one task uses (a request above it is refused: the extra GPUs would sit idle)."""
     cycles: Callable[[Config], list[int]] | None = None
     """For a stage that runs once per cycle, the cycles it runs in; None for a stage that runs once. Stages of the
     kinds with cycles interleave cycle by cycle, in registry order (``adam/000, ea/000, adam/001, …``)."""

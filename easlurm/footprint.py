@@ -187,8 +187,9 @@ def disk_bill(cfg: Config, keep: int = DEFAULT_KEEP) -> Disk:
         once["pretrain"] = (s["G.pt"] + s["pretrain optim.pt"] + s["rng.pt"] + _META
                             + (p.iters // p.log_every + 1) * 4 * _TB_SCALAR)
     f = cfg.fusion
-    once["fusion"] = (s["fusion attention.pt"] + s["D.pt"] + s["fusion optim.pt"] + s["rng.pt"] + s["G.pt"]
-                      + 2 * _META + (f.iters // f.log_every + 1) * 8 * _TB_SCALAR)
+    once["fusion"] = (s["fusion attention.pt"] + s["D.pt"] + s["fusion optim.pt"] + s["rng.pt"]
+                      + (1 + len(f.export)) * s["G.pt"] + (3 if f.export else 2) * _META
+                      + (f.iters // f.log_every + 1) * 8 * _TB_SCALAR)
     once["evaluation"] = _EVAL
     total = total_cycles + sum(once.values())
     prunable = trained * (s["D.pt"] + s["optim.pt"] + s["rng.pt"])

@@ -224,3 +224,23 @@ def test_original_esrgan_key_names_are_renamed(tmp_path: Path) -> None:
     load_generator_weights(dst, f)
     x = torch.rand(1, 3, 4, 4)
     assert torch.equal(dst(x), src(x))
+
+
+def test_a_pretrained_start_named_with_its_hash_is_verified(tmp_path: Path) -> None:
+    """BasicSR's released files carry the start of their sha256 in the name (ESRGAN_PSNR_SRx4_DF2K_official-150ff491
+    .pth): a staged file that does not match is refused before it is read."""
+    import hashlib
+
+    from easlurm.assets import WeightsMismatchError
+
+    g = MSRResNet(num_feat=8, num_block=1, upscale=4)
+    plain = tmp_path / "g.pth"
+    torch.save({"params": g.state_dict()}, plain)
+    prefix = hashlib.sha256(plain.read_bytes()).hexdigest()[:8]
+    good = tmp_path / f"MSRResNet_x4-{prefix}.pth"
+    good.write_bytes(plain.read_bytes())
+    assert load_generator_weights(MSRResNet(num_feat=8, num_block=1, upscale=4), good) == "params"
+    bad = tmp_path / "MSRResNet_x4-00000000.pth"
+    bad.write_bytes(plain.read_bytes())
+    with pytest.raises(WeightsMismatchError, match=rf"{bad}: sha256 {prefix}.* does not start with 00000000"):
+        load_generator_weights(MSRResNet(num_feat=8, num_block=1, upscale=4), bad)

@@ -78,7 +78,11 @@ def load_generator_weights(model: nn.Module, path: str | os.PathLike[str], key: 
     unexpected (first few of each plus counts), or when a tensor's shape differs (naming the key).
     """
     p = Path(path)
+    from ..assets import verify_hash_in_name
     from .specs import spec_of
+
+    if p.is_file():
+        verify_hash_in_name(p)  # BasicSR's released files carry their sha256 prefix in the name (…-150ff491.pth)
 
     spec = spec_of(model)
     state, where = extract_state_dict(load_checkpoint(p), str(p), key, spec.renames if spec is not None else ())

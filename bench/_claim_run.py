@@ -28,7 +28,8 @@ from _claim_arms import ARMS, Arm, BenchError, arm_overrides, planned_updates, r
 
 from easlurm.config import Config, load_run_config
 from easlurm.errors import EaslurmError
-from easlurm.store import RunDir, atomic_write_json, read_checkpoint_meta, read_json
+from easlurm.checkpoints import read_checkpoint_meta
+from easlurm.store import RunDir, atomic_write_json, read_json
 
 Echo = Callable[[str], None]
 

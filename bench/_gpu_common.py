@@ -94,18 +94,6 @@ def cudnn_benchmark(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = old
 
 
-@contextlib.contextmanager
-def deterministic_cudnn() -> Iterator[None]:
-    """cuDNN as the EA job runs its evaluations (easlurm.evo.job): no benchmark mode, deterministic algorithms;
-    restored afterwards."""
-    old = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = old
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Sections: time limits, results files
 

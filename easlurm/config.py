@@ -3,7 +3,7 @@
 One :class:`Config` describes a whole EA-Adam run (DESIGN.md §2): data, networks, losses, the population, the Adam
 and EA phases, fusion, evaluation, the executor and the container. Loading rules:
 
-* YAML is read with ``yaml.safe_load`` only.
+* YAML is read with a ``yaml.SafeLoader`` that also refuses repeated keys (:mod:`easlurm.yaml_input`).
 * Unknown keys are rejected with their dotted path and a "did you mean" suggestion.
 * Every value is type-checked and range-checked; the error names the dotted field (``adam.lr: must be > 0, got -1``).
 * ``--set a.b=value`` overrides are parsed as YAML scalars/flow values (never ``eval``) and go through the same checks.
@@ -34,9 +34,11 @@ from .config_schema import (  # noqa: F401  (re-exported: import the sections fr
     EvalConfig, SlurmConfig, LocalConfig, ExecutorConfig, ContainerConfig,
 )
 from .errors import ConfigError
+from .site import Site, merge as merge_site
 from .models.specs import generator_spec
-from .stages import names as stage_names
+from .stages import get as get_kind, names as stage_names
 from .stages.kind import StageResources
+from .yaml_input import load_yaml
 
 # ----------------------------------------------------------------------------------------------------------------
 # Cross-field validation
@@ -45,6 +47,11 @@ from .stages.kind import StageResources
 def validate(cfg: Config) -> Config:
     """Checks that involve more than one field; each error names the fields."""
     for kind, res in cfg.executor.slurm.stages.items():
+        used = get_kind(kind).gpus_used
+        if res.gpus > used:
+            what = "uses no GPU" if used == 0 else f"uses {used} GPU{'s' if used > 1 else ''} per task"
+            raise ConfigError(f"executor.slurm.{kind}.gpus: {res.gpus} requested, but the {kind} stage {what}; the "
+                              f"rest would sit idle in the allocation (set it to {used})")
         if res.signal_lead_s is not None and res.signal_lead_s >= res.time_min * 60:
             raise ConfigError(f"executor.slurm.{kind}.signal_lead_s: {res.signal_lead_s} s is not shorter than "
                               f"its time limit (time_min {res.time_min})")
@@ -87,9 +94,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"fusion.milestones: expected increasing positive iterations, got {cfg.fusion.milestones}")
     if not cfg.eval.metrics:
         raise ConfigError("eval.metrics: at least one metric is needed, e.g. [psnr, ssim, lpips, dists]")
-    repeated = sorted({m for m in cfg.eval.metrics if cfg.eval.metrics.count(m) > 1})
-    if repeated:
-        raise ConfigError(f"eval.metrics: {', '.join(repeated)} listed more than once")
+    for name, values in (("eval.metrics", cfg.eval.metrics), ("fusion.export", cfg.fusion.export)):
+        repeated = sorted({m for m in values if list(values).count(m) > 1})
+        if repeated:
+            raise ConfigError(f"{name}: {', '.join(repeated)} listed more than once")
     n = cfg.population.size
     if not -n <= cfg.fusion.discriminator_from < n:
         raise ConfigError(f"fusion.discriminator_from: {cfg.fusion.discriminator_from} is not a member index "
@@ -113,10 +121,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     check_text(raw, f"--set {key}")
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: empty key segment")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r} ({exc.__class__.__name__})") from exc
+    value = load_yaml(raw, f"--set {key}") if raw.strip() else ""
     # YAML 1.1 reads "1e-4" as a string; users mean a number.
     if isinstance(value, str):
         try:
@@ -169,11 +174,12 @@ def _check_option_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) ->
                                   f"({spec.name} options: {', '.join(options)})")
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), site: Site | None = None) -> Config:
     """Load, override and validate a config.
 
-    ``path`` is a YAML file (``None`` → all defaults). ``overrides`` are ``a.b=value`` strings applied in order.
-    Raises :class:`ConfigError` naming the file, the dotted key or the field.
+    ``path`` is a YAML file (``None`` → all defaults); ``site``: a site profile (:mod:`easlurm.site`) whose
+    executor and container settings go on top of it; ``overrides`` are ``a.b=value`` strings applied last, in order.
+    Raises :class:`ConfigError` naming the file (or the profile), the dotted key or the field.
     """
     raw: dict[str, Any] = {}
     if path is not None:
@@ -184,28 +190,28 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise ConfigError(f"{p}: config file not found") from exc
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{p}: cannot read config ({exc})") from exc
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            raise ConfigError(f"{p}:{where} invalid YAML ({getattr(exc, 'problem', None) or exc})") from exc
+        loaded = load_yaml(text, str(p))
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(loaded).__name__}")
         raw = loaded
+    if site is not None:
+        try:
+            build(Config, site.data)  # its own values first, so an error names the profile
+        except ConfigError as exc:
+            raise ConfigError(f"site profile {site.path}: {exc}") from None
+        raw = merge_site(raw, site)
     for text in overrides:
         parts, value = parse_override(text)
         _apply_override(raw, parts, value)
     _check_option_overrides(raw, overrides)
     try:
-        cfg = build(Config, raw)
+        return validate(build(Config, raw))
     except ConfigError as exc:
         if path is not None:
             raise ConfigError(f"{path}: {exc}") from None
         raise
-    return validate(cfg)
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:
@@ -242,8 +248,16 @@ def write_config(cfg: Config, run_dir: str | Path, argv: Sequence[str] | None = 
 
 
 def load_run_config(run_dir: str | Path) -> Config:
-    """The config a run directory was created with (``RUN/config.yaml``)."""
-    return load_config(Path(run_dir) / "config.yaml")
+    """The config a run directory was created with (``RUN/config.yaml``, written in full by the launcher: an empty
+    one is damage, not "all defaults")."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        empty = path.is_file() and not path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        empty = False  # load_config names the problem
+    if empty:
+        raise ConfigError(f"{path}: empty — a run's config.yaml holds its whole resolved config")
+    return load_config(path)
 
 
 __all__ = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 from typing import Any, Literal, Mapping, Sequence, Union, get_args, get_origin, get_type_hints
 
@@ -100,6 +101,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: must be a finite number, got {value}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -120,8 +123,6 @@ def _check_range(value: Any, meta: Mapping[str, Any], path: str) -> None:
             raise ConfigError(f"{path}: must be >= {lo}, got {value}")
     if hi is not None and value > hi:
         raise ConfigError(f"{path}: must be <= {hi}, got {value}")
-    if isinstance(value, float) and value != value:
-        raise ConfigError(f"{path}: must not be NaN")
 
 
 #: Keys of earlier versions → what replaces them (named in the error instead of a spelling suggestion).

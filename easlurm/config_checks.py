@@ -64,8 +64,8 @@ SBATCH_SET_BY_EASLURM: dict[str, str] = {
     "mem": "executor.slurm.<stage>.mem_gb",
     "mem-per-cpu": "executor.slurm.<stage>.mem_gb",
     "mem-per-gpu": "executor.slurm.<stage>.mem_gb",
-    "gpus-per-node": "executor.slurm.<stage>.gpus",
-    "gres": "executor.slurm.<stage>.gpus (easlurm requests --gres=gpu:N)",
+    "gpus-per-node": "executor.slurm.<stage>.gpus and executor.slurm.gpu_request",
+    "gres": "executor.slurm.<stage>.gpus and executor.slurm.gpu_request (--gres=gpu:N by default)",
     "requeue": "nothing: easlurm's jobs are requeueable (they continue from their checkpoint)",
     "no-requeue": "nothing: easlurm's jobs are requeueable (they continue from their checkpoint)",
     "array": "population.size and executor.slurm.array_parallelism (easlurm sizes the member array)",
@@ -75,6 +75,8 @@ SBATCH_SET_BY_EASLURM: dict[str, str] = {
     "error": "nothing: logs go to RUN/slurm/<stage>/, set by easlurm",
     "open-mode": "nothing: logs are appended across requeues, set by easlurm",
     "signal": "nothing: the checkpoint-before-timeout warning is set by easlurm",
+    "comment": "nothing: easlurm names each submission with its comment (to find it after a lost sbatch answer)",
+    "gpus": "executor.slurm.<stage>.gpus and executor.slurm.gpu_request",
     "nodes": "nothing: every task is one process on one node",
     "ntasks": "nothing: every task is one process on one node",
     "ntasks-per-node": "nothing: every task is one process on one node",
@@ -82,7 +84,7 @@ SBATCH_SET_BY_EASLURM: dict[str, str] = {
 }
 
 # Real sbatch options that are also prefixes of a reserved name (an exact match wins over abbreviation in getopt).
-_EXACT_OPTIONS_THAT_ARE_PREFIXES = frozenset({"gpus"})
+_EXACT_OPTIONS_THAT_ARE_PREFIXES: frozenset[str] = frozenset()
 
 _OPTION_NAME = re.compile(r"[a-z][a-z0-9-]*")
 
@@ -113,6 +115,7 @@ def check_extra_key(key: str, path: str) -> None:
 
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_MODULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+/@-]*")
 
 
 def check_run_name(name: str, path: str = "run.name") -> None:
@@ -144,6 +147,10 @@ def check_command_values(cfg: Config) -> None:
         value = getattr(slurm, key)
         if value is not None:
             check_sbatch_value(value, f"executor.slurm.{key}")
+    for i, module in enumerate(slurm.modules):
+        if not _MODULE_NAME.fullmatch(module):
+            raise ConfigError(f"executor.slurm.modules[{i}]: {module!r} is not a module name (letters, digits and "
+                              f"'._+/@-', e.g. cuda/12.4); each becomes one `module load` line of the job script")
     for kind, resources in slurm.stages.items():
         path = f"executor.slurm.{kind}.extra"
         for key, value in resources.extra.items():

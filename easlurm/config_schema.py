@@ -22,10 +22,10 @@ class RunConfig:
     """Identity and length of the run."""
     name: str = "easlurm"
     seed: int = _f(0, min=0, doc="master seed; every stage derives its own seeds from it")
-    cycles: int = _f(22, min=1, doc="number of Adam+EA cycles (reference: 22)")
+    cycles: int = _f(22, min=1, max=10_000, doc="number of Adam+EA cycles (reference: 22)")
     root: str = _f("runs", doc="parent folder of new run directories when --run-dir is not given")
-    group_shared: bool = _f(False, doc="run directory and files readable/writable by the group (mode 2770/0660) "
-                                       "instead of 0750 and the user's umask")
+    group_shared: bool = _f(False, doc="run directory and files readable/writable by the group (folders 3770: "
+                                       "setgid and sticky, files 0660) instead of 0750 and the user's umask")
 
 
 @dataclass
@@ -37,15 +37,19 @@ class DataConfig:
     demo: bool = _f(False, doc="use the built-in demo photos (built on first use under demo_dir)")
     demo_dir: str = _f("data/demo", doc="where the demo shards are built (relative to the current directory)")
     scale: int = _f(4, min=2, max=8, doc="upscaling factor")
-    patch_size: int = _f(128, min=16, doc="HR training patch size in pixels (LR patch = patch_size / scale)")
-    num_workers: int = _f(2, min=0, doc="DataLoader workers per training task")
-    fitness_images: int = _f(16, min=1, doc="N: distinct source images of the fitness tiles (sorted by source "
-                             "file name, first N; the sub-images of one photo count once); fewer is an error")
-    fitness_tile: int = _f(128, min=16, doc="HR size of a fitness tile (non-overlapping grid, row-major)")
+    max_pixels: int | None = _f(None, min=1, max=89_478_485, doc="largest image (in pixels) easlurm decodes — "
+                                "checked from the header, before decoding — in evaluation sets and demo photos; "
+                                "null → Pillow's limit (89,478,485; `easlurm data build --max-pixels` for shards)")
+    patch_size: int = _f(128, min=16, max=4096, doc="HR training patch size in pixels (LR patch = patch_size / scale)")
+    num_workers: int = _f(2, min=0, max=256, doc="DataLoader workers per training task")
+    fitness_images: int = _f(16, min=1, max=100_000,
+        doc="N: distinct source images of the fitness tiles (sorted by source "
+        "file name, first N; the sub-images of one photo count once); fewer is an error")
+    fitness_tile: int = _f(128, min=16, max=4096, doc="HR size of a fitness tile (non-overlapping grid, row-major)")
     fitness_tile_choice: Literal["reference", "first"] = _f(
         "reference", doc="reference: an image with more than 2K tiles keeps tiles K//2 … K//2+K-1, else all "
         "(K=50: tiles 25-74 of >100, as EA-Adam's crop_EA_patch); first: the first K tiles (top rows)")
-    fitness_max_tiles: int = _f(50, min=1, doc="K of fitness_tile_choice (reference: 50)")
+    fitness_max_tiles: int = _f(50, min=1, max=100_000, doc="K of fitness_tile_choice (reference: 50)")
     fitness_mean: Literal["image", "tile"] = _f(
         "image", doc="image: objectives are the mean of per-image means (reference); tile: the mean over all tiles")
 
@@ -55,7 +59,7 @@ class ModelConfig:
     """The generator: a backbone of :mod:`easlurm.models.specs` and its options, written flat next to ``arch``
     (``model.num_feat``, …; each backbone has its own, with its defaults — BasicSR's names, so its checkpoints
     load)."""
-    arch: str = _f("msrresnet", doc="backbone (easlurm.models.specs.GENERATORS: msrresnet, rrdbnet)")
+    arch: str = _f("msrresnet", doc="backbone (easlurm.models.specs.GENERATORS: msrresnet, rrdbnet, swinir)")
     pretrained: str | None = _f(None, doc="PSNR-oriented initial generator (BasicSR checkpoint); null → pretrain stage")
     pretrained_key: Literal["params", "params_ema"] = _f(
         "params", doc="entry of the BasicSR checkpoint to start from (the reference loads params)")
@@ -95,7 +99,7 @@ class LossConfig:
 @dataclass
 class PopulationConfig:
     """The population of experts and their preferences (uniform on the simplex (1,0)…(0,1))."""
-    size: int = _f(5, min=2)
+    size: int = _f(5, min=2, max=1024)
     member0: Literal["trained", "ea_only", "frozen"] = _f(
         "trained", doc="member 0 (pure L1): trained = like every member; ea_only = never Adam-trained, the EA may "
                        "replace it (reference RRDB); frozen = never trained nor replaced (reference SRResNet)")
@@ -106,12 +110,14 @@ class AdamConfig:
     """The Adam phase of one member (one Slurm array task)."""
     lr: float = _f(1e-4, min=0, min_exclusive=True)
     betas: list[float] = _f(factory=lambda: [0.9, 0.999])
-    batch_size: int = _f(16, min=1)
-    iters_per_cycle: int = _f(13000, min=1, doc="T_Adam generator updates per cycle")
-    first_phase_iters: int | None = _f(None, min=1, doc="updates of cycle 0's Adam phase; null → iters_per_cycle "
-                                                        "(reference: 9 epochs where later phases have 10)")
+    batch_size: int = _f(16, min=1, max=65_536)
+    iters_per_cycle: int = _f(13000, min=1, max=1_000_000_000, doc="T_Adam generator updates per cycle")
+    first_phase_iters: int | None = _f(None, min=1, max=1_000_000_000,
+        doc="updates of cycle 0's Adam phase; null → iters_per_cycle "
+        "(reference: 9 epochs where later phases have 10)")
     final_phase: bool = _f(True, doc="a last Adam phase after the last EA phase, before fusion (reference)")
-    final_phase_iters: int | None = _f(None, min=1, doc="updates of the final Adam phase; null → iters_per_cycle")
+    final_phase_iters: int | None = _f(None, min=1, max=1_000_000_000,
+        doc="updates of the final Adam phase; null → iters_per_cycle")
     mix: Literal["normalised", "weighted_sum"] = _f(
         "normalised", doc="normalised: EA-Adam's per-tensor normalised gradient mix; weighted_sum: plain "
                           "w_dist·∇L_dist + w_perc·∇L_perc (ESRGAN-style weighted loss, an ablation)")
@@ -126,10 +132,10 @@ class AdamConfig:
 @dataclass
 class PretrainConfig:
     """L1 pretraining of the PSNR-oriented initial generator (used when model.pretrained is null)."""
-    iters: int = _f(100000, min=1)
+    iters: int = _f(100000, min=1, max=1_000_000_000)
     lr: float = _f(2e-4, min=0, min_exclusive=True)
     betas: list[float] = _f(factory=lambda: [0.9, 0.99], doc="BasicSR's PSNR-oriented setting")
-    batch_size: int = _f(16, min=1)
+    batch_size: int = _f(16, min=1, max=65_536)
     checkpoint_every: int = _f(5000, min=1)
     log_every: int = _f(100, min=1)
 
@@ -137,7 +143,7 @@ class PretrainConfig:
 @dataclass
 class EAConfig:
     """The EA phase (DESIGN.md §2): SBX crossover, sparse Gaussian mutation, MOEA/D or NSGA-II selection."""
-    generations: int = _f(200, min=1, doc="T_EA")
+    generations: int = _f(200, min=1, max=10_000_000, doc="T_EA")
     selection: Literal["moead", "nsga2", "identity"] = _f(
         "moead", doc="moead (reference) | nsga2 (Pareto selection) | identity (no EA: the Adam-only ablation)")
     p_crossover: float = _f(0.9, min=0, max=1)
@@ -150,30 +156,34 @@ class EAConfig:
     max_replacements: int | None = _f(None, min=1, doc="MOEA/D-DE's n_r: slots one child may replace; null → "
                                                        "unlimited (reference)")
     reset_adam: bool = _f(True, doc="reset generator Adam moments after the EA phase (reference)")
-    eval_batch: int = _f(16, min=1, doc="fitness tiles per forward pass")
+    eval_batch: int = _f(16, min=1, max=65_536, doc="fitness tiles per forward pass")
     checkpoint_every: int = _f(10, min=1, doc="generations between EA-phase checkpoints (also on preemption)")
 
 
 @dataclass
 class FusionConfig:
     """Fusion of the experts into one plain backbone."""
-    iters: int = _f(5000, min=1)
+    iters: int = _f(5000, min=1, max=1_000_000_000)
     lr: float = _f(1e-4, min=0, min_exclusive=True, doc="attention-branch learning rate")
     betas: list[float] = _f(factory=lambda: [0.9, 0.999])
     d_lr: float | None = _f(None, min=0, min_exclusive=True, doc="fusion discriminator lr; null → fusion.lr "
                                                                  "(reference)")
     milestones: list[int] = _f(factory=list, doc="iterations at which both learning rates are multiplied by gamma")
     gamma: float = _f(0.5, min=0, min_exclusive=True)
-    batch_size: int = _f(16, min=1)
+    batch_size: int = _f(16, min=1, max=65_536)
     l1_weight: float = _f(0.01, min=0, doc="λ (0.01 SRResNet, 0.1 RRDB)")
-    att_kernel: int = _f(5, min=1, doc="attention-branch conv kernel (5 SRResNet, 3 RRDB)")
-    att_channels: int = _f(100, min=1)
+    att_kernel: int = _f(5, min=1, max=63, doc="attention-branch conv kernel (5 SRResNet, 3 RRDB)")
+    att_channels: int = _f(100, min=1, max=65_536)
     discriminator_from: int = _f(-1, doc="warm-start D from this member (negative indexes from the end)")
     average_set: str | None = _f(None, doc="shard folder of TRAINING images the attention is averaged over; null → "
                                            "data.train (never an evaluation set)")
-    average_images: int = _f(100, min=1, doc="images of average_set used (reference: 100 DIV2K training images)")
+    average_images: int = _f(100, min=1, max=1_000_000,
+        doc="images of average_set used (reference: 100 DIV2K training images)")
     checkpoint_every: int = _f(1000, min=1)
     log_every: int = _f(100, min=1)
+    export: list[Literal["basicsr", "safetensors"]] = _f(
+        factory=lambda: ["basicsr", "safetensors"], doc="formats the fused model is also written in (fused.pth: "
+        "BasicSR's {params: …}; fused.safetensors), with fused.json describing it; [] → fused.pt only")
 
 
 #: Names of easlurm.metrics.registry.METRICS (a test keeps the two lists equal; config sits below metrics).
@@ -190,7 +200,7 @@ class EvalConfig:
                                        "(alex v0.1), dists (easlurm.metrics.registry)")
     perceptual_crop: int | None = _f(None, min=0, doc="px cropped at every border before lpips and dists; null → "
                                                       "data.scale, as the reference code; 0 → the whole image")
-    tile: int | None = _f(None, min=8, doc="LR tile size for tiled inference (bounded memory)")
+    tile: int | None = _f(None, min=8, max=65_536, doc="LR tile size for tiled inference (bounded memory)")
 
 
 @dataclass
@@ -200,7 +210,12 @@ class SlurmConfig:
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
-    array_parallelism: int = _f(64, min=1, doc="max array tasks running at once")
+    array_parallelism: int = _f(64, min=1, max=1_000_000, doc="max array tasks running at once")
+    gpu_request: Literal["gres", "gpus-per-node", "gpus"] = _f(
+        "gres", doc="how a job asks for its GPU: --gres=gpu:N (gres), --gpus-per-node=N or --gpus=N — what the "
+                    "site's scheduler expects (a site profile's setting)")
+    modules: list[str] = _f(factory=list, doc="environment modules every job loads first (`module load NAME`, in "
+                                              "order), e.g. [cuda/12.4] — a site profile's setting")
     stages: dict[str, StageResources] = field(default_factory=default_resources,
                                               metadata={"inline": "resources", "doc": "resources per stage kind"})
 
@@ -222,8 +237,9 @@ class SlurmConfig:
 @dataclass
 class LocalConfig:
     """The local executor: the same plan on one machine."""
-    max_parallel: int = _f(1, min=1, doc="concurrent jobs (Adam-phase members run side by side up to this cap); "
-                                         "each gets cores / jobs side by side threads unless OMP_NUM_THREADS is set")
+    max_parallel: int = _f(1, min=1, max=100_000,
+        doc="concurrent jobs (Adam-phase members run side by side up to this cap); "
+        "each gets cores / jobs side by side threads unless OMP_NUM_THREADS is set")
     gpus: list[int] = _f(factory=list, doc="GPU ids assigned round-robin via CUDA_VISIBLE_DEVICES; empty → CPU")
 
 
@@ -231,15 +247,17 @@ class LocalConfig:
 class ExecutorConfig:
     """How stages are run: Slurm (sbatch job arrays), locally with a concurrency cap, or in-process (debug)."""
     kind: Literal["slurm", "local", "debug"] = "slurm"
-    max_retries: int = _f(2, min=0, doc="resubmissions of a failed task (counted per task, given back when it made "
-                                        "progress) before the launcher stops")
+    max_retries: int = _f(2, min=0, max=1000,
+        doc="resubmissions of a failed task (counted per task, given back when it made "
+        "progress) before the launcher stops")
     window: int = _f(0, min=0, doc="cycles kept queued (afterok-chained) while the launcher follows; 0 → the "
                                    "whole chain at once (always so with --detach)")
-    poll_s: float = _f(10.0, min=0, min_exclusive=True)
+    poll_s: float = _f(30.0, min=0, min_exclusive=True, doc="seconds between the launcher's looks at Slurm while "
+                                                               "it follows a run (each is one squeue or sacct)")
     hold_timeout_min: float = _f(60.0, min=0, doc="give up on a job held (by an admin, REQUEUE_HOLD, bad "
                                                   "constraints, …) for longer than this")
-    lease_s: float = _f(120.0, min=2, doc="a stage holds a lease on its output folder, renewed every lease_s/4 "
-                                          "seconds; a holder silent for lease_s seconds counts as dead")
+    lease_s: float = _f(120.0, min=30, max=86_400, doc="a stage holds a lease on its output folder, renewed every "
+                        "lease_s/4 seconds; a holder silent for lease_s seconds counts as dead")
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
 

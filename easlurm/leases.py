@@ -14,8 +14,14 @@ A contender takes the lease over when the holder is provably gone:
 
 Otherwise the contender watches the lease for up to ``ttl`` seconds: a renewal proves the holder alive and the
 contender refuses (:class:`LeaseBusy`, naming the holder); silence makes it stale. Takeover renames the stale file
-away before creating a new one, so of two contenders only one can win. Works inside containers without Slurm
-commands, on NFS/Lustre, and after Slurm has forgotten the holder's job.
+away before creating a new one and puts it back unless the file moved aside is the very one judged stale (same
+inode and modification time), so of two contenders only one can win, even over an empty or unreadable record.
+Works inside containers without Slurm commands, on NFS/Lustre, and after Slurm has forgotten the holder's job.
+
+Fencing: each lease carries a ``fence`` number, one more than the record it replaced. :meth:`Lease.check` re-reads
+the file (not a cached flag), so a holder that was paused (Slurm suspend, gang scheduling) and taken over learns it
+at its next check; writers pass ``lease.check`` as the ``fence`` of
+:func:`~easlurm.checkpoints.commit_checkpoint`, which calls it right before its commit point.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import EaslurmError
+from .store import make_dirs, umask_mode
 
 LEASE_NAME = ".lease"
 #: Seconds without renewal after which a holder counts as dead (``executor.lease_s`` overrides it for stages).
@@ -65,18 +72,31 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _read(path: Path) -> tuple[dict[str, Any], float] | None:
-    """(holder record, mtime) of a lease file, or None when there is none. An unreadable record counts as {}."""
+@dataclass(frozen=True)
+class _Seen:
+    """One observation of a lease file: its record ({} when empty or unreadable) and which file it was."""
+    holder: dict[str, Any]
+    mtime: float
+    ino: int
+    mtime_ns: int
+
+
+def _read(path: Path) -> _Seen | None:
+    """The lease file at ``path`` as it is now, or None when there is none. An unreadable record counts as {}."""
     try:
-        st = path.stat()
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
+    except OSError:
+        return _Seen({}, 0.0, -1, -1)  # a link or worse where a lease should be: stale, and never followed
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        text = fh.read(1 << 16)
     try:
         holder = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         holder = {}  # a half-written record: its creator died between create and write, or is writing now
-    return (holder if isinstance(holder, dict) else {}), st.st_mtime
+    return _Seen(holder if isinstance(holder, dict) else {}, st.st_mtime, st.st_ino, st.st_mtime_ns)
 
 
 def _now(folder: Path) -> float:
@@ -104,18 +124,26 @@ class Lease:
     token: str
     ttl: float
     what: str
+    fence: int = 1
     lost: bool = False
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def check(self) -> None:
-        if self.lost:
-            raise LeaseLost(f"{self.what}: lease {self.path} was taken over by another process; stopping without "
-                            f"writing")
+        """Raise :class:`LeaseLost` unless the lease file still holds this lease (re-read now, not cached)."""
+        if self.lost or not self._still_ours():
+            self.lost = True
+            raise LeaseLost(f"{self.what}: lease {self.path} (fence {self.fence}) was taken over by another "
+                            f"process; stopping without writing")
 
     def _still_ours(self) -> bool:
-        got = _read(self.path)
-        return got is not None and got[0].get("token") == self.token
+        for attempt in range(3):
+            got = _read(self.path)
+            if got is not None:
+                return got.holder.get("token") == self.token
+            # Missing: a contender may have moved it aside for a moment and be putting it back (see _take_over).
+            time.sleep(0.05 * (attempt + 1))
+        return False
 
     def _renew_forever(self) -> None:
         while not self._stop.wait(self.ttl / 4):
@@ -134,7 +162,7 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if self._still_ours():
+        if not self.lost and self._still_ours():
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
 
@@ -152,60 +180,69 @@ def _stale(holder: dict[str, Any], mtime: float, me: dict[str, Any], folder: Pat
     return _now(folder) - mtime > ttl
 
 
-def _take_over(path: Path, token_seen: Any) -> None:
-    """Move a stale lease away — unless it is no longer the one judged stale (then put it back)."""
+def _take_over(path: Path, seen: _Seen) -> None:
+    """Move a stale lease away — unless the file moved is not the one judged stale (then put it back)."""
     aside = path.with_name(f"{LEASE_NAME}.stale-{secrets.token_hex(4)}")
     try:
         os.rename(path, aside)
     except FileNotFoundError:
         return  # someone else moved it first
-    got = _read(aside)
-    if got is not None and got[0].get("token") != token_seen:
-        with contextlib.suppress(FileExistsError, OSError):
-            os.link(aside, path)  # a fresh lease we must not steal: restore it unless another appeared
+    try:
+        st = os.stat(aside, follow_symlinks=False)
+        same = (st.st_ino, st.st_mtime_ns) == (seen.ino, seen.mtime_ns) or seen.ino < 0
+    except FileNotFoundError:
+        return
+    if not same:
+        try:
+            os.link(aside, path, follow_symlinks=False)  # a fresh lease we must not steal: restore it
+        except FileExistsError:
+            pass  # yet another contender created one meanwhile; the one we moved has lost either way
     with contextlib.suppress(FileNotFoundError):
         aside.unlink()
 
 
 def acquire(folder: Path, what: str, ttl: float = DEFAULT_TTL_S) -> Lease:
     """Take the lease of ``folder`` (created if needed) or raise :class:`LeaseBusy` naming the live holder."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder)
     path = folder / LEASE_NAME
     me = identity()
     token = secrets.token_hex(16)
     deadline = time.monotonic() + ttl + 5
-    watched: tuple[Any, float] | None = None
+    watched: _Seen | None = None
+    fence = 1
     while True:
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, umask_mode(0o666))
         except FileExistsError:
             fd = -1
         if fd < 0:
-            got = _read(path)
-            if got is None:
+            seen = _read(path)
+            if seen is None:
                 continue  # released between our create and read
-            holder, mtime = got
-            if _stale(holder, mtime, me, folder, ttl):
-                _take_over(path, holder.get("token"))
+            holder = seen.holder
+            if _stale(holder, seen.mtime, me, folder, ttl):
+                if isinstance(holder.get("fence"), int):
+                    fence = max(fence, holder["fence"] + 1)
+                _take_over(path, seen)
                 continue
             if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and \
                     holder["pid"] != me["pid"] and _pid_alive(holder["pid"]):
                 raise LeaseBusy(f"{what}: {folder} is being worked on by {_describe(holder)} (lease {path})")
-            if watched is not None and watched[0] == holder.get("token") and mtime > watched[1]:
+            if watched is not None and watched.ino == seen.ino and seen.mtime_ns > watched.mtime_ns:
                 raise LeaseBusy(f"{what}: {folder} is being worked on by {_describe(holder)} (lease {path}, "
-                                f"renewed {_now(folder) - mtime:.0f} s ago); a second task must not write it")
-            if watched is None or watched[0] != holder.get("token"):
-                watched = (holder.get("token"), mtime)
+                                f"renewed {_now(folder) - seen.mtime:.0f} s ago); a second task must not write it")
+            if watched is None or watched.ino != seen.ino:
+                watched = seen
             if time.monotonic() > deadline:
                 raise LeaseBusy(f"{what}: {folder} is held by {_describe(holder)} (lease {path})")
             time.sleep(min(2.0, max(0.2, ttl / 8)))
             continue
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({**me, "token": token, "what": what, "ttl_s": ttl,
+            json.dump({**me, "token": token, "fence": fence, "what": what, "ttl_s": ttl,
                        "acquired": time.strftime("%Y-%m-%dT%H:%M:%S")}, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        return Lease(path, token, ttl, what).start()
+        return Lease(path, token, ttl, what, fence).start()
 
 
 @contextlib.contextmanager
@@ -221,7 +258,7 @@ def held(folder: Path, what: str, ttl: float = DEFAULT_TTL_S) -> Iterator[Lease]
 def holder_of(folder: Path) -> dict[str, Any] | None:
     """The current lease record of ``folder`` (for status displays), or None."""
     got = _read(folder / LEASE_NAME)
-    return None if got is None else got[0]
+    return None if got is None else got.holder
 
 
 __all__ = ["LEASE_NAME", "DEFAULT_TTL_S", "LeaseBusy", "LeaseLost", "Lease", "identity", "acquire", "held",

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, load_run_config
-from .errors import CheckpointError, EaslurmError
+from .errors import CheckpointError, EaslurmError, record_shape
 from .population import adam_cycles, final_cycle, member_file, read_member
 from .store import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
@@ -84,7 +84,10 @@ def _g_paths(run: RunDir, c: int, n: int) -> dict[str, int]:
     out: dict[str, int] = {}
     for k in range(n):
         meta = read_member(run.member(c, k))
-        if meta is not None and "G.pt" in meta.files.get("sha256", {}):
+        if meta is None:
+            raise CheckpointError(f"{run.member(c, k) / 'meta.json'}: not found (the Adam phase of cycle {c} has "
+                                  f"not finished)")
+        if "G.pt" in meta.files.get("sha256", {}):
             out.setdefault(run.rel(member_file(run.member(c, k), meta, "G.pt").path), k)
     return out
 
@@ -95,13 +98,18 @@ def _rows(run: RunDir, c: int) -> list[dict[str, Any]]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise CheckpointError(f"{path}: not found (the EA phase of cycle {c} has not finished)") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc})") from exc
     rows = []
     for k, line in enumerate(text.splitlines()):
         if line.strip():
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise CheckpointError(f"{path}: line {k + 1} is not JSON ({exc})") from exc
+                row = json.loads(line)
+            except (ValueError, RecursionError) as exc:
+                raise CheckpointError(f"{path}: line {k + 1} is not JSON ({type(exc).__name__})") from exc
+            if not isinstance(row, dict):
+                raise CheckpointError(f"{path}: line {k + 1} is not a JSON object")
+            rows.append(row)
     return rows
 
 
@@ -109,13 +117,17 @@ def build_lineage(cfg: Config, run: RunDir) -> Lineage:
     """Read the whole run's lineage. Raises :class:`CheckpointError` naming the first missing record."""
     n = cfg.population.size
     nodes: dict[str, Node] = {INIT: Node(INIT, "init", 0, -1)}
+    wanted: dict[str, tuple[Path, Path]] = {}  # child id → (the start record naming it, the file that must hold it)
     last = final_cycle(cfg)
     cycles = adam_cycles(cfg)
     for c in range(last + 1):
         paths = _g_paths(run, c - 1, n) if c > 0 else {}
-        fit: dict[str, Any] = {}
-        if c < cfg.run.cycles and (run.ea(c) / "fitness.json").is_file():
-            fit = read_json(run.ea(c) / "fitness.json")
+        initial: list[Any] = []
+        if c < cfg.run.cycles and (run.ea(c) / "fitness.json").exists():
+            with record_shape(run.ea(c) / "fitness.json"):
+                initial = list(read_json(run.ea(c) / "fitness.json").get("initial") or [])
+                if not all(_numbers(row) for row in initial):
+                    raise TypeError("'initial' is not a list of objective pairs")
         for j in range(n):
             start = read_member(run.start(c, j))
             if start is None:
@@ -123,6 +135,7 @@ def build_lineage(cfg: Config, run: RunDir) -> Lineage:
             kind, _, rest = start.origin.partition(":")
             if kind == "ea":
                 parents = [rest]
+                wanted[rest] = (run.start(c, j) / "meta.json", run.ea(c - 1) / "lineage.jsonl")
             elif kind == "carried":
                 if rest not in paths:
                     raise CheckpointError(f"{run.start(c, j) / 'meta.json'}: carried genome {rest} is no member "
@@ -133,25 +146,51 @@ def build_lineage(cfg: Config, run: RunDir) -> Lineage:
             nodes[_sid(c, j)] = Node(_sid(c, j), "start", c, j, parents,
                                      list(start.ea_objectives) if start.ea_objectives else None)
             if c in cycles:
-                initial = fit.get("initial") or []
-                nodes[_mid(c, j)] = Node(_mid(c, j), "member", c, j, [_sid(c, j)],
-                                         list(initial[j]) if j < len(initial) else None)
+                with record_shape(run.ea(c) / "fitness.json"):
+                    nodes[_mid(c, j)] = Node(_mid(c, j), "member", c, j, [_sid(c, j)],
+                                             list(initial[j]) if j < len(initial) else None)
         if c < cfg.run.cycles:
             own = _g_paths(run, c, n)
             for r in _rows(run, c):
-                parents = []
-                for p in r["parents"]:
-                    if "child" in p:
-                        parents.append(str(p["child"]))
-                    elif p.get("checkpoint") in own:
-                        parents.append(_mid(c, own[p["checkpoint"]]))
-                    else:
-                        raise CheckpointError(f"{run.ea(c) / 'lineage.jsonl'}: child {r['id']} has parent "
-                                              f"{p.get('checkpoint')!r}, no member of cycle {c}")
-                nodes[r["id"]] = Node(r["id"], "child", c, int(r["slot"]), parents, r.get("objectives"),
-                                      int(r["generation"]), list(r.get("operators", [])))
+                with record_shape(run.ea(c) / "lineage.jsonl"):
+                    _add_child(nodes, r, c, own, run)
+    for child, (named_by, holder) in sorted(wanted.items()):
+        if child not in nodes:
+            raise CheckpointError(f"{holder}: holds no child {child!r}, the parent {named_by} names")
+    for node in nodes.values():
+        for parent in node.parents:
+            if parent not in nodes:
+                raise CheckpointError(f"{run.ea(node.cycle) / 'lineage.jsonl'}: {node.id!r} names a parent "
+                                      f"{parent!r} no record holds")
     final = [(_mid if cfg.adam.final_phase else _sid)(last, j) for j in range(n)]
     return Lineage(nodes, final, cfg.ea.generations, last)
+
+
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+
+
+def _add_child(nodes: dict[str, Node], r: dict[str, Any], c: int, own: dict[str, int], run: RunDir) -> None:
+    """One row of an EA phase's lineage.jsonl as a node (its shape checked here: the summary trusts it)."""
+    ops = r.get("operators", [])
+    if not isinstance(r["id"], str) or not isinstance(r["parents"], list) or not isinstance(ops, list):
+        raise TypeError(f"row {str(r.get('id'))[:40]!r}: id, parents or operators of the wrong type")
+    for op in ops:
+        if not isinstance(op, dict) or (op.get("op") == "sbx" and not isinstance(op.get("partner"), int)):
+            raise TypeError(f"row {r['id']!r}: operator {str(op)[:60]} is not an operator record")
+    if r.get("objectives") is not None and not _numbers(r["objectives"]):
+        raise TypeError(f"row {r['id']!r}: objectives {str(r['objectives'])[:60]} are not numbers")
+    parents = []
+    for p in r["parents"]:
+        if "child" in p:
+            parents.append(str(p["child"]))
+        elif p.get("checkpoint") in own:
+            parents.append(_mid(c, own[p["checkpoint"]]))
+        else:
+            raise CheckpointError(f"{run.ea(c) / 'lineage.jsonl'}: child {r['id']} has parent "
+                                  f"{p.get('checkpoint')!r}, no member of cycle {c}")
+    nodes[r["id"]] = Node(r["id"], "child", c, int(r["slot"]), parents, r.get("objectives"),
+                          int(r["generation"]), list(ops))
 
 
 def primary_line(lin: Lineage, node: str) -> list[str]:

@@ -46,6 +46,8 @@ NUMERIC_TYPECODES = frozenset({"b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "
 class UnsafePickleError(EaslurmError):
     """A pickle used a global, dtype or state outside plain numeric numpy data; the message names file and culprit."""
 
+    permanent = True
+
 
 class _NDArrayClass:
     """Stands for ``numpy.ndarray`` in the pickle: only :func:`_reconstruct` accepts it, nothing can call it."""

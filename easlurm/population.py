@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 from .errors import CheckpointError
 from .evo.selection import uniform_preferences
 from .records import StageRecord
-from .store import FileRef, RunDir, checkpoint_intact, commit_checkpoint, file_ref, read_checkpoint_meta
+from .checkpoints import FileRef, checkpoint_intact, commit_checkpoint, file_ref, read_checkpoint_meta
+from .store import RunDir
 
 if TYPE_CHECKING:
     from .config import Config
@@ -118,15 +119,17 @@ class MemberMeta(StageRecord):
 
 def read_member(folder: Path, *, recover: bool = False) -> MemberMeta | None:
     """The member record in ``folder`` or None when nothing is committed there (``recover``: owner only, see
-    :func:`easlurm.store.read_checkpoint_meta`)."""
+    :func:`easlurm.checkpoints.read_checkpoint_meta`)."""
     raw = read_checkpoint_meta(folder, recover=recover)
     return None if raw is None else MemberMeta.from_dict(raw, str(folder / "meta.json"))
 
 
 def write_member(folder: Path, meta: MemberMeta, files: Mapping[str, bytes] | None = None,
-                 refs: Mapping[str, FileRef] | None = None) -> MemberMeta:
-    """Commit ``files``/``refs`` and the record to ``folder`` (one atomic journal commit); return what is on disk."""
-    raw = commit_checkpoint(folder, dict(files or {}), meta.to_dict(), refs)
+                 refs: Mapping[str, FileRef] | None = None, fence: Callable[[], None] | None = None) -> MemberMeta:
+    """Commit ``files``/``refs`` and the record to ``folder`` (one atomic journal commit); return what is on disk.
+    ``fence``: the writer's lease check, called right before the commit point (see
+    :func:`easlurm.checkpoints.commit_checkpoint`)."""
+    raw = commit_checkpoint(folder, dict(files or {}), meta.to_dict(), refs, fence=fence)
     return MemberMeta.from_dict(raw, str(folder / "meta.json"))
 
 

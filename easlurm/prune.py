@@ -23,7 +23,8 @@ from pathlib import Path
 from .config import load_run_config
 from .errors import EaslurmError
 from .population import adam_cycles, member_complete, read_member
-from .store import PRUNED, RunDir, atomic_write_json
+from .checkpoints import PRUNED
+from .store import RunDir, atomic_write_json
 
 #: Files of a trained member folder that pruning may delete.
 PRUNABLE = ("D.pt", "optim.pt", "rng.pt")

@@ -5,13 +5,15 @@ them imports another stage.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.nn as nn
 
 from .errors import TrainingError
+from .store import make_dirs
 
 
 def pick_device(requested: str | torch.device | None = None) -> torch.device:
@@ -61,6 +63,7 @@ def tb_writer(folder: Path, purge_step: int | None = None) -> Any:
     step itself was logged before its commit and is not logged again."""
     from torch.utils.tensorboard import SummaryWriter
 
+    make_dirs(folder)  # sticky and group-owned in a shared run, like every run folder
     _wait_to_sort_after_earlier_event_files(folder)
     return SummaryWriter(log_dir=str(folder), purge_step=purge_step)
 
@@ -121,3 +124,16 @@ class AttemptLog:
 
 __all__ = ["pick_device", "cpu_state", "optimizer_state_cpu", "nonfinite_parameters", "check_finite_weights",
            "tb_writer", "AttemptLog"]
+
+
+@contextlib.contextmanager
+def deterministic_cudnn() -> Iterator[None]:
+    """cuDNN without benchmark mode and with deterministic algorithms inside the block (restored afterwards):
+    benchmark mode may pick different conv algorithms run to run, which would break byte-identical reruns (the EA
+    phase's evaluations)."""
+    old = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = old

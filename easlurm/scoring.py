@@ -49,6 +49,7 @@ class EvalSet:
     path: Path
     kind: str
     ids: tuple[str, ...]
+    max_pixels: int | None = None  # images larger than this are refused before decoding (None: Pillow's limit)
 
     def images(self, scale: int) -> Iterator[tuple[str, np.ndarray]]:
         """``(id, HR)`` pairs in order; HR is uint8 HWC RGB, mod-cropped to a multiple of ``scale``."""
@@ -65,7 +66,7 @@ class EvalSet:
             from .data.images import read_rgb
 
             for fname in self.ids:
-                yield fname, _mod_crop(read_rgb(self.path / fname), scale, str(self.path / fname))
+                yield fname, _mod_crop(read_rgb(self.path / fname, self.max_pixels), scale, str(self.path / fname))
 
 
 def _mod_crop(img: np.ndarray, scale: int, where: str) -> np.ndarray:
@@ -75,7 +76,7 @@ def _mod_crop(img: np.ndarray, scale: int, where: str) -> np.ndarray:
     return np.ascontiguousarray(img[:h, :w])
 
 
-def open_test_set(name: str, path: str | Path) -> EvalSet:
+def open_test_set(name: str, path: str | Path, max_pixels: int | None = None) -> EvalSet:
     """Check a test-set folder and list its images; raise :class:`EvalError` naming the set and the path (and, for
     a missing folder, what to put there)."""
     p = Path(path)
@@ -96,17 +97,17 @@ def open_test_set(name: str, path: str | Path) -> EvalSet:
             return EvalSet(name, p, "shards", ids)
         from .data.images import list_images
 
-        return EvalSet(name, p, "folder", tuple(f.name for f in list_images(p)))
+        return EvalSet(name, p, "folder", tuple(f.name for f in list_images(p)), max_pixels)
     except DataError as exc:
         raise EvalError(f"test set {name!r}: {exc}") from exc
 
 
-def open_test_sets(sets: Mapping[str, str | Path]) -> list[EvalSet]:
+def open_test_sets(sets: Mapping[str, str | Path], max_pixels: int | None = None) -> list[EvalSet]:
     """Open every set of ``{name: path}`` (in order); all problems go into ONE :class:`EvalError` naming each set."""
     opened, problems = [], []
     for name, path in sets.items():
         try:
-            opened.append(open_test_set(name, path))
+            opened.append(open_test_set(name, path, max_pixels))
         except EvalError as exc:
             problems.append(str(exc))
     if problems:

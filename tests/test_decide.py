@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from easlurm.orchestrate.decide import QUERY_FAILED, Policy, TaskView, Verdict, decide
+from easlurm.orchestrate.decide import QUERY_FAILED, Policy, TaskView, Verdict, decide, is_held
 
 POLICY = Policy(max_retries=2, hold_timeout_s=600)
 
@@ -36,7 +36,9 @@ def test_a_job_slurm_forgot_is_judged_by_its_files_not_assumed_running():
     assert verdict(job="7", state="UNKNOWN", done=True)[0] is Verdict.DONE
 
 
-@pytest.mark.parametrize("reason", ["JobHeldAdmin", "JobHeldUser", "BadConstraints"])
+@pytest.mark.parametrize("reason", ["JobHeldAdmin", "JobHeldUser", "BadConstraints", "PartitionTimeLimit",
+                                    "DependencyNeverSatisfied", "QOSMaxWallDurationPerJobLimit",
+                                    "AssocMaxCpuPerJobLimit"])
 def test_held_jobs_wait_with_their_reason_then_give_up_after_the_bound(reason):
     v, why, _ = verdict(job="7", state="PENDING", reason=reason, held_for_s=10)
     assert v is Verdict.WAIT and reason in why
@@ -52,8 +54,16 @@ def test_requeue_hold_and_special_exit_count_as_held(state):
     assert verdict(job="7", state=state, held_for_s=1e9)[0] is Verdict.GIVE_UP
 
 
-def test_pending_for_resources_is_not_held():
-    assert verdict(job="7", state="PENDING", reason="Resources", held_for_s=1e9)[0] is Verdict.WAIT
+@pytest.mark.parametrize("reason", ["Resources", "Priority", "Dependency", "QOSJobLimit", "QOSMaxJobsPerUserLimit",
+                                    "QOSGrpGRES", "AssocGrpGRESMinutes", "AssocMaxJobsLimit", "ReqNodeNotAvail",
+                                    "ReqNodeNotAvail, UnavailableNodes:node1", "Reservation", "BeginTime",
+                                    "PartitionDown"])
+def test_ordinary_waits_are_never_a_hold(reason):
+    """Reasons that clear by themselves — a busy queue, QOS and association limits per user or group, a drained
+    node, a maintenance reservation — are waited for without bound, however long."""
+    view = TaskView(done=False, job="7", state="PENDING", reason=reason, held_for_s=1e9)
+    assert not is_held(view)
+    assert verdict(job="7", state="PENDING", reason=reason, held_for_s=1e9)[0] is Verdict.WAIT
 
 
 def test_a_job_cancelled_by_a_user_is_not_resubmitted_except_on_resume():
@@ -86,6 +96,14 @@ def test_failures_spend_retries_then_give_up(state):
 def test_progress_resets_the_retry_count():
     v, why, spends = verdict(job="7", state="OUT_OF_MEMORY", retries=2, progressed=True)
     assert v is Verdict.SUBMIT and not spends and "reset" in why
+
+
+@pytest.mark.parametrize("state", ["FAILED", "COMPLETED", "UNKNOWN"])
+def test_a_permanent_error_is_given_up_on_at_once_even_after_progress(state):
+    v, why, spends = verdict(job="7", state=state, retries=0, progressed=True,
+                             permanent_error="ConfigError: data.train: not a shard folder")
+    assert v is Verdict.GIVE_UP and not spends
+    assert "a retry cannot fix (not retried): ConfigError: data.train" in why
 
 
 def test_a_failed_state_query_waits():

@@ -35,13 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 CYCLE = 1  # not 0, so zero-padded paths and the C+1 arithmetic are exercised
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions gain nothing from threads, and on a shared machine spinning threads cost 10×."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -147,6 +147,31 @@ def test_a_failed_task_is_retried_alone_and_the_queued_stages_behind_it_are_chai
     assert sorted(world.slurm.cancelled[cancelled_before:]) == sorted(j for s in again[1:] for j in s.ids)
 
 
+def test_a_task_that_recorded_a_permanent_error_is_not_retried(world, monkeypatch):
+    from easlurm.errors import CheckpointError, TrainingError
+    from easlurm.orchestrate.base import record_error
+
+    ex = world.executor()
+    ex.round(world.plan, adopting=True, window=False)
+    world.finish(ex, "prep")
+    work = next(s for s in world.plan if s.key == "work/000")
+    job0, job1 = world.job(ex, "work/000", 0), world.job(ex, "work/000", 1)
+    for job, index, exc in ((job0, 0, TrainingError("member 00: NaN loss")),  # may pass on a retry
+                            (job1, 1, CheckpointError("cycles/000/start/01/G.pt: sha256 mismatch"))):
+        array_job, task = job.split("_")
+        monkeypatch.setenv("SLURM_ARRAY_JOB_ID", array_job)
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", task)
+        record_error(world.run, work, index, exc)  # what the job wrote before it exited 2
+        world.slurm.set(job, "FAILED", exit_code=2)
+    with pytest.raises(StageFailed, match=r"work 1 .*with an error a retry cannot fix \(not retried\): "
+                                          r"CheckpointError: .*sha256 mismatch"):
+        ex.round(world.plan)
+    decisions = {(k, i): d for k, i, d in ex.decisions}
+    assert decisions[("work/000", 0)].verdict is Verdict.SUBMIT and decisions[("work/000", 0)].spends_retry
+    assert decisions[("work/000", 1)].verdict is Verdict.GIVE_UP
+    assert [s.stage for s in world.slurm.submitted].count("work-000") == 1  # the hopeless one never went back
+
+
 def test_progress_since_the_last_attempt_gives_a_task_its_retries_back(world):
     ex = world.executor()
     ex.round(world.plan, adopting=True, window=False)

@@ -21,7 +21,8 @@ from easlurm.fuse.dynamic import dynamic_layers, make_dynamic, set_fixed_attenti
 from easlurm.fuse.job import run_fusion
 from easlurm.fuse.collapse import merge_from_dynamic
 from easlurm.population import MemberMeta, final_folder, member_file, preferences, slot_mode, write_member
-from easlurm.store import RunDir, read_checkpoint_meta, read_json
+from easlurm.checkpoints import read_checkpoint_meta
+from easlurm.store import RunDir, read_json
 from easlurm.tensor_files import load_checkpoint, load_verified, torch_bytes
 
 from conftest import TINY, stage_done, stage_progress
@@ -297,7 +298,7 @@ def test_other_experts_refuse_a_stale_checkpoint_and_a_missing_member_is_named(d
     rd = RunDir(run)
     cfg = load_run_config(run)
     # A half-done fusion checkpoint from other experts …
-    from easlurm.store import commit_checkpoint
+    from easlurm.checkpoints import commit_checkpoint
 
     commit_checkpoint(rd.fusion, {"attention.pt": torch_bytes({})},
                       {"kind": "fusion", "schema": 1, "iteration": 1, "iters_target": 4,

@@ -19,12 +19,7 @@ K = 3
 TINY = generator_spec("swinir").tiny
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _experts(k: int = K, same_tables: bool = False) -> list[nn.Module]:

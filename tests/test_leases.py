@@ -16,7 +16,8 @@ import pytest
 from easlurm import leases
 from easlurm.leases import LEASE_NAME, LeaseBusy, LeaseLost, acquire, held, holder_of
 from easlurm.population import read_member
-from easlurm.store import RunDir, verify_checkpoint_dir
+from easlurm.checkpoints import verify_checkpoint_dir
+from easlurm.store import RunDir
 from easlurm.train.init import init_population
 from easlurm.train.member import train_member
 from easlurm.train.pretrain import pretrain
@@ -107,9 +108,9 @@ def test_a_live_second_task_refuses_and_a_kill9_retry_takes_over_without_any_slu
 
 
 def test_silent_lease_on_another_host_is_taken_over_after_lease_s(make_run):
-    run = _started(make_run, ["executor.lease_s=2", "adam.iters_per_cycle=2"])
+    run = _started(make_run, ["executor.lease_s=30", "adam.iters_per_cycle=2"])
     folder = RunDir(run).member(0, 0)
-    _foreign_lease(folder, age_s=30)  # not renewed for longer than executor.lease_s: its holder is gone
+    _foreign_lease(folder, age_s=60)  # not renewed for longer than executor.lease_s: its holder is gone
     assert train_member(run, 0, 0).done
     assert not (folder / LEASE_NAME).exists()
 

@@ -134,16 +134,23 @@ def test_debug_executor_reports_the_stage_s_own_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_failing_stage_s_message_reaches_the_local_launcher_s_report(make_run, tmp_path):
+def test_a_failing_stage_s_message_reaches_the_local_launcher_s_report_and_a_permanent_one_runs_once(make_run,
+                                                                                                       tmp_path):
+    """A pretrained start that exists (so the launch's input check passes) but is not a checkpoint: the init
+    stage's CheckpointError cannot change on a retry, so it runs once although executor.max_retries allows two
+    more, and the report carries the stage's own words."""
     bad = tmp_path / "g.pth"
     bad.write_bytes(b"not a checkpoint")
-    run = make_run([f"model.pretrained={bad}", "executor.max_retries=0"], name="bad")
+    run = make_run([f"model.pretrained={bad}", "executor.max_retries=2"], name="bad")
     res = subprocess.run([sys.executable, "-m", "easlurm.launch", "--resume", str(run), "--executor", "local"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2
-    assert "stage init, start population failed: exit code 2 after 1 attempt(s)" in res.stderr
+    assert "stage init, start population failed: exit code 2, with an error a retry cannot fix (not retried)" in \
+        res.stderr
     assert f"CheckpointError: {bad}: cannot load checkpoint" in res.stderr  # the stage's words, not "exit 2"
     assert "log: " in res.stderr and "init/task-00.log" in res.stderr
+    assert "retrying" not in res.stdout
+    assert (RunDir(run).logs / "init" / "task-00.log").read_text().count("[task] init") == 1
 
 
 #: Two members (the fewest an EA needs): whole-pipeline tests of the executors need no third.
@@ -194,7 +201,7 @@ def _wait_for(cond, timeout: float = 120.0, what: str = "") -> None:
 @pytest.mark.slow
 def test_one_launcher_per_run_and_a_dead_launcher_s_lock_is_taken_over(make_run):
     run = make_run(["run.cycles=1", "ea.generations=1", "adam.iters_per_cycle=40", "adam.checkpoint_every=10",
-                    "executor.lease_s=4", *PAIR, "adam.final_phase=false"], name="locked")
+                    *PAIR, "adam.final_phase=false"], name="locked")
     cmd = [sys.executable, "-m", "easlurm.launch", "--resume", str(run), "--executor", "local"]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)

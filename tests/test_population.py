@@ -13,7 +13,8 @@ from easlurm.population import (
     load_member_file, member_complete, member_file, phase_iters, preferences, read_member, require_member,
     slot_mode, write_member,
 )
-from easlurm.store import RunDir, commit_checkpoint
+from easlurm.checkpoints import commit_checkpoint
+from easlurm.store import RunDir
 from easlurm.tensor_files import torch_bytes
 
 
@@ -81,6 +82,7 @@ def test_completion_and_required_files(tmp_path):
 def test_a_member_referencing_its_start_entry(tmp_path):
     """How a slot that is not Adam-trained finishes: its members folder references the start entry's files."""
     rd = RunDir(tmp_path)
+    rd.config.write_text("{}\n")  # the run's root: references stay below it
     start = write_member(rd.start(0, 0), _meta(kind="start", cycle=0, slot=0), {"G.pt": b"g", "D.pt": b"d"})
     refs = {n: member_file(rd.start(0, 0), start, n) for n in ("G.pt", "D.pt")}
     member = write_member(rd.member(0, 0), _meta(cycle=0, slot=0, done=True), refs=refs)
@@ -107,6 +109,7 @@ def test_slot_roles_preferences_and_phase_lengths():
 def test_final_members_with_and_without_the_final_phase(tmp_path, final_phase):
     cfg = _cfg(f"adam.final_phase={str(final_phase).lower()}")
     rd = RunDir(tmp_path)
+    rd.config.write_text("{}\n")  # the run's root: references stay below it
     kind = "member" if final_phase else "start"
     hint = ("written by the final Adam phase, cycle 2" if final_phase else "written by the EA phase of cycle 1")
     for i in range(3):

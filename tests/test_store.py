@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from easlurm.errors import CheckpointError
-from easlurm.store import (
-    atomic_write_json, commit_checkpoint, read_checkpoint_meta, recover_checkpoint_dir, verify_checkpoint_dir,
-)
+from easlurm.checkpoints import commit_checkpoint, read_checkpoint_meta, recover_checkpoint_dir, verify_checkpoint_dir
+from easlurm.store import atomic_write_json
 from easlurm.tensor_files import load_checkpoint, load_verified, torch_bytes
 
 
@@ -57,7 +56,7 @@ def test_interrupted_commit_rolls_forward_only_for_the_owner(tmp_path):
     assert read_checkpoint_meta(tmp_path)["iteration"] == 1
     assert (staging / "G.pt").exists()  # a plain reader must not touch another process's staging folder
     # Committed (staged meta written) but killed before the renames: the owner rolls it forward.
-    atomic_write_json(staging / "meta.json", {"iteration": 2, "sha256": {"G.pt": "x"}})
+    atomic_write_json(staging / "meta.json", {"iteration": 2, "sha256": {"G.pt": "0" * 64}})
     assert read_checkpoint_meta(tmp_path, recover=True)["iteration"] == 2
     assert (tmp_path / "G.pt").read_bytes() == b"new" and not staging.exists()
     # An uncommitted staging folder is discarded by the owner.
@@ -84,8 +83,9 @@ def test_non_tensor_pickles_are_refused(tmp_path):
 
 
 def _two_folders(tmp_path):
-    from easlurm.store import file_ref
+    from easlurm.checkpoints import file_ref
 
+    (tmp_path / "config.yaml").write_text("{}\n")  # the run's root: references stay below it
     a, b = tmp_path / "cycles" / "001" / "members" / "00", tmp_path / "cycles" / "002" / "start" / "00"
     meta_a = commit_checkpoint(a, {"G.pt": torch_bytes({"w": torch.arange(4.0)}), "D.pt": b"d"}, {"done": True})
     meta_b = commit_checkpoint(b, {"rng.pt": torch_bytes({"s": torch.zeros(1)})}, {"kind": "start"},
@@ -94,7 +94,7 @@ def _two_folders(tmp_path):
 
 
 def test_a_reference_is_followed_by_loads_and_intact_checks(tmp_path):
-    from easlurm.store import checkpoint_intact, file_ref
+    from easlurm.checkpoints import checkpoint_intact, file_ref
 
     a, b, meta_a, meta_b = _two_folders(tmp_path)
     assert meta_b["refs"] == {"G.pt": "../../../001/members/00/G.pt"}
@@ -113,7 +113,7 @@ def test_a_reference_is_followed_by_loads_and_intact_checks(tmp_path):
 
 
 def test_a_changed_or_missing_reference_target_fails_verification(tmp_path):
-    from easlurm.store import checkpoint_intact
+    from easlurm.checkpoints import checkpoint_intact
 
     a, b, _, meta_b = _two_folders(tmp_path)
     (a / "G.pt").write_bytes(torch_bytes({"w": torch.arange(4.0) + 1}))  # same size, other bytes
@@ -135,4 +135,29 @@ def test_run_directories_are_private_to_the_group_or_shared_with_it(tmp_path):
     private = make_run_dir(tmp_path / "a")
     assert stat.S_IMODE(os.stat(private).st_mode) == 0o750  # never world-readable, whatever the umask
     shared = make_run_dir(tmp_path / "b", group_shared=True)
-    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o2770  # group members write; new files keep the group
+    # Group members write and new files keep the group; sticky: only an entry's owner may rename or delete it.
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o3770
+
+
+def test_every_folder_of_a_shared_run_is_sticky_and_its_files_group_writable(tmp_path, monkeypatch):
+    import easlurm.store as store
+    from easlurm.checkpoints import commit_checkpoint
+    from easlurm.leases import held
+
+    monkeypatch.setattr(store, "_SHARED", False)
+    monkeypatch.setattr(store, "_UMASK", store._UMASK)
+    old = os.umask(0o022)
+    try:
+        root = store.make_run_dir(tmp_path / "run", group_shared=True)
+        store.apply_group_umask(True)
+        commit_checkpoint(root / "cycles" / "000" / "members" / "00", {"G.pt": b"g"}, {"done": True})
+        store.atomic_write_json(root / "logs" / "errors" / "x.json", {})
+        with held(root / "fusion", "test", ttl=60):
+            pass
+    finally:
+        os.umask(old)
+    folders = [p for p in root.rglob("*") if p.is_dir()]
+    assert {str(p.relative_to(root)) for p in folders} >= {"cycles/000/members/00", "logs/errors", "fusion"}
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in folders} == {oct(0o3770)}
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {oct(0o660)}

@@ -21,7 +21,8 @@ from easlurm.errors import CheckpointError, ConfigError, TrainingError
 from easlurm.population import (
     MemberMeta, load_member_file, member_file, preferences, read_member, write_member,
 )
-from easlurm.store import RunDir, read_checkpoint_meta, sha256_file, verify_checkpoint_dir
+from easlurm.checkpoints import read_checkpoint_meta, verify_checkpoint_dir
+from easlurm.store import RunDir, sha256_file
 from easlurm.tensor_files import load_verified
 from easlurm.train import member as member_stage
 from easlurm.train.init import init_population

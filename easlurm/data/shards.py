@@ -33,9 +33,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import DataError
+from ..errors import CheckpointError, DataError
 from ..progress import progress
-from ..store import atomic_write_json, fsync_dir, sha256_file, umask_mode
+from ..store import atomic_write_json, fsync_dir, read_checked, sha256_file, umask_mode
 from .bicubic import bicubic_downscale
 from .images import check_max_pixels, list_images, read_rgb, shown
 from .shard_files import DEFAULT_CHUNK, MAX_CHUNK, check_shard, chunk_side
@@ -313,14 +313,18 @@ def _is_shape(v: object, channels: int = 3) -> bool:
             and v[0] > 0 and v[1] > 0 and v[2] == channels)
 
 
+#: A manifest lists one line per entry: a few MiB for a million images. Anything larger is not one of ours.
+MAX_MANIFEST_BYTES = 256 << 20
+
+
 def _manifest_bytes(path: Path) -> bytes:
+    if not path.exists() and not path.is_symlink():
+        raise DataError(f"{path}: shard manifest not found (build shards with `python -m easlurm.data build`)")
     try:
-        return path.read_bytes()
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: shard manifest not found (build shards with `python -m easlurm.data build`)") \
-            from exc
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read shard manifest ({exc})") from exc
+        # A regular file only (opened non-blocking: a FIFO cannot stall the reader), of a sane size.
+        return read_checked(path, limit=MAX_MANIFEST_BYTES, what="shard manifest")
+    except CheckpointError as exc:
+        raise DataError(str(exc)) from exc
 
 
 def manifest_digest(shard_dir: str | os.PathLike[str]) -> str:

@@ -28,22 +28,22 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from .. import factory
+from ..checkpoints import FileRef, commit_checkpoint, read_checkpoint_meta, ref_in_run
 from ..config import Config, load_run_config
 from ..engine.context import StageContext, stage_context
 from ..errors import CheckpointError, ConfigError
 from ..leases import Lease
 from ..models.specs import generator_spec
 from ..population import MemberMeta, member_file, require_member, slot_mode, write_member
+from ..runtime import deterministic_cudnn
 from ..stages.ea import RECORD_FILES, EADone, done_record
-from ..store import (
-    FileRef, RunDir, atomic_write_bytes, atomic_write_json, commit_checkpoint, read_checkpoint_meta, sha256_file,
-)
+from ..store import RunDir, atomic_write_bytes, atomic_write_json, sha256_file
 from ..tensor_files import load_verified, torch_bytes
 from .evolve import HV_REF_FACTOR, EAState, distinct_genomes, evolve
 from .genes import GenePlan, gene_plan
@@ -56,17 +56,6 @@ from .selection import MoeadState
 __all__ = ["run_ea"]
 
 log = logging.getLogger("easlurm.evo")
-
-
-@contextlib.contextmanager
-def _deterministic_cudnn() -> Iterator[None]:
-    # Benchmark mode may pick different conv algorithms run to run, which would break byte-identical reruns.
-    old = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = old
 
 
 def _cpu_genome(genome: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -92,12 +81,11 @@ def _save_progress(folder: Path, st: EAState, F0: np.ndarray, evaluations: int, 
              "children_F": [list(f) for f in st.children_F], "hypervolume": st.hypervolume,
              "accepted": st.accepted, "rejected": st.rejected, "distinct": st.distinct,
              "evaluations": evaluations, "attempts": attempts}
-    lease.check()
     commit_checkpoint(folder, {"genomes.pt": torch_bytes([_cpu_genome(g) for g in unique]),
                                "rows.jsonl": "".join(json.dumps(r, sort_keys=True) + "\n"
                                                      for r in st.rows).encode("utf-8"),
                                "state.json": json.dumps(state, sort_keys=True).encode("utf-8")},
-                      {"kind": "ea-progress", "generation": st.generation, "attempts": attempts})
+                      {"kind": "ea-progress", "generation": st.generation, "attempts": attempts}, fence=lease.check)
     log.info("EA checkpoint after generation %d (%s)", st.generation, folder)
 
 
@@ -163,7 +151,7 @@ def _run_ea(ctx: StageContext, cycle: int) -> EADone:
     members = [(run.member(cycle, j), require_member(run.member(cycle, j), "member", ("G.pt", "D.pt"), hint))
                for j in range(n)]
     progress = run.ea(cycle) / "progress"
-    with _deterministic_cudnn():
+    with deterministic_cudnn():
         model = factory.build_generator(cfg).to(dev).eval()
         genes = gene_plan(model, generator_spec(cfg.model.arch).ea_genes)
         perceptual = factory.build_perceptual(cfg).to(dev).eval()
@@ -263,14 +251,12 @@ def _write_outputs(run: RunDir, cfg: Config, cycle: int, members: list[tuple[Pat
                 files["G.pt"] = torch_bytes(_cpu_genome(genes.complete(st.genomes[j])))
         else:
             origin = f"carried:{ref['checkpoint']}"
-            path = run.root / ref["checkpoint"]
-            refs["G.pt"] = FileRef(path, ref["sha256"], path.stat().st_size)
+            refs["G.pt"] = ref_in_run(run.root, ref["checkpoint"], ref["sha256"])
         meta = MemberMeta(kind="start", cycle=cycle + 1, slot=j, preference=src.preference, mode=slot_mode(cfg, j),
                           origin=origin, ea_objectives=(float(st.F[j, 0]), float(st.F[j, 1])),
                           reset_g_optimizer=ea.reset_adam)
         folder = run.start(cycle + 1, j)
-        lease.check()
-        out = write_member(folder, meta, files, refs)
+        out = write_member(folder, meta, files, refs, fence=lease.check)
         g_ref = member_file(folder, out, "G.pt")
         if "child" in ref:
             row = rows_by_id[ref["child"]]

@@ -48,7 +48,9 @@ from ..models.specs import generator_spec
 from ..population import final_cycle, final_members, load_member_file
 from ..runtime import cpu_state, optimizer_state_cpu
 from ..stages.fuse import FusionMeta, read_record
-from ..store import RunDir, checkpoint_intact, commit_checkpoint
+from ..export import encode, sidecar
+from ..checkpoints import checkpoint_intact, commit_checkpoint
+from ..store import RunDir, sha256_bytes
 from ..tensor_files import torch_bytes
 from .dynamic import attention_parameters, average_attention, dynamic_layers, make_dynamic
 from .collapse import merge_from_dynamic
@@ -267,15 +269,16 @@ def _run_fusion(ctx: StageContext) -> FusionMeta:
                                start_index=it0 * batch, total=target * batch, num_workers=cfg.data.num_workers)
 
     def save(rec: FusionMeta, files: dict[str, bytes]) -> FusionMeta:
-        return FusionMeta.from_dict(commit_checkpoint(run.fusion, files, rec.to_dict()), run.fusion / "meta.json")
+        return FusionMeta.from_dict(commit_checkpoint(run.fusion, files, rec.to_dict(), fence=ctx.lease.check),
+                                    run.fusion / "meta.json")
 
     tb = ctx.writer(run.tb / "fusion", purge_step=it0 + 1)
     attempt = ctx.attempt_log(record.attempts, it0)
     record = train(ctx, trainee, record, save, Cadence(target, f.checkpoint_every, f.log_every),
                    tb_folder=run.tb / "fusion", tb=tb, attempt=attempt,
                    extra_scalars=lambda: {"lr/attention": float(opt_att.param_groups[0]["lr"])})
-    ctx.lease.check()
-    return _finish(cfg, run, model, dataclasses.replace(record, attempts=attempt.entries(target)), tb)
+    return _finish(cfg, run, model, dataclasses.replace(record, attempts=attempt.entries(target)), tb,
+                   ctx.lease.check)
 
 
 def _normalised(averages: dict[str, np.ndarray]) -> dict[str, list[float]]:
@@ -294,7 +297,8 @@ def _per_slot(averages: dict[str, list[float]], slot_expert: list[int]) -> dict[
     return {name: [w[k] / c for k, c in zip(slot_expert, share)] for name, w in averages.items()}
 
 
-def _finish(cfg: Config, run: RunDir, model: nn.Module, meta: FusionMeta, tb: Any) -> FusionMeta:
+def _finish(cfg: Config, run: RunDir, model: nn.Module, meta: FusionMeta, tb: Any,
+            fence: Callable[[], None]) -> FusionMeta:
     """Average the attention over the training crops, merge, self-check, and commit the outputs."""
     ids, crops = averaging_crops(cfg)
     if not ids:
@@ -313,8 +317,13 @@ def _finish(cfg: Config, run: RunDir, model: nn.Module, meta: FusionMeta, tb: An
     tb.flush()
     files = {"attention.json": (json.dumps(per_slot, indent=2) + "\n").encode("utf-8"),
              "fused.pt": torch_bytes(merged)}
+    if cfg.fusion.export:  # the formats other SR tools load, beside easlurm's own (easlurm.export)
+        about = sidecar(cfg, "fused", run.rel(run.fusion / "fused.pt"), sha256_bytes(files["fused.pt"]),
+                        experts=len(meta.experts_sha256), averaged_over=len(ids))
+        files.update(encode("fused", merged, about, cfg.fusion.export))
     meta = dataclasses.replace(meta, done=True, average_ids=ids, attention_layers=len(layer_names))
-    meta = FusionMeta.from_dict(commit_checkpoint(run.fusion, files, meta.to_dict()), run.fusion / "meta.json")
+    meta = FusionMeta.from_dict(commit_checkpoint(run.fusion, files, meta.to_dict(), fence=fence),
+                                run.fusion / "meta.json")
     log.info("fusion done: %s (%d layers, %d distinct experts, averaged over %d training crops)",
              run.fusion / "fused.pt", len(layer_names), len(meta.experts_sha256), len(ids))
     return meta

@@ -6,9 +6,12 @@ Rules (every case has a unit test, tests/test_decide.py):
 * **Files first.** A task whose outputs exist and verify is done, whatever Slurm says.
 * **Never submitted** → submit.
 * **Queued or running** (PENDING, RUNNING, REQUEUED) → wait; on a fresh launcher these are *adopted*.
+* **Queued or running** covers every pending reason that clears by itself — Priority, Resources, QOS and
+  association limits per user or group, a drained node (ReqNodeNotAvail), a reservation — however long it takes.
 * **Held** — held by an admin or user, REQUEUE_HOLD, SPECIAL_EXIT, or pending for a reason it cannot outgrow (bad
-  constraints, a partition that does not exist) → wait, showing Slurm's reason, until held longer than
-  ``executor.hold_timeout_min``; then stop following (the queue is left as it is) saying how to release it.
+  constraints, a request above the partition's or the QOS's per-job limits, a dependency never satisfied) → wait,
+  showing Slurm's reason, until held longer than ``executor.hold_timeout_min``; then stop following (the queue is
+  left as it is) saying how to release it.
 * **Cancelled while it ran** → give up: a person meant it. ``--resume`` resubmits it. **Cancelled before it ran** —
   by this launcher, or by Slurm, which cancels a queued job when a job it waits for is requeued or fails, and
   whose record does not say who cancelled — → resubmit, no retry spent (to stop a run, cancel its running jobs).
@@ -18,7 +21,9 @@ Rules (every case has a unit test, tests/test_decide.py):
   SIGUSR2) → resubmit without spending a retry: the task continues from its checkpoint.
 * **Failed** (FAILED, OUT_OF_MEMORY, NODE_FAIL, COMPLETED without outputs, unknown) → resubmit while the task's
   retries last (``executor.max_retries``, counted per task and reset whenever the task made progress — committed a
-  later checkpoint — since its previous attempt); then give up.
+  later checkpoint — since its previous attempt); then give up. A failure the job recorded as **permanent** (a
+  missing or corrupt input, a bad config: :attr:`easlurm.errors.EaslurmError.permanent`) is given up on at once —
+  a retry would fail the same way.
 * **The query failed** (controller down, timeout) → wait (the executor gives up after repeated failures).
 """
 from __future__ import annotations
@@ -35,10 +40,21 @@ QUERY_FAILED = "QUERY_FAILED"
 _ACTIVE = frozenset({"PENDING", "RUNNING", "REQUEUED"})
 _RESUMABLE = frozenset({"TIMEOUT", "PREEMPTED"})
 _FAILED = frozenset({"FAILED", "OUT_OF_MEMORY", "NODE_FAIL", "COMPLETED", "UNKNOWN"})
-#: Pending reasons that no amount of waiting cures without a person (Slurm's reason codes).
-HELD_REASONS = frozenset({"JobHeldAdmin", "JobHeldUser", "BadConstraints", "PartitionConfig", "InvalidQOS",
-                          "InvalidAccount", "PartitionDown", "PartitionInactive", "QOSJobLimit",
-                          "AccountNotAllowed", "ReqNodeNotAvail"})
+#: Pending reasons that no amount of waiting cures without a person (Slurm's reason codes): a hold, a request the
+#: partition or the QOS will never grant, a dependency that can never be satisfied. Everything else a pending job
+#: shows — Priority, Resources, Dependency, QOS*/Assoc* group and per-user limits, ReqNodeNotAvail (a drained node,
+#: maintenance), reservations, BeginTime, a partition that is down — clears by itself and is waited for without bound.
+HELD_REASONS = frozenset({"JobHeldAdmin", "JobHeldUser", "BadConstraints", "PartitionConfig", "PartitionTimeLimit",
+                          "PartitionNodeLimit", "InvalidQOS", "InvalidAccount", "AccountNotAllowed", "QOSNotAllowed",
+                          "DependencyNeverSatisfied"})
+
+
+def is_hold_reason(reason: str) -> bool:
+    """Whether a pending job's ``reason`` needs a person: :data:`HELD_REASONS`, or a request above a *per-job*
+    maximum of the QOS or the association (``QOSMaxWallDurationPerJobLimit``, ``AssocMaxCpuPerJobLimit``, …),
+    which the job can never get (its per-user and group limits, by contrast, free up as other jobs end)."""
+    word = reason.split(",")[0].strip()
+    return word in HELD_REASONS or (word.startswith(("QOSMax", "AssocMax")) and "PerJob" in word)
 
 
 class Verdict(str, Enum):
@@ -62,6 +78,7 @@ class TaskView:
     held_for_s: float = 0.0         # how long the job has been seen held
     retries: int = 0                # retries spent on this task since its last progress
     progressed: bool = False        # committed a later checkpoint than at its previous attempt
+    permanent_error: str | None = None  # the job recorded an error a retry cannot fix (missing/corrupt input)
     adopting: bool = False          # first look of a freshly started launcher (its jobs are adopted)
     resuming: bool = False          # first look of a launcher started with --resume: earlier cancels are overridden
 
@@ -82,7 +99,8 @@ class Decision:
 
 
 def is_held(view: TaskView) -> bool:
-    return view.state == "HELD" or (view.state == "PENDING" and view.reason in HELD_REASONS)
+    """Held (REQUEUE_HOLD, SPECIAL_EXIT, a user or admin hold) or pending for a reason only a person can clear."""
+    return view.state == "HELD" or (view.state == "PENDING" and is_hold_reason(view.reason))
 
 
 def decide(view: TaskView, policy: Policy) -> Decision:
@@ -125,6 +143,9 @@ def decide(view: TaskView, policy: Policy) -> Decision:
     if state in _FAILED:
         how = {"COMPLETED": "ended without its outputs", "UNKNOWN": "is no longer known to Slurm and its outputs "
                "are missing"}.get(state, f"ended {state}" + (f" (exit {view.exit_code})" if view.exit_code else ""))
+        if view.permanent_error:
+            return Decision(Verdict.GIVE_UP, f"job {job} {how} with an error a retry cannot fix (not retried): "
+                                             f"{view.permanent_error}")
         if view.progressed:
             return Decision(Verdict.SUBMIT, f"job {job} {how} after progress; retrying from its checkpoint (retry "
                                             f"count reset)", resets_retries=True)
@@ -136,4 +157,4 @@ def decide(view: TaskView, policy: Policy) -> Decision:
 
 
 __all__ = ["PREEMPTED_EXIT", "QUERY_FAILED", "HELD_REASONS", "Verdict", "TaskView", "Policy", "Decision",
-           "is_held", "decide"]
+           "is_hold_reason", "is_held", "decide"]

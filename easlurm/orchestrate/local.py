@@ -20,9 +20,9 @@ from typing import TextIO
 
 from ..config import Config
 from ..errors import ConfigError
-from ..store import RunDir
+from ..store import RunDir, make_dirs
 from . import container
-from .base import Echo, StageFailed, read_error, run_task
+from .base import Echo, StageFailed, permanent_error, read_error, run_task
 from .plan import Stage, pending_stages, task_log
 
 
@@ -83,7 +83,7 @@ class LocalExecutor:
 
     def _start(self, stage: Stage, index: int, attempt: int, width: int) -> _Running:
         path = task_log(self.run_dir, stage, index)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         log = open(path, "a", encoding="utf-8")
         argv = self.command(stage, index)
         env, gpu = self._env(width)
@@ -128,7 +128,12 @@ class LocalExecutor:
                         continue
                     detail = f"exit code {rc}" if rc != 0 else "exited 0 but its outputs are missing"
                     error = read_error(self.run_dir, stage, r.index, since=r.started)
-                    if r.attempt < self.cfg.executor.max_retries and failure is None:
+                    hopeless = permanent_error(self.run_dir, stage, r.index, since=r.started)
+                    if hopeless and failure is None:
+                        failure = StageFailed(stage, r.index, f"{detail}, with an error a retry cannot fix (not "
+                                              f"retried)", task_log(self.run_dir, stage, r.index), error=error)
+                        queue.clear()
+                    elif r.attempt < self.cfg.executor.max_retries and failure is None:
                         self.echo(f"[local] {stage.key} {stage.tasks[r.index].label}: {detail}"
                                   f"{f' ({error.splitlines()[0]})' if error else ''}; retrying "
                                   f"({r.attempt + 1}/{self.cfg.executor.max_retries})")

@@ -15,7 +15,16 @@ from ..config import load_run_config
 from ..errors import EaslurmError
 from ..store import RunDir, apply_group_umask
 from .base import run_task
-from .plan import build_plan, find_task
+from .plan import Stage, Task, build_plan, find_task
+
+
+def find_run_task(run: RunDir, stage_key: str, index: int) -> tuple[Stage, Task]:
+    """A task of the run's plan, ready to run in this process (:func:`~easlurm.orchestrate.base.run_task` checks
+    the config and data against ``run.json`` first): the run's file modes applied, the plan rebuilt from its
+    config."""
+    cfg = load_run_config(run.root)
+    apply_group_umask(cfg.run.group_shared)
+    return find_task(build_plan(cfg, run), stage_key, index)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,9 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(name)s: %(message)s")
     run = RunDir(args.run)
     try:
-        cfg = load_run_config(run.root)
-        apply_group_umask(cfg.run.group_shared)
-        stage, task = find_task(build_plan(cfg, run), args.stage, args.index)
+        stage, task = find_run_task(run, args.stage, args.index)
     except EaslurmError as exc:
         print(f"easlurm: error: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ every value is shell-quoted where sbatch's own parser needs it.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 from dataclasses import dataclass
@@ -27,8 +28,10 @@ from pathlib import Path
 from typing import Mapping
 
 from ..config import Config
+from ..config_checks import forbidden_char, shown
 from ..engine.preempt import PREEMPTED_RC
-from ..store import RunDir, atomic_write_text
+from ..errors import ConfigError
+from ..store import RunDir, atomic_write_text, make_dirs, sha256_bytes
 from . import container
 from .client import SlurmClient
 from .plan import Stage, stage_slug
@@ -59,10 +62,20 @@ def _value(v: object) -> str:
 
 @dataclass(frozen=True)
 class Submission:
-    """One sbatch submission: ``tasks`` of ``stage`` (array indices = task indices), after ``dependency``."""
+    """One sbatch submission: ``tasks`` of ``stage`` (array indices = task indices), after ``dependency``;
+    ``key``: the submission's idempotency key, written as the job's ``--comment`` (:func:`submission_key`)."""
     stage: Stage
     tasks: tuple[int, ...]
     dependency: tuple[str, ...] = ()
+    key: str = ""
+
+
+def submission_key(run: RunDir, stage: Stage, number: int) -> str:
+    """``easlurm:<run token>:<stage>:<n>``: names one submission of one run for good (the run token is a hash of
+    the run directory's path), so that after an sbatch call whose answer was lost the launcher can find out
+    whether the job exists before it submits again."""
+    token = sha256_bytes(str(run.root).encode("utf-8"))[:12]
+    return f"easlurm:{token}:{stage_slug(stage)}:{number:03d}"
 
 
 def directives(cfg: Config, run: RunDir, sub: Submission, lead: int = DEFAULT_LEAD_S) -> list[tuple[str, str]]:
@@ -79,13 +92,16 @@ def directives(cfg: Config, run: RunDir, sub: Submission, lead: int = DEFAULT_LE
     opts += [("open-mode", "append"), ("time", str(res.time_min)), ("ntasks", "1"),
              ("cpus-per-task", str(res.cpus)), ("mem", f"{res.mem_gb}G")]
     if res.gpus:
-        opts.append(("gres", f"gpu:{res.gpus}"))
+        opts.append({"gres": ("gres", f"gpu:{res.gpus}"), "gpus-per-node": ("gpus-per-node", str(res.gpus)),
+                     "gpus": ("gpus", str(res.gpus))}[s.gpu_request])
     opts += [("signal", f"B:USR2@{lead}"), ("requeue", "")]
     for key in ("partition", "account", "qos"):
         if getattr(s, key):
             opts.append((key, str(getattr(s, key))))
     if sub.dependency:
         opts += [("dependency", "afterok:" + ":".join(sub.dependency)), ("kill-on-invalid-dep", "yes")]
+    if sub.key:
+        opts.append(("comment", sub.key))
     opts += [(k, str(v)) for k, v in sorted(res.extra.items())]
     return opts
 
@@ -129,9 +145,16 @@ def render(cfg: Config, run: RunDir, sub: Submission, python: str = "python", le
         'if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then me="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"; '
         'else me="${SLURM_JOB_ID:-}"; fi',
         'echo "[easlurm] $(date +%FT%T) job $me task $task on $(hostname), restart ${SLURM_RESTART_COUNT:-0}"',
+        *(f"module load {shlex.quote(m)}" for m in cfg.executor.slurm.modules),
         "export PYTHONUNBUFFERED=1",
         *supervise(command),
     ]
+    for n, line in enumerate(lines, 1):
+        # Every value was checked where it entered (config, --run-dir); this is the last line of defence: one raw
+        # newline inside a directive would end sbatch's directive parsing and start a shell command.
+        if forbidden_char(line) is not None:
+            raise ConfigError(f"sbatch script of stage {sub.stage.key}: line {n} holds a control character "
+                              f"({shown(line)[:120]}); refusing to write or submit it")
     return "\n".join(lines) + "\n"
 
 
@@ -140,12 +163,13 @@ def submit(cfg: Config, run: RunDir, sub: Submission, client: SlurmClient, pytho
     """Write the script to ``RUN/slurm/<stage>/submit-NNN.sh`` and submit it through ``client``; return the job ids
     (``A_T`` per array task)."""
     folder = stage_folder(run, sub.stage)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder)
     n = len(sorted(folder.glob("submit-*.sh")))
     script = folder / f"submit-{n:03d}.sh"
+    sub = dataclasses.replace(sub, key=submission_key(run, sub.stage, n))
     atomic_write_text(script, render(cfg, run, sub, python, lead))
     return client.submit(script, sub.tasks if sub.stage.is_array else None, cwd=run.root,
-                         what=f"stage {sub.stage.key}")
+                         what=f"stage {sub.stage.key}", key=sub.key)
 
 
 def leads_for(leads: Mapping[str, int] | None, kind: str) -> int:
@@ -153,5 +177,5 @@ def leads_for(leads: Mapping[str, int] | None, kind: str) -> int:
     return int(leads.get(kind, DEFAULT_LEAD_S)) if leads else DEFAULT_LEAD_S
 
 
-__all__ = ["DEFAULT_LEAD_S", "Submission", "job_name", "stage_folder", "log_path", "directives", "supervise",
-           "render", "submit", "leads_for"]
+__all__ = ["DEFAULT_LEAD_S", "Submission", "submission_key", "job_name", "stage_folder", "log_path", "directives",
+           "supervise", "render", "submit", "leads_for"]

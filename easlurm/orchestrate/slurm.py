@@ -26,7 +26,7 @@ from typing import Callable, Mapping
 
 from ..config import Config
 from ..store import RunDir
-from .base import Echo, StageFailed, read_error
+from .base import Echo, StageFailed, permanent_error, read_error
 from .client import CommandClient, SlurmClient
 from .decide import QUERY_FAILED, Decision, Policy, TaskView, Verdict, decide, is_held
 from .plan import Done, Stage, pending_stages, snapshot
@@ -109,6 +109,8 @@ class SlurmExecutor:
                         held_for_s=now - self.memory.held_since.get(job, now),
                         retries=self.memory.retries.get(key, 0),
                         progressed=progress > self.memory.progress_at_submit.get(key, progress),
+                        permanent_error=permanent_error(self.run_dir, stage, i, job=job)
+                        if info.state in TERMINAL_STATES or info.state == "UNKNOWN" else None,
                         # --resume overrides cancels that happened before this launcher started, not later ones
                         adopting=adopting, resuming=self.resuming and adopting)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..errors import record_shape
 from ..store import RunDir, atomic_write_json, read_json
 
 #: (stage key, task index)
@@ -17,20 +18,29 @@ TaskKey = tuple[str, int]
 
 
 class SubmissionBook:
-    """Reads and appends ``RUN/state.json`` (a missing or unreadable file reads as empty)."""
+    """Reads and appends ``RUN/state.json`` (a missing file reads as empty; a damaged one is a
+    :class:`~easlurm.errors.CheckpointError` naming it and how to recover)."""
 
     def __init__(self, run: RunDir):
         self.run = run
 
     def load(self) -> dict[str, Any]:
-        try:
-            state = read_json(self.run.state) if self.run.state.is_file() else {}
-        except ValueError:  # CheckpointError: a damaged file is bookkeeping lost, not a reason to stop
-            state = {}
-        if not isinstance(state, dict):
-            state = {}
-        state.setdefault("submissions", [])
-        state.setdefault("cancelled", [])
+        if not self.run.state.exists() and not self.run.state.is_symlink():
+            return {"submissions": [], "cancelled": []}
+        with record_shape(self.run.state):
+            state = read_json(self.run.state)
+            if not isinstance(state, dict):
+                raise TypeError(f"expected a JSON object, got {type(state).__name__}")
+            state.setdefault("submissions", [])
+            state.setdefault("cancelled", [])
+            if not isinstance(state["submissions"], list) or not isinstance(state["cancelled"], list):
+                raise TypeError("'submissions' and 'cancelled' must be lists")
+            for sub in state["submissions"]:
+                if not (isinstance(sub, dict) and isinstance(sub.get("stage"), str)
+                        and isinstance(sub.get("tasks", {}), dict)
+                        and all(isinstance(i, int) and not isinstance(i, bool) for i in sub.get("tasks", {}).values())
+                        and isinstance(sub.get("dependency", []), list)):
+                    raise TypeError(f"submission {str(sub)[:80]} is not a submission record")
         return state
 
     def latest(self) -> dict[TaskKey, tuple[str, list[str]]]:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..errors import CheckpointError
 from ..population import member_complete
 from ..records import StageRecord
-from ..store import read_checkpoint_meta, sha256_file
+from ..checkpoints import read_checkpoint_meta
+from ..store import sha256_file
 from . import _keys
 from .kind import StageKind, StageResources, TaskSpec
 

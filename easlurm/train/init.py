@@ -67,8 +67,7 @@ def init_population(run_dir: str | Path, device: str | None = None) -> list[Memb
                 files["G.pt"] = g_bytes
             else:
                 refs["G.pt"] = member_file(run.start(0, 0), out[0], "G.pt")
-            ctx.lease.check()
-            out.append(write_member(folder, meta, files, refs))
+            out.append(write_member(folder, meta, files, refs, fence=ctx.lease.check))
         record = InitRecord(iteration=1, iters_target=1, done=True, attempts=attempt.entries(1), slots=n)
         atomic_write_json(record_path(run), record.to_dict())
         return out

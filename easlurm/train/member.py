@@ -198,7 +198,7 @@ def _train_member(ctx: StageContext, cycle: int, member: int) -> MemberMeta:
         record = dataclasses.replace(start, kind="member", iteration=0, iters_target=0, done=True,
                                      trained_from=run.rel(start_folder), files={},
                                      attempts=ctx.attempt_log([], 0).entries(0))
-        return write_member(folder, record, refs=refs)
+        return write_member(folder, record, refs=refs, fence=ctx.lease.check)
 
     trainee = build_member(cfg, start.preference, ctx.device, ctx.where)
     if meta is None:  # first start: from the start entry; fresh G moments when the EA reset them
@@ -217,7 +217,8 @@ def _train_member(ctx: StageContext, cycle: int, member: int) -> MemberMeta:
 
     def save(record: MemberMeta, files: dict[str, bytes]) -> MemberMeta:
         return write_member(folder, dataclasses.replace(record, sample_index=record.iteration * batch,
-                                                        done=record.iteration >= target), files)
+                                                        done=record.iteration >= target), files,
+                            fence=ctx.lease.check)
 
     a = cfg.adam
     opt_g = trainee.s.opt_g

@@ -20,7 +20,8 @@ from ..engine.data import batches
 from ..engine.loop import Cadence
 from ..runtime import cpu_state, optimizer_state_cpu
 from ..stages.pretrain import PretrainRecord, read_record
-from ..store import RunDir, commit_checkpoint
+from ..checkpoints import commit_checkpoint
+from ..store import RunDir
 from ..tensor_files import torch_bytes
 
 
@@ -81,7 +82,7 @@ def pretrain(run_dir: str | Path, device: str | None = None) -> PretrainRecord:
 
         def save(rec: PretrainRecord, files: dict[str, bytes]) -> PretrainRecord:
             rec = dataclasses.replace(rec, done=rec.iteration >= p.iters)
-            raw = commit_checkpoint(run.pretrain, files, rec.to_dict())
+            raw = commit_checkpoint(run.pretrain, files, rec.to_dict(), fence=ctx.lease.check)
             return PretrainRecord.from_dict(raw, run.pretrain / "meta.json")
 
         return train(ctx, trainee, record, save, Cadence(p.iters, p.checkpoint_every, p.log_every),

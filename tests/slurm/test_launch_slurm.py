@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -224,26 +226,74 @@ def test_killed_launcher_resumes_and_adopts_without_rerunning_finished_stages(sl
     assert _tasks_per_stage(run) == {"pretrain": 1, "init": 1, "adam/000": 3, "ea/000": 1, "fuse": 1, "eval": 1}
 
 
-def test_held_job_is_shown_with_its_reason_and_the_launcher_stops_waiting(slurm_cluster, make_run):
+def test_a_drained_node_is_waited_out_and_a_held_job_stops_the_launcher(slurm_cluster, make_run):
+    """An ordinary wait (the only node drained for maintenance: ReqNodeNotAvail) lasts as long as it lasts; a hold
+    (``scontrol hold``) stops the launcher after ``executor.hold_timeout_min`` (here 6 s), naming the release."""
     run = make_run([*FAST, "run.cycles=1", "executor.hold_timeout_min=0.1"])
     env = slurm_cluster.env()
-    res = _launch(run, env, "--executor", "slurm", "--detach")
-    assert res.returncode == 0, res.stdout + res.stderr
-    ea = _jobs_of(run, "ea/000")[0]
-    subprocess.run(["scontrol", "hold", ea], check=True, env=env)
-    res = _launch(run, env, timeout=300)
-    assert res.returncode == 2, res.stdout + res.stderr
-    assert f"job {ea} held (JobHeld" in res.stderr and f"scontrol release {ea}" in res.stderr
+    node = subprocess.run(["sinfo", "-h", "-o", "%n"], capture_output=True, text=True, env=env).stdout.split()[0]
+    subprocess.run(["scontrol", "update", f"nodename={node}", "state=drain", "reason=maintenance"], check=True,
+                   env=env)
+    try:
+        launcher = subprocess.Popen([sys.executable, "-m", "easlurm.launch", "--resume", str(run), "--executor",
+                                     "slurm"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        _wait(lambda: (run / "state.json").is_file() and _jobs_of(run, "ea/000"), what="the chain submitted")
+        first = _jobs_of(run, "pretrain")[0]
+        why = lambda: json.loads(subprocess.run(  # noqa: E731
+            [sys.executable, "-m", "easlurm.status", str(run), "--json"], capture_output=True, text=True,
+            env=env).stdout)["stages"][0]["job_states"].get(first, {}).get("reason", "")
+        reason = _wait(why, 60, "Slurm's reason for the waiting job")  # what status shows
+        assert "DRAINED" in reason or "ReqNodeNotAvail" in reason, reason  # Slurm words it either way
+        time.sleep(12)  # twice the hold bound: a drained node is a wait, not a hold
+        assert launcher.poll() is None, launcher.communicate()
+        ea = _jobs_of(run, "ea/000")[0]
+        subprocess.run(["scontrol", "hold", ea], check=True, env=env)
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=True, env=env)
+    out, err = launcher.communicate(timeout=600)
+    assert launcher.returncode == 2, out + err
+    assert f"job {ea} held (JobHeld" in err and f"scontrol release {ea}" in err
     subprocess.run(["scontrol", "release", ea], check=True, env=env)
     res = _launch(run, env)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def test_a_lost_sbatch_answer_does_not_submit_twice(slurm_cluster, tmp_path):
+    """sbatch submits but its answer is lost (a stand-in reports 'Socket timed out' after the real sbatch ran): the
+    client finds the job by its comment and adopts it instead of submitting again."""
+    from easlurm.orchestrate.client import CommandClient
+
+    env = slurm_cluster.env()
+    real = shutil.which("sbatch", path=env["PATH"])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"""#!/bin/bash
+if [ ! -e {tmp_path}/lost-once ]; then
+    touch {tmp_path}/lost-once
+    {real} "$@" > /dev/null
+    echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2
+    exit 1
+fi
+exec {real} "$@"
+""")
+    (bin_dir / "sbatch").chmod(0o755)
+    key = f"easlurm:test-{uuid.uuid4().hex[:12]}:lost:000"  # the accounting cluster remembers earlier sessions' jobs
+    script = tmp_path / "job.sh"
+    script.write_text(f"#!/bin/bash\n#SBATCH --comment={key}\n#SBATCH --time=3\n#SBATCH --output={tmp_path}/%j.out\n"
+                      f"sleep 1\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", f"{bin_dir}:{env['PATH']}")
+        mp.setenv("SLURM_CONF", env["SLURM_CONF"])
+        ids = CommandClient(sleep=lambda s: None).submit(script, None, cwd=tmp_path, what="test", key=key)
+    listed = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i|%k"], capture_output=True, text=True,
+                            env=env).stdout.split()
+    assert [line for line in listed if line.endswith("|" + key)] == [f"{ids[0]}|{key}"]  # exactly one job
+
+
 def test_killed_member_task_retry_takes_the_lease_without_slurm(slurm_cluster_noacct, make_run, fake_container):
     """kill -9 of a member's process inside its (container-like, Slurm-less) job: the resubmitted task takes the
     dead holder's lease over without asking Slurm and the run finishes."""
-    run = make_run([*FAST, *fake_container, "run.cycles=1", "adam.iters_per_cycle=120", "adam.checkpoint_every=10",
-                    "executor.lease_s=6"])
+    run = make_run([*FAST, *fake_container, "run.cycles=1", "adam.iters_per_cycle=120", "adam.checkpoint_every=10"])
     env = slurm_cluster_noacct.env()
     launcher = subprocess.Popen([sys.executable, "-m", "easlurm.launch", "--resume", str(run), "--executor",
                                  "slurm"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

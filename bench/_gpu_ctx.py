@@ -31,8 +31,11 @@ SMOKE: dict[str, tuple[str, ...]] = {
              "data.num_workers=1", "fusion.average_images=1", "loss.perceptual.layers={conv1_2: 1.0}"),
     "srresnet": ("model.num_feat=8", "model.num_block=1", "discriminator.num_feat=4", "data.patch_size=32",
                  "adam.batch_size=2", "data.num_workers=1", "loss.perceptual.layers={conv1_2: 1.0}"),
+    "swinir": ("model.img_size=8", "model.embed_dim=12", "model.depths=[2, 2]", "model.num_heads=[2, 2]",
+               "model.window_size=4", "discriminator.num_feat=4", "data.patch_size=32", "adam.batch_size=2",
+               "data.num_workers=1", "loss.perceptual.layers={conv1_2: 1.0}"),
 }
-CONFIGS = {"rrdb": ROOT / "configs" / "rrdb.yaml", "srresnet": ROOT / "configs" / "srresnet.yaml"}
+CONFIGS = {name: ROOT / "configs" / f"{name}.yaml" for name in ("rrdb", "srresnet", "swinir")}
 
 
 @dataclass

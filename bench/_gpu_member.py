@@ -41,6 +41,7 @@ VARIANTS = (
     Variant("MSRResNet fp32", "srresnet", ("adam.bf16=false",), False, False, 12, loop_syncs=True),
     Variant("MSRResNet TF32", "srresnet", ("adam.bf16=false",), True, False, 10),
     Variant("MSRResNet bf16", "srresnet", ("adam.bf16=true",), None, False, 12, flat_mix=True),
+    Variant("SwinIR-light TF32", "swinir", ("adam.bf16=false",), True, False, 12),
 )
 #: Cheap fixes to try (a config field, then one flag), measured after the real run when time is left.
 EXTRA_VARIANTS = (
@@ -51,7 +52,7 @@ EXTRA_VARIANTS = (
 
 #: Under --cpu-smoke only these run: on CPU the others are the same computation (bf16 autocast, TF32,
 #: channels_last and cuDNN flags act on CUDA only), so they would add minutes and no coverage.
-SMOKE_VARIANTS = ("RRDB bf16", "MSRResNet fp32")
+SMOKE_VARIANTS = ("RRDB bf16", "MSRResNet fp32", "SwinIR-light TF32")
 
 
 def _third_side(cfg: Any, bare: Side) -> Side:

@@ -77,6 +77,10 @@ def validate(cfg: Config) -> Config:
         if lr_side % m:
             raise ConfigError(f"data.{name}: {getattr(cfg.data, name)} px gives LR patches of {lr_side} px, but "
                               f"{spec.name} at ×{cfg.data.scale} takes LR sides that are multiples of {m}")
+    sha = cfg.model.pretrained_sha256
+    if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
+        raise ConfigError(f"model.pretrained_sha256: expected 64 lower-case hex digits (sha256sum's output), got "
+                          f"{sha!r}")
     if not cfg.data.demo and cfg.data.train is None:
         raise ConfigError("data.train: no training shards given (set data.train or data.demo: true)")
     if cfg.ea.neighbourhood > cfg.population.size:

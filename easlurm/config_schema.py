@@ -61,6 +61,8 @@ class ModelConfig:
     load)."""
     arch: str = _f("msrresnet", doc="backbone (easlurm.models.specs.GENERATORS: msrresnet, rrdbnet, swinir)")
     pretrained: str | None = _f(None, doc="PSNR-oriented initial generator (BasicSR checkpoint); null → pretrain stage")
+    pretrained_sha256: str | None = _f(None, doc="the pretrained file's full sha256 (64 hex digits), checked before "
+                                       "it is loaded; null → only a hash prefix in its file name is checked")
     pretrained_key: Literal["params", "params_ema"] = _f(
         "params", doc="entry of the BasicSR checkpoint to start from (the reference loads params)")
     options: Any = field(default=None, metadata={"inline": "options", "doc": "the backbone's options"})

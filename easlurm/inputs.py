@@ -92,11 +92,26 @@ def _problem(item: Input) -> str | None:
 
 
 def missing_inputs(cfg: Config, *, jobs_see_host: bool) -> list[str]:
-    """One line per input that is missing or is not what it must be, in config order."""
+    """One line per input that is missing or is not what it must be, in config order (a pretrained start with a
+    pinned ``model.pretrained_sha256`` is hashed here: one file, read once, before any GPU job would)."""
     items = config_inputs(cfg) + weight_inputs(cfg, jobs_see_host=jobs_see_host)
     if cfg.container.image and "://" not in cfg.container.image:
         items.append(Input("container.image", Path(cfg.container.image), "file"))
-    return [msg for msg in map(_problem, items) if msg is not None]
+    problems = [msg for msg in map(_problem, items) if msg is not None]
+    pinned, start = cfg.model.pretrained_sha256, cfg.model.pretrained
+    if pinned and start and Path(start).is_file():
+        from .errors import EaslurmError
+        from .store import sha256_file
+
+        try:
+            digest = sha256_file(start)
+        except EaslurmError as exc:
+            problems.append(f"model.pretrained: {exc}")
+        else:
+            if digest != pinned:
+                problems.append(f"model.pretrained: {start} has sha256 {digest[:12]}…, not the pinned "
+                                f"model.pretrained_sha256 {pinned[:12]}… (another file, or a damaged copy)")
+    return problems
 
 
 def check_inputs(cfg: Config) -> None:
@@ -104,7 +119,8 @@ def check_inputs(cfg: Config) -> None:
     missing = missing_inputs(cfg, jobs_see_host=cfg.container.image is None)
     if missing:
         lines = "\n".join(f"  - {m}" for m in missing)
-        raise ConfigError(f"{len(missing)} input(s) the run needs are missing; nothing was submitted:\n{lines}")
+        raise ConfigError(f"{len(missing)} input(s) the run needs are missing or wrong; nothing was submitted:\n"
+                          f"{lines}")
 
 
 def shard_digests(cfg: Config) -> dict[str, dict[str, str]]:

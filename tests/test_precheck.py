@@ -40,7 +40,7 @@ def test_the_srresnet_paper_config_without_vgg19_fails_before_anything_is_submit
                   "--set", f"data.train={demo_shards / 'train'}", "--set", f"data.val={demo_shards / 'val'}",
                   "--set", "model.pretrained=null", "--set", "fusion.average_set=null", "--set", "eval.sets={}")
     assert res.returncode == 2, res.stdout + res.stderr
-    assert "1 input(s) the run needs are missing; nothing was submitted" in res.stderr
+    assert "1 input(s) the run needs are missing or wrong; nothing was submitted" in res.stderr
     assert f"loss.perceptual.net: vgg19: {tmp_path / 'torch-home' / 'hub' / 'checkpoints' / 'vgg19-dcbb9e9d.pth'} " \
            f"not found" in res.stderr
     assert not calls.exists() and not (tmp_path / "r").exists()
@@ -55,7 +55,7 @@ def test_the_paper_config_as_shipped_lists_every_missing_input_in_one_error(tmp_
         "  - data.train", "  - data.val", "  - model.pretrained", "  - fusion.average_set", "  - eval.sets.B100",
         "  - eval.sets.Manga109", "  - eval.sets.Set14", "  - eval.sets.Set5", "  - eval.sets.Urban100",
         "  - loss.perceptual.net"]
-    assert "10 input(s) the run needs are missing; nothing was submitted" in res.stderr
+    assert "10 input(s) the run needs are missing or wrong; nothing was submitted" in res.stderr
     assert "/path/to/shards/flickr2k_train not found" in lines[0]
     assert not calls.exists() and not (tmp_path / "r").exists()
 
@@ -91,3 +91,32 @@ def test_the_shard_manifests_are_recorded_and_a_task_refuses_changed_data(tmp_pa
         verify_inputs(run)
     with pytest.raises(DataError, match=r"data\.train: "):
         prepare_run(None, None, str(run.root), [], None, ["test"], echo=lambda m: None)  # --resume refuses too
+
+
+def test_a_pinned_pretrained_start_is_checked_at_launch_and_at_load(tmp_path):
+    import torch
+
+    from easlurm import factory
+    from easlurm.config import load_config
+    from easlurm.errors import CheckpointError, ConfigError
+    from easlurm.inputs import missing_inputs
+    from easlurm.models.checkpoint_io import load_generator_weights
+    from easlurm.store import sha256_file
+
+    cfg = load_config(REPO / "configs" / "tiny.yaml", ["data.train=x"])
+    start = tmp_path / "start.pth"
+    torch.save({"params": factory.build_generator(cfg).state_dict()}, start)
+    good = sha256_file(start)
+    for pin, wrong in ((good, False), ("f" * 64, True)):
+        cfg = load_config(REPO / "configs" / "tiny.yaml", ["data.train=x", f"model.pretrained={start}",
+                                                           f"model.pretrained_sha256={pin}"])
+        lines = [m for m in missing_inputs(cfg, jobs_see_host=True) if m.startswith("model.pretrained")]
+        assert bool(lines) == wrong and (not wrong or "not the pinned model.pretrained_sha256 ffffffffffff" in lines[0])
+        g = factory.build_generator(cfg)
+        if wrong:
+            with pytest.raises(CheckpointError, match=r"start\.pth: sha256 mismatch"):
+                load_generator_weights(g, start, sha256=pin)
+        else:
+            assert load_generator_weights(g, start, sha256=pin) == "params"
+    with pytest.raises(ConfigError, match=r"model\.pretrained_sha256: expected 64 lower-case hex digits"):
+        load_config(REPO / "configs" / "tiny.yaml", ["data.train=x", "model.pretrained_sha256=abc"])

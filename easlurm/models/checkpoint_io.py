@@ -70,22 +70,24 @@ def extract_state_dict(obj: Any, source: str = "<checkpoint>", key: str | None =
     return state, where
 
 
-def load_generator_weights(model: nn.Module, path: str | os.PathLike[str], key: str | None = None) -> str:
+def load_generator_weights(model: nn.Module, path: str | os.PathLike[str], key: str | None = None,
+                           sha256: str | None = None) -> str:
     """Load a BasicSR checkpoint at ``path`` into ``model`` strictly; return which entry was used (``key`` as in
-    :func:`extract_state_dict`).
+    :func:`extract_state_dict`). ``sha256``: the file's pinned full digest (``model.pretrained_sha256``).
 
-    Raises :class:`CheckpointError` naming the file when it is missing/unreadable, when keys are missing or
-    unexpected (first few of each plus counts), or when a tensor's shape differs (naming the key).
+    Raises :class:`CheckpointError` naming the file when it is missing/unreadable or not the pinned file, when keys
+    are missing or unexpected (first few of each plus counts), or when a tensor's shape differs (naming the key).
     """
     p = Path(path)
     from ..assets import verify_hash_in_name
     from .specs import spec_of
 
-    if p.is_file():
+    if p.is_file() and sha256 is None:
         verify_hash_in_name(p)  # BasicSR's released files carry their sha256 prefix in the name (…-150ff491.pth)
 
     spec = spec_of(model)
-    state, where = extract_state_dict(load_checkpoint(p), str(p), key, spec.renames if spec is not None else ())
+    state, where = extract_state_dict(load_checkpoint(p, sha256=sha256), str(p), key,
+                                      spec.renames if spec is not None else ())
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

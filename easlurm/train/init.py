@@ -30,7 +30,8 @@ def initial_generator_state(cfg: Config, run: RunDir) -> tuple[dict[str, torch.T
         from ..models.checkpoint_io import load_generator_weights
 
         g = factory.build_generator(cfg)
-        load_generator_weights(g, cfg.model.pretrained, key=cfg.model.pretrained_key)
+        load_generator_weights(g, cfg.model.pretrained, key=cfg.model.pretrained_key,
+                               sha256=cfg.model.pretrained_sha256)
         return cpu_state(g), f"pretrained:{cfg.model.pretrained}#{cfg.model.pretrained_key}"
     record = read_pretrain(cfg, run)
     if record is None or not record.done:

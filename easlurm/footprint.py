@@ -92,7 +92,9 @@ def _adam_state(params: list[Any], betas: Sequence[float]) -> dict[str, Any]:
     """What ``optimizer_state_cpu(Adam(params))`` holds after a step: exp_avg, exp_avg_sq, step per parameter."""
     import torch
 
-    opt = torch.optim.Adam(params, lr=1e-4, betas=(float(betas[0]), float(betas[1])))
+    from .runtime import adam
+
+    opt = adam(params, 1e-4, betas)
     state = {i: {"step": torch.zeros(()), "exp_avg": p, "exp_avg_sq": p} for i, p in enumerate(params)}
     return {"state": state, "param_groups": opt.state_dict()["param_groups"]}
 

@@ -6,8 +6,9 @@ them imports another stage.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -23,10 +24,74 @@ def pick_device(requested: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def allocated_cpus() -> int:
+    """CPUs this task may use: the CPUs it may run on (its affinity mask: a Slurm task with CPU binding sees only
+    its own), capped by ``SLURM_CPUS_PER_TASK`` (what it was allocated, which a node without binding does not
+    enforce), never the node's core count."""
+    try:
+        mine = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        mine = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return max(1, min(mine, int(slurm))) if slurm.isdigit() and int(slurm) > 0 else max(1, mine)
+
+
+def configure_threads() -> int:
+    """Size torch's threads for this task and return the count: ``OMP_NUM_THREADS`` when set (the local executor
+    sets cores / tasks side by side; a person may set it), else :func:`allocated_cpus`. Also exported as
+    ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` for child processes."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    n = int(given) if given.isdigit() and int(given) > 0 else allocated_cpus()
+    torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    os.environ.setdefault("MKL_NUM_THREADS", str(n))
+    return n
+
+
+def loader_workers(requested: int) -> int:
+    """``data.num_workers`` capped at the CPUs this task was allocated (workers beyond them only contend)."""
+    return min(requested, allocated_cpus())
+
+
 def cpu_state(module_or_state: nn.Module | Mapping[str, Any]) -> dict[str, Any]:
     """A state dict with every tensor copied to CPU (checkpoints are device-independent)."""
     sd = module_or_state.state_dict() if isinstance(module_or_state, nn.Module) else module_or_state
     return {k: (v.detach().cpu().clone() if torch.is_tensor(v) else v) for k, v in sd.items()}
+
+
+#: Parameter dtypes torch's fused Adam implements (on CPU and CUDA).
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def adam(params: Iterable[torch.Tensor], lr: float, betas: Sequence[float], fused: bool = True) -> torch.optim.Adam:
+    """Adam as every stage builds it (members, pretraining, fusion).
+
+    ``fused`` (the default where torch has a fused kernel for the parameters' device and dtype): one kernel per
+    parameter group instead of the default implementation's ~10 operators per tensor, and no host read of a
+    per-tensor CPU step counter (bench/adam_fused.py; BENCHMARKS.md). Same update up to float rounding. The choice
+    survives ``load_state_dict`` of a state saved by the other implementation (a run resumed across versions): the
+    loaded groups' flags are set back and the step counters moved where this implementation keeps them.
+    """
+    params = list(params)
+    devices = {p.device.type for p in params}
+    use_fused = bool(fused and params and devices <= {"cpu", "cuda"} and len(devices) == 1
+                     and all(p.dtype in _FUSED_DTYPES for p in params))
+    opt = torch.optim.Adam(params, lr=lr, betas=(float(betas[0]), float(betas[1])),
+                           **({"fused": True} if use_fused else {}))
+    flags = {k: opt.param_groups[0][k] for k in ("fused", "foreach", "capturable")}
+
+    def keep_implementation(o: torch.optim.Optimizer) -> None:
+        for group in o.param_groups:
+            group.update(flags)
+            for p in group["params"]:
+                state = o.state.get(p)
+                if state and torch.is_tensor(state.get("step")):
+                    on_device = flags["fused"] or flags["capturable"]
+                    state["step"] = state["step"].to(dtype=torch.float32,
+                                                     device=p.device if on_device else torch.device("cpu"))
+
+    opt.register_load_state_dict_post_hook(keep_implementation)
+    return opt
 
 
 def optimizer_state_cpu(opt: torch.optim.Optimizer) -> dict[str, Any]:

@@ -14,12 +14,15 @@ def batches(train_dir: Path, cfg: Config, batch_size: int, seed: int, start_inde
             num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches (LR, HR: N×3×h×w RGB float in [0, 1]; h = ``data.patch_size / data.scale``) for global sample
     indices ``start_index`` … ``total - 1`` in order. Sample k is a pure function of ``seed`` and k, so a resumed
-    stage sees exactly the batches an uninterrupted one would."""
+    stage sees exactly the batches an uninterrupted one would. ``num_workers`` is capped at the CPUs the task was
+    allocated (:func:`easlurm.runtime.loader_workers`)."""
     from ..data.dataset import RandomPatchDataset, infinite_loader
+    from ..runtime import loader_workers
 
     ds = RandomPatchDataset(train_dir, patch_size=cfg.data.patch_size, scale=cfg.data.scale, num_samples=total,
                             seed=seed, augment=True)
-    return iter(infinite_loader(ds, batch_size=batch_size, start_index=start_index, num_workers=num_workers,
+    return iter(infinite_loader(ds, batch_size=batch_size, start_index=start_index,
+                                num_workers=loader_workers(num_workers),
                                 pin_memory=torch.cuda.is_available()))
 
 

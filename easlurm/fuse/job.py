@@ -46,7 +46,7 @@ from ..engine.loop import Cadence
 from ..errors import CheckpointError, ConfigError
 from ..models.specs import generator_spec
 from ..population import final_cycle, final_members, load_member_file
-from ..runtime import cpu_state, optimizer_state_cpu
+from ..runtime import adam, cpu_state, optimizer_state_cpu
 from ..stages.fuse import FusionMeta, read_record
 from ..export import encode, sidecar
 from ..checkpoints import checkpoint_intact, commit_checkpoint
@@ -251,8 +251,7 @@ def _run_fusion(ctx: StageContext) -> FusionMeta:
     d = factory.build_discriminator(cfg)
     model.to(ctx.device).train()
     d.to(ctx.device).train()
-    opt_att = torch.optim.Adam(attention_parameters(model), lr=f.lr, betas=(f.betas[0], f.betas[1]))
-    opt_d = torch.optim.Adam(d.parameters(), lr=f.d_lr or f.lr, betas=(f.betas[0], f.betas[1]))
+    opt_att, opt_d = adam(attention_parameters(model), f.lr, f.betas), adam(d.parameters(), f.d_lr or f.lr, f.betas)
     trainee = FusionTrainee(cfg, model, d, factory.build_perceptual(cfg).to(ctx.device), opt_att, opt_d, ctx.device,
                             run.fusion)
     if got is None:

@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     except EaslurmError as exc:
         print(f"easlurm: error: {exc}", file=sys.stderr)
         return 2
-    print(f"[task] {stage.key} {task.label}: {task.describe()}", flush=True)
+    from ..runtime import configure_threads  # torch: only a task process gets here
+
+    threads = configure_threads()
+    print(f"[task] {stage.key} {task.label}: {task.describe()} ({threads} threads)", flush=True)
     try:
         run_task(run, stage, args.index)
     except EaslurmError as exc:

@@ -37,7 +37,7 @@ from ..errors import ConfigError
 from ..population import (
     MemberMeta, adam_cycles, is_adam_trained, member_file, phase_iters, read_member, require_member, write_member,
 )
-from ..runtime import cpu_state, optimizer_state_cpu
+from ..runtime import adam, cpu_state, optimizer_state_cpu
 from ..store import RunDir
 from ..tensor_files import torch_bytes
 from .mix import global_norm, mix
@@ -156,8 +156,7 @@ def build_member(cfg: Config, preference: tuple[float, float], device: torch.dev
         g.to(memory_format=torch.channels_last)
         d.to(memory_format=torch.channels_last)
     a, dc = cfg.adam, cfg.discriminator
-    opt_g = torch.optim.Adam(g.parameters(), lr=a.lr, betas=(a.betas[0], a.betas[1]))
-    opt_d = torch.optim.Adam(d.parameters(), lr=dc.lr, betas=(dc.betas[0], dc.betas[1]))
+    opt_g, opt_d = adam(g.parameters(), a.lr, a.betas), adam(d.parameters(), dc.lr, dc.betas)
     perceptual = factory.build_perceptual(cfg).to(device)
     return MemberTrainee(where, MemberStep(cfg, g, d, perceptual, preference, opt_g, opt_d, device), None, device)
 

@@ -18,7 +18,7 @@ from ..config import load_run_config
 from ..engine.context import load_optimizers, loader, resume, stage_context, train
 from ..engine.data import batches
 from ..engine.loop import Cadence
-from ..runtime import cpu_state, optimizer_state_cpu
+from ..runtime import adam, cpu_state, optimizer_state_cpu
 from ..stages.pretrain import PretrainRecord, read_record
 from ..checkpoints import commit_checkpoint
 from ..store import RunDir
@@ -68,8 +68,7 @@ def pretrain(run_dir: str | Path, device: str | None = None) -> PretrainRecord:
         if record is None:  # first start: a seeded random generator (BasicSR init)
             torch.manual_seed(rng.derive_seed(cfg.run.seed, rng.SEED_TAG_PRETRAIN))
         g = factory.build_generator(cfg).to(ctx.device).train()
-        trainee = PretrainTrainee(g, torch.optim.Adam(g.parameters(), lr=p.lr, betas=(p.betas[0], p.betas[1])),
-                                  ctx.device)
+        trainee = PretrainTrainee(g, adam(g.parameters(), p.lr, p.betas), ctx.device)
         if record is None:
             record = PretrainRecord(iters_target=p.iters)
         else:

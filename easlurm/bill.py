@@ -136,7 +136,8 @@ def make_bill(cfg: Config, rates: Rates | None = None, limits: PartitionLimits |
         if not stages:
             continue
         res = cfg.executor.slurm.resources(kind.name)
-        tasks = sum(len(s.tasks) for s in stages)
+        # Only tasks with work get a job (an Adam phase queues none for a slot that is not Adam-trained).
+        tasks = sum(1 for s in stages for t in s.tasks if kind.busy(cfg, t.arguments))
         hours = res.time_min / 60
         line = StageBill(kind.name, len(stages), tasks, res.time_min, res.gpus, res.cpus, res.mem_gb,
                          tasks * hours * res.gpus, tasks * hours * res.cpus)

@@ -27,7 +27,7 @@ from typing import Any
 
 from .config import Config, load_run_config
 from .errors import CheckpointError, EaslurmError, record_shape
-from .population import adam_cycles, final_cycle, member_file, read_member
+from .population import adam_cycles, after_adam, final_cycle, member_file, read_member
 from .store import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 __all__ = ["Node", "Lineage", "build_lineage", "primary_line", "summarise", "plot_lineage", "main"]
@@ -79,16 +79,17 @@ def _mid(c: int, j: int) -> str:
     return f"member {c}/{j:02d}"
 
 
-def _g_paths(run: RunDir, c: int, n: int) -> dict[str, int]:
-    """Where each member of cycle c keeps its generator (run-relative path of the real file) → slot."""
+def _g_paths(cfg: Config, run: RunDir, c: int) -> dict[str, int]:
+    """Where each member of cycle c keeps its generator after the Adam phase (run-relative path of the real file)
+    → slot."""
     out: dict[str, int] = {}
-    for k in range(n):
-        meta = read_member(run.member(c, k))
+    for k in range(cfg.population.size):
+        folder, _ = after_adam(cfg, run, c, k)
+        meta = read_member(folder)
         if meta is None:
-            raise CheckpointError(f"{run.member(c, k) / 'meta.json'}: not found (the Adam phase of cycle {c} has "
-                                  f"not finished)")
+            raise CheckpointError(f"{folder / 'meta.json'}: not found (cycle {c} has not got that far)")
         if "G.pt" in meta.files.get("sha256", {}):
-            out.setdefault(run.rel(member_file(run.member(c, k), meta, "G.pt").path), k)
+            out.setdefault(run.rel(member_file(folder, meta, "G.pt").path), k)
     return out
 
 
@@ -121,7 +122,7 @@ def build_lineage(cfg: Config, run: RunDir) -> Lineage:
     last = final_cycle(cfg)
     cycles = adam_cycles(cfg)
     for c in range(last + 1):
-        paths = _g_paths(run, c - 1, n) if c > 0 else {}
+        paths = _g_paths(cfg, run, c - 1) if c > 0 else {}
         initial: list[Any] = []
         if c < cfg.run.cycles and (run.ea(c) / "fitness.json").exists():
             with record_shape(run.ea(c) / "fitness.json"):
@@ -150,7 +151,7 @@ def build_lineage(cfg: Config, run: RunDir) -> Lineage:
                     nodes[_mid(c, j)] = Node(_mid(c, j), "member", c, j, [_sid(c, j)],
                                              list(initial[j]) if j < len(initial) else None)
         if c < cfg.run.cycles:
-            own = _g_paths(run, c, n)
+            own = _g_paths(cfg, run, c)
             for r in _rows(run, c):
                 with record_shape(run.ea(c) / "lineage.jsonl"):
                     _add_child(nodes, r, c, own, run)

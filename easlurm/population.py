@@ -70,10 +70,20 @@ def final_cycle(cfg: Config) -> int:
     return cfg.run.cycles
 
 
+def after_adam(cfg: Config, run: RunDir, cycle: int, slot: int) -> tuple[Path, str]:
+    """Where ``slot``'s state after cycle ``cycle``'s Adam phase is, and that record's kind: its trained member
+    entry, or — for a slot that is not Adam-trained (``population.member0``: ``ea_only``, ``frozen``) — its start
+    entry, which no job of the phase touches (so no GPU job is queued for it). Runs made by easlurm before this also
+    hold a member entry referencing that start entry: the same files."""
+    if is_adam_trained(cfg, slot):
+        return run.member(cycle, slot), "member"
+    return run.start(cycle, slot), "start"
+
+
 def final_folder(cfg: Config, run: RunDir, slot: int) -> Path:
     """Folder of final member ``slot``: the final Adam phase's output, or the last EA phase's without one."""
     c = final_cycle(cfg)
-    return run.member(c, slot) if cfg.adam.final_phase else run.start(c, slot)
+    return after_adam(cfg, run, c, slot)[0] if cfg.adam.final_phase else run.start(c, slot)
 
 
 @dataclass(kw_only=True)
@@ -178,15 +188,18 @@ def final_members(cfg: Config, run: RunDir) -> list[tuple[Path, MemberMeta]]:
     """The final population, slot order, each checked complete. Raises :class:`CheckpointError` naming the first
     missing member and the stage that writes it."""
     c = final_cycle(cfg)
-    kind = "member" if cfg.adam.final_phase else "start"
-    hint = (f"written by the final Adam phase, cycle {c}" if cfg.adam.final_phase
-            else f"written by the EA phase of cycle {c - 1}")
-    return [(f, require_member(f, kind, ("G.pt",), hint))
-            for f in (final_folder(cfg, run, i) for i in range(cfg.population.size))]
+    out = []
+    for i in range(cfg.population.size):
+        folder = final_folder(cfg, run, i)
+        trained = cfg.adam.final_phase and is_adam_trained(cfg, i)
+        hint = (f"written by the final Adam phase, cycle {c}" if trained
+                else f"written by the EA phase of cycle {c - 1}")
+        out.append((folder, require_member(folder, "member" if trained else "start", ("G.pt",), hint)))
+    return out
 
 
 __all__ = [
     "MEMBER_SCHEMA", "MemberMeta", "preferences", "slot_mode", "is_adam_trained", "is_replaceable", "adam_cycles",
-    "phase_iters", "final_cycle", "final_folder", "read_member", "write_member", "member_file", "load_member_file",
-    "member_complete", "require_member", "final_members",
+    "phase_iters", "final_cycle", "after_adam", "final_folder", "read_member", "write_member", "member_file",
+    "load_member_file", "member_complete", "require_member", "final_members",
 ]

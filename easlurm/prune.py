@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .config import load_run_config
 from .errors import EaslurmError
-from .population import adam_cycles, member_complete, read_member
+from .population import adam_cycles, is_adam_trained, member_complete, read_member
 from .checkpoints import PRUNED
 from .store import RunDir, atomic_write_json
 
@@ -47,8 +47,10 @@ def plan_prune(run_dir: str | Path, keep: int) -> list[PruneItem]:
     cycles = adam_cycles(cfg)
     n = cfg.population.size
 
+    trained = [i for i in range(n) if is_adam_trained(cfg, i)]  # only they have member folders of their own
+
     def finished(c: int) -> bool:
-        return all(member_complete(run.member(c, i), "member") for i in range(n))
+        return all(member_complete(run.member(c, i), "member") for i in trained)
 
     done = [c for c in cycles if finished(c)]
     if not done:
@@ -60,7 +62,7 @@ def plan_prune(run_dir: str | Path, keep: int) -> list[PruneItem]:
         # through its start entries) has finished too.
         if c > newest - keep or c + 1 not in done:
             continue
-        for i in range(n):
+        for i in trained:
             folder = run.member(c, i)
             meta = read_member(folder)
             if meta is None:

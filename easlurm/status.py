@@ -32,7 +32,7 @@ from .orchestrate.client import CommandClient
 from .orchestrate.plan import build_plan, snapshot
 from .orchestrate.slurm_state import sacct_usage
 from .orchestrate.state import SubmissionBook
-from .population import adam_cycles, read_member, slot_mode
+from .population import adam_cycles, is_adam_trained, read_member, slot_mode
 from .run_record import recorded_executor
 from .store import RunDir, read_json
 from .timings import TaskTime, parse_local_time, task_times
@@ -90,8 +90,10 @@ def _members(cfg: Config, run: RunDir, cycle: int, times: Mapping[tuple[str, int
     rows = []
     for i in range(cfg.population.size):
         row: dict[str, Any] = {"slot": i, "mode": slot_mode(cfg, i)}
+        trained = is_adam_trained(cfg, i)
         try:
-            start, meta = read_member(run.start(cycle, i)), read_member(run.member(cycle, i))
+            start = read_member(run.start(cycle, i))
+            meta = read_member(run.member(cycle, i)) if trained else None
         except EaslurmError as exc:
             start = meta = None
             row["error"] = str(exc)
@@ -99,8 +101,9 @@ def _members(cfg: Config, run: RunDir, cycle: int, times: Mapping[tuple[str, int
         row["objectives_start"] = list(start.ea_objectives) if start and start.ea_objectives else None
         row["objectives_trained"] = _pair(fit["initial"][i]) if fit and i < len(fit.get("initial", [])) else None
         row["iteration"] = meta.iteration if meta else 0
-        row["target"] = meta.iters_target if meta else None
-        row["done"] = bool(meta and meta.done)
+        # A slot that is not Adam-trained has nothing to do in the phase: target 0, done once its start exists.
+        row["target"] = (meta.iters_target if meta else None) if trained else 0
+        row["done"] = bool(meta and meta.done) if trained else start is not None
         tt = times.get((key, i))
         row["finished_at"] = tt.done_at if tt else None
         job = jobs.get((key, i))
@@ -109,8 +112,8 @@ def _members(cfg: Config, run: RunDir, cycle: int, times: Mapping[tuple[str, int
         row["reason"] = info.reason if info and info.reason and info.reason != "None" else None
         rows.append(row)
     ends = [r["finished_at"] for r in rows if r["finished_at"] is not None and r["mode"] == "trained"]
-    trained = sum(1 for r in rows if r["mode"] == "trained")
-    barrier = max(ends) - min(ends) if ends and len(ends) == trained else None
+    n_trained = sum(1 for r in rows if r["mode"] == "trained")
+    barrier = max(ends) - min(ends) if ends and len(ends) == n_trained else None
     return {"cycle": cycle, "members": rows, "barrier_s": barrier,
             "first_member_done": min(ends) if ends else None, "last_member_done": max(ends) if ends else None}
 
@@ -133,28 +136,30 @@ def collect(run_dir: str | Path, *, slurm: bool = True) -> dict[str, Any]:
     stages: list[dict[str, Any]] = []
     prev_end: float | None = None
     for s in plan:
-        tts = [times[(s.key, i)] for i in range(len(s.tasks))]
-        n_done = sum(done[(s.key, i)] for i in range(len(s.tasks)))
+        # An Adam phase's slot that is not Adam-trained is no task (no job, no time): count the busy ones only.
+        idx = [i for i, t in enumerate(s.tasks) if (s.key, i) in times]
+        tts = [times[(s.key, i)] for i in idx]
+        n_done = sum(done[(s.key, i)] for i in idx)
         gpus = _gpus(cfg, executor, s.kind.name)
         starts = [t.start for t in tts if t.start is not None]
         ends = [t.end for t in tts if t.end is not None]
         busy = sum(t.busy_s for t in tts)
         row: dict[str, Any] = {
-            "stage": s.key, "kind": s.kind.name, "cycle": s.cycle, "tasks": len(s.tasks), "done": n_done,
-            "start": min(starts) if starts else None, "end": max(ends) if n_done == len(s.tasks) and ends else None,
+            "stage": s.key, "kind": s.kind.name, "cycle": s.cycle, "tasks": len(idx), "done": n_done,
+            "start": min(starts) if starts else None, "end": max(ends) if n_done == len(idx) and ends else None,
             "task_s": busy, "gpus_per_task": gpus, "gpu_h": busy * gpus / 3600, "gpu_h_source": "files",
             "time_source": sorted({t.source for t in tts if t.source != "none"}),
-            "jobs": [latest[(s.key, i)] for i in range(len(s.tasks)) if (s.key, i) in latest],
+            "jobs": [latest[(s.key, i)] for i in idx if (s.key, i) in latest],
         }
         row["wall_s"] = row["end"] - row["start"] if row["start"] is not None and row["end"] is not None else None
         waits = []
-        for i, t in enumerate(tts):
+        for i, t in zip(idx, tts):
             first = subs.get((s.key, i), [("", None)])[0][1]
             if first is not None and t.start is not None:
                 waits.append(max(0.0, t.start - max(first, prev_end or first)))
         row["queue_wait_s"] = max(waits) if waits else None
         if usage:
-            jobs = [j for i in range(len(s.tasks)) for j, _ in subs.get((s.key, i), [])]
+            jobs = [j for i in idx for j, _ in subs.get((s.key, i), [])]
             known = [usage[j] for j in jobs if j in usage]
             if known:
                 row["gpu_h"] = sum(u["gpu_s"] for u in known) / 3600

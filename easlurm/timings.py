@@ -101,11 +101,14 @@ def parse_local_time(text: str) -> float | None:
 
 def task_times(cfg: Config, run: RunDir, plan: list[Stage], done: Mapping[tuple[str, int], bool] | None = None
                ) -> list[TaskTime]:
-    """One :class:`TaskTime` per task of ``plan`` (stage order). ``done``: (stage key, index) → finished, when the
-    caller already knows (else each task's ``is_done`` is asked)."""
+    """One :class:`TaskTime` per task of ``plan`` that has work (stage order; an Adam phase's slot that is not
+    Adam-trained has none and no job). ``done``: (stage key, index) → finished, when the caller already knows (else
+    each task's ``is_done`` is asked)."""
     out: list[TaskTime] = []
     for stage in plan:
         for i, task in enumerate(stage.tasks):
+            if not stage.kind.busy(cfg, task.arguments):
+                continue
             tt = TaskTime(stage.key, stage.kind.name, stage.cycle, i, task.label)
             try:
                 record = stage.kind.record(cfg, run, **task.arguments)

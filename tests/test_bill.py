@@ -13,7 +13,7 @@ from easlurm.bill import (
 )
 from easlurm.config import load_config, load_run_config
 from easlurm.footprint import EA_RECORDS, MEMBERS, NEW_GENOMES, TENSORBOARD, checkpoint_sizes
-from easlurm.orchestrate.plan import build_plan
+from easlurm.orchestrate.plan import build_plan, to_run
 from easlurm.store import RunDir
 from easlurm.timings import Rates, StageRate, rate_key
 from hpc_runs import file_bytes, finished_run
@@ -30,15 +30,16 @@ def run(tmp_path_factory: pytest.TempPathFactory, demo_shards: Path) -> Path:
 def test_rrdb_bill_states_gpu_hours_requested():
     cfg = load_config(RRDB)
     b = make_bill(cfg)
-    # 23 Adam phases × 5 members × 24 h + 22 EA phases × 6 h + fusion 24 h + evaluation 2 h, one GPU each; the init
-    # stage asks for no GPU and model.pretrained skips pretraining.
-    assert b.gpu_h_requested == pytest.approx(23 * 5 * 24 + 22 * 6 + 24 + 2) == pytest.approx(2918)
+    # 23 Adam phases × 4 trained members × 24 h + 22 EA phases × 6 h + fusion 24 h + evaluation 2 h, one GPU each;
+    # member 0 is ea_only (no job: nothing to train), the init stage asks for no GPU and model.pretrained skips
+    # pretraining.
+    assert b.gpu_h_requested == pytest.approx(23 * 4 * 24 + 22 * 6 + 24 + 2) == pytest.approx(2366)
     plan = build_plan(cfg, RunDir(cfg.run.root))
-    assert b.jobs == sum(len(s.tasks) for s in plan) == 140
+    assert b.jobs == sum(len(to_run(s)) for s in plan) == 117
     by_kind = {s.kind: s for s in b.stages}
-    assert by_kind["adam"].tasks == 115 and by_kind["adam"].gpu_h_requested == pytest.approx(2760)
+    assert by_kind["adam"].tasks == 92 and by_kind["adam"].gpu_h_requested == pytest.approx(2208)
     text = format_bill(b)
-    assert "140 jobs, 2,918.0 GPU-h requested" in text
+    assert "117 jobs, 2,366.0 GPU-h requested" in text
     assert "no measured rates" in text  # nothing measured for this config: no expected time is invented
     assert b.expected_gpu_h is None and b.warnings == []
     # Checkpoint sizes from the real architecture: 16.7 M generator parameters in float32 (+ framing).
@@ -157,10 +158,10 @@ def test_rates_measured_by_a_finished_run_price_the_next_one(run: Path, capsys):
     saved = run.parent.parent / "rates.json"
     assert bill_main(["--run", str(run), "--save-rates", str(saved), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["jobs"] == 15 and out["expected_gpu_h"] is not None
+    assert out["jobs"] == 12 and out["expected_gpu_h"] is not None
     assert json.loads(saved.read_text())["stages"]["adam"]["unit"] == "iteration"
     assert bill_main(["--config", str(RRDB), "--rates", str(saved)]) == 0
-    assert "2,918.0 GPU-h requested" in capsys.readouterr().out
+    assert "2,366.0 GPU-h requested" in capsys.readouterr().out
 
 
 def test_launch_prints_the_bill(run: Path):
@@ -168,10 +169,10 @@ def test_launch_prints_the_bill(run: Path):
 
     launched = (run.parent.parent / "launch-output.txt").read_text()
     head = launched.split("[debug]")[0]
-    assert "# bill: 15 jobs" in head and "# disk:" in head  # the summary, before the first task ran
+    assert "# bill: 12 jobs" in head and "# disk:" in head  # the summary, before the first task ran
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert launch_main(["--resume", str(run), "--dry-run"]) == 0
     text = out.getvalue()
-    assert "# bill: 15 jobs" in text and "# disk: one member checkpoint is" in text
+    assert "# bill: 12 jobs" in text and "# disk: one member checkpoint is" in text
     assert "rates measured in: run " in text  # its own finished tasks

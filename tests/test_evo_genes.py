@@ -17,7 +17,9 @@ from easlurm.evo.evolve import make_child
 from easlurm.evo.genes import gene_plan
 from easlurm.evo.job import run_ea
 from easlurm.models.specs import build_generator, generator_spec
-from easlurm.population import MemberMeta, member_file, preferences, read_member, slot_mode, write_member
+from easlurm.population import (
+    MemberMeta, after_adam, member_file, preferences, read_member, slot_mode, write_member,
+)
 from easlurm.preflight import tiny_overrides
 from easlurm.store import RunDir
 from easlurm.tensor_files import torch_bytes
@@ -117,9 +119,10 @@ def _swinir_run(root: Path, demo: Path, *overrides: str, n: int = 3) -> RunDir:
         torch.manual_seed(200 + i)
         files = {"G.pt": torch_bytes(factory.build_generator(cfg).state_dict()),
                  "D.pt": torch_bytes(factory.build_discriminator(cfg).state_dict())}
-        meta = MemberMeta(kind="member", cycle=1, slot=i, preference=pref, mode=slot_mode(cfg, i), origin="test",
+        folder, kind = after_adam(cfg, run, 1, i)  # swinir.yaml's member 0 is ea_only: its start entry
+        meta = MemberMeta(kind=kind, cycle=1, slot=i, preference=pref, mode=slot_mode(cfg, i), origin="test",
                           iteration=4, iters_target=4, sample_index=8, done=True)
-        write_member(run.member(1, i), meta, files)
+        write_member(folder, meta, files)
     return run
 
 

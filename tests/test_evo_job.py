@@ -27,7 +27,9 @@ from easlurm.evo.evolve import EAState, evolve
 from easlurm.evo.job import run_ea
 from easlurm.stages.ea import EADone
 from easlurm.evo.pareto import hypervolume
-from easlurm.population import MemberMeta, member_file, preferences, read_member, slot_mode, write_member
+from easlurm.population import (
+    MemberMeta, after_adam, member_file, preferences, read_member, slot_mode, write_member,
+)
 from easlurm.store import RunDir, sha256_file
 from easlurm.tensor_files import torch_bytes
 
@@ -77,9 +79,11 @@ def make_run(root: Path, shards: Path, *overrides: str, n: int = 3) -> RunDir:
                        "param_groups": [{"lr": 1e-4, "params": [0]}]}}
         files = {"G.pt": torch_bytes(g.state_dict()), "D.pt": torch_bytes(d.state_dict()),
                  "optim.pt": torch_bytes(optim)}
-        meta = MemberMeta(kind="member", cycle=CYCLE, slot=i, preference=prefs[i], mode=slot_mode(cfg, i),
+        # A slot that is not Adam-trained keeps its start entry through the phase (easlurm.population.after_adam).
+        folder, kind = after_adam(cfg, run, CYCLE, i)
+        meta = MemberMeta(kind=kind, cycle=CYCLE, slot=i, preference=prefs[i], mode=slot_mode(cfg, i),
                           origin="test", iteration=30, iters_target=30, sample_index=120, done=True)
-        write_member(run.member(CYCLE, i), meta, files)
+        write_member(folder, meta, files)
     return run
 
 
@@ -305,8 +309,8 @@ def test_frozen_slot_is_never_replaced(selection, n, shards, tmp_path):
                    "ea.reset_adam=false", "ea.generations=3", n=n)
     run_ea(run.root, CYCLE)
     meta0 = start(run, 0)
-    assert meta0.mode == "frozen" and meta0.origin == f"carried:cycles/{CYCLE:03d}/members/00/G.pt"
-    assert member_file(run.start(CYCLE + 1, 0), meta0, "G.pt").path == run.member(CYCLE, 0) / "G.pt"
+    assert meta0.mode == "frozen" and meta0.origin == f"carried:cycles/{CYCLE:03d}/start/00/G.pt"
+    assert member_file(run.start(CYCLE + 1, 0), meta0, "G.pt").path == run.start(CYCLE, 0) / "G.pt"
     rows = lineage(run)
     assert len(rows) == 3 * n and all(0 not in r["accepted_into"] for r in rows)
     rec = record(run)

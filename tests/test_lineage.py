@@ -34,6 +34,12 @@ def _real_g(run: Path, c: int, kind: str, j: int) -> str:
         (folder / "G.pt").relative_to(run))
 
 
+def _after_adam(run: Path, c: int) -> dict[str, int]:
+    """Real G path → slot of cycle c's population after its Adam phase: a trained slot's members entry, the
+    ea_only slot 0's start entry (nothing trains it; the toy run is RRDB-like)."""
+    return {_real_g(run, c, "members" if k else "start", k): k for k in range(3)}
+
+
 def _expected_line(run: Path, slot: int, last: int) -> list[tuple[int, int]]:
     """(cycle, slot) of the members on final member ``slot``'s primary line, newest first — read straight from
     the start entries' origins and lineage.jsonl (first parents), independently of easlurm.lineage."""
@@ -46,7 +52,7 @@ def _expected_line(run: Path, slot: int, last: int) -> list[tuple[int, int]]:
         if c == 0:
             assert kind in ("pretrain", "pretrained")
             return out
-        members = {_real_g(run, c - 1, "members", k): k for k in range(3)}
+        members = _after_adam(run, c - 1)
         if kind == "carried":
             c, j = c - 1, members[rest]
             continue
@@ -97,7 +103,7 @@ def test_ancestry_matches_lineage_jsonl(run: Path):
         row = next(r for r in _jsonl(run / "cycles" / f"{node.cycle:03d}" / "ea" / "lineage.jsonl")
                    if r["id"] == node.id)
         assert node.operators == row["operators"] and node.objectives == row["objectives"]
-        members = {_real_g(run, node.cycle, "members", k): f"member {node.cycle}/{k:02d}" for k in range(3)}
+        members = {path: f"member {node.cycle}/{k:02d}" for path, k in _after_adam(run, node.cycle).items()}
         assert node.parents == [p["child"] if "child" in p else members[p["checkpoint"]] for p in row["parents"]]
     # Crossover counts are those of the SBX operators on the primary line, by partner slot.
     for j in range(3):

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from easlurm import factory
+from easlurm.checkpoints import verify_checkpoint_dir
 from easlurm.config import Config, load_config, load_run_config, write_config
 from easlurm.orchestrate.local import DebugExecutor
 from easlurm.orchestrate.plan import build_plan, pending_stages
-from easlurm.population import member_file, read_member
-from easlurm.checkpoints import verify_checkpoint_dir
+from easlurm.population import after_adam, is_adam_trained, member_file, read_member
 from easlurm.store import RunDir, sha256_file
 from easlurm.tensor_files import load_verified
 
@@ -43,16 +43,13 @@ def _run_to_the_end(cfg: Config, root: Path) -> tuple[RunDir, list[tuple[str, in
     return run, ex.calls
 
 
-def _expected_calls(n: int) -> list[tuple[str, int]]:
-    keys = ["pretrain", "init"]
+def _expected_calls(cfg: Any) -> list[tuple[str, int]]:
+    """Every task that runs, in order: an Adam phase runs its Adam-trained slots only (array index = slot)."""
+    trained = [i for i in range(cfg.population.size) if is_adam_trained(cfg, i)]
+    out = [("pretrain", 0), ("init", 0)]
     for c in range(CYCLES + 1):
-        keys += [f"adam/{c:03d}"] * n + ([f"ea/{c:03d}"] if c < CYCLES else [])
-    keys += ["fuse", "eval"]
-    out, seen = [], {}
-    for k in keys:
-        out.append((k, seen.get(k, 0)))
-        seen[k] = seen.get(k, 0) + 1
-    return out
+        out += [(f"adam/{c:03d}", i) for i in trained] + ([(f"ea/{c:03d}", 0)] if c < CYCLES else [])
+    return out + [("fuse", 0), ("eval", 0)]
 
 
 def check_finished_run(run: RunDir, calls: list[tuple[str, int]] | None) -> dict[str, Any]:
@@ -60,12 +57,12 @@ def check_finished_run(run: RunDir, calls: list[tuple[str, int]] | None) -> dict
     cfg = load_run_config(run.root)
     n = cfg.population.size
     if calls is not None:
-        assert calls == _expected_calls(n)
+        assert calls == _expected_calls(cfg)
     plan = build_plan(cfg, run)
     assert pending_stages(plan) == []
     # Every checkpoint folder of every stage verifies in full: its own files and the files it references.
-    folders = [run.pretrain, run.fusion] + [f(c, i) for c in range(CYCLES + 1) for i in range(n)
-                                            for f in (run.start, run.member)]
+    folders = [run.pretrain, run.fusion] + [f for c in range(CYCLES + 1) for i in range(n)
+                                            for f in (run.start(c, i), after_adam(cfg, run, c, i)[0])]
     for folder in folders:
         assert verify_checkpoint_dir(folder), folder
     # Write-once: each EA phase's done record still matches the start entries it wrote, after every later stage.
@@ -93,8 +90,8 @@ def check_finished_run(run: RunDir, calls: list[tuple[str, int]] | None) -> dict
     again = DebugExecutor(cfg, run, echo=lambda m: None)
     again.run(plan)
     assert again.calls == []
-    return {"cfg": cfg, "g0": [member_file(run.member(c, 0), read_member(run.member(c, 0)), "G.pt").path
-                               for c in range(CYCLES + 1)]}
+    slot0 = [after_adam(cfg, run, c, 0)[0] for c in range(CYCLES + 1)]
+    return {"cfg": cfg, "g0": [member_file(f, read_member(f), "G.pt").path for f in slot0]}
 
 
 def _slot0_never_replaced(run: RunDir) -> bool:
@@ -117,7 +114,7 @@ def test_tiny_runs_end_to_end(member0, selection, demo_shards, tmp_path):
     if member0 == "frozen":
         # Never trained, never replaced: every cycle's member 0 is the init stage's generator file itself.
         assert set(g0) == {run.start(0, 0) / "G.pt"} and _slot0_never_replaced(run)
-        assert all(not (run.member(c, 0) / "G.pt").exists() for c in range(CYCLES + 1))
+        assert all(not run.member(c, 0).exists() for c in range(CYCLES + 1))
     else:
         assert g0 == [run.member(c, 0) / "G.pt" for c in range(CYCLES + 1)]  # trained every phase
 
@@ -149,8 +146,8 @@ def test_shrunk_paper_configs_run_end_to_end(name, tmp_path):
     assert again.calls == []
     assert cfg.model.arch == PAPER_CONFIGS[name]
     g0 = facts["g0"]
-    # Member 0 is never Adam-trained (frozen: SRResNet; EA-only: RRDB): its members folders hold no generator file.
-    assert all(not (run.member(c, 0) / "G.pt").exists() for c in range(CYCLES + 1))
+    # Member 0 is never Adam-trained (frozen: SRResNet; EA-only: RRDB): no job ever ran for it, no members folder.
+    assert all(not run.member(c, 0).exists() for c in range(CYCLES + 1))
     if cfg.population.member0 == "frozen":
         assert set(g0) == {run.start(0, 0) / "G.pt"} and _slot0_never_replaced(run)
     else:

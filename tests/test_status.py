@@ -11,6 +11,7 @@ import pytest
 from easlurm.config import load_run_config
 from easlurm.orchestrate.plan import build_plan
 from easlurm.orchestrate.slurm_text import parse_sacct
+from easlurm.population import is_adam_trained
 from easlurm.status import collect, main as status_main
 from easlurm.store import RunDir, atomic_write_json, read_json
 from easlurm.timings import task_times
@@ -127,15 +128,17 @@ def test_queue_wait_counts_from_submission_or_the_previous_stage_end(copy: Path)
     assert all(st["queue_wait_s"] is None and st["jobs"] == [] for st in s0["stages"])  # nothing was submitted
     ea0 = next(st for st in s0["stages"] if st["stage"] == "ea/000")
     early = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ea0["start"] - 100))  # queued behind ea/000
+    cfg = load_run_config(copy)
+    trained = [i for i in range(cfg.population.size) if is_adam_trained(cfg, i)]
+    assert 0 < len(trained) < cfg.population.size  # member0 is an EA-only slot: no task, no job
     atomic_write_json(copy / "state.json", {"submissions": [
-        {"time": early, "stage": "adam/001", "tasks": {"900_0": 0, "900_1": 1, "900_2": 2},
+        {"time": early, "stage": "adam/001", "tasks": {f"900_{i}": i for i in trained},
          "dependency": ["899"]}], "cancelled": []})
     s = collect(copy, slurm=False)
     adam1 = next(st for st in s["stages"] if st["stage"] == "adam/001")
-    assert adam1["jobs"] == ["900_0", "900_1", "900_2"]
+    assert adam1["jobs"] == [f"900_{i}" for i in trained] and adam1["tasks"] == len(trained)
     # It waited for its dependency (ea/000) first, which is not queue wait: the wait counts from ea/000's end, to
     # the start of the member that started last (the debug executor runs them one after another).
-    cfg = load_run_config(copy)
     starts = [t.start for t in task_times(cfg, RunDir(copy), build_plan(cfg, RunDir(copy)))
               if t.stage == "adam/001"]
     assert adam1["queue_wait_s"] == pytest.approx(max(starts) - ea0["end"])

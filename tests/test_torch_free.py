@@ -37,8 +37,9 @@ def test_dry_run_of_a_paper_config(tmp_path):
                     f"'--run-dir', {str(tmp_path / 'rrdb')!r}]))")
     assert res.returncode == 0, res.stderr
     out = res.stdout
-    assert "# ---- sbatch script: adam/000 ----" in out and "#SBATCH --array=0,1,2,3,4%5" in out
-    assert "# bill: 140 jobs, 2,918.0 GPU-h requested" in out
+    # Member 0 is ea_only: nothing to train, no job — the array holds the trained slots (array index = slot).
+    assert "# ---- sbatch script: adam/000 ----" in out and "#SBATCH --array=1,2,3,4%5" in out
+    assert "# bill: 117 jobs, 2,366.0 GPU-h requested" in out
     assert "# disk: not sized here (the networks are sized with torch" in out
     assert not (tmp_path / "rrdb").exists()
 

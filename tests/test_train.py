@@ -16,7 +16,7 @@ import torch
 
 from conftest import stage_done, stage_progress
 from easlurm import factory, losses
-from easlurm.config import load_config
+from easlurm.config import load_config, load_run_config
 from easlurm.errors import CheckpointError, ConfigError, TrainingError
 from easlurm.population import (
     MemberMeta, load_member_file, member_file, preferences, read_member, write_member,
@@ -355,21 +355,26 @@ def test_init_stage_writes_the_start_population_once_with_one_generator_file(mak
 
 
 @pytest.mark.parametrize("mode", ["frozen", "ea_only"])
-def test_member0_not_adam_trained_finishes_at_once_by_reference(make_run, mode):
+def test_member0_not_adam_trained_has_no_task_to_run(make_run, mode):
+    """No GPU job for a slot with no work: its task is done from the start, the phase's array holds only the
+    trained slots (array index = slot), its state after the phase is its start entry, and running it by hand is a
+    clear error."""
+    from easlurm.orchestrate.plan import build_plan, pending_stages
+    from easlurm.population import after_adam
+
     run = _started(make_run, [f"population.member0={mode}"])
     rd = RunDir(run)
-    start = read_member(rd.start(0, 0))
-    meta = train_member(run, 0, 0)
-    folder = rd.member(0, 0)
-    assert meta.done and meta.kind == "member" and meta.iteration == 0 and meta.mode == mode
-    assert meta.trained_from == "cycles/000/start/00" and stage_done(run, "adam", cycle=0, member=0)
-    assert sorted(p.name for p in folder.iterdir()) == ["meta.json"]  # no copies: references only
-    assert start is not None and set(meta.files["sha256"]) == set(start.files["sha256"])
-    for name in meta.files["sha256"]:
-        assert member_file(folder, meta, name) == member_file(rd.start(0, 0), start, name)
-    _assert_equal_tree(load_member_file(folder, meta, "G.pt"), load_member_file(rd.start(0, 0), start, "G.pt"))
-    # The other slots are trained.
-    assert train_member(run, 0, 1).iteration == 6
+    cfg = load_run_config(run)
+    assert stage_done(run, "adam", cycle=0, member=0) and not stage_done(run, "adam", cycle=0, member=1)
+    adam0 = next(s for s in pending_stages(build_plan(cfg, rd)) if s.key == "adam/000")
+    assert [i for i, t in enumerate(adam0.tasks) if not t.is_done()] == [1, 2]
+    assert after_adam(cfg, rd, 0, 0) == (rd.start(0, 0), "start")
+    assert after_adam(cfg, rd, 0, 1) == (rd.member(0, 1), "member")
+    with pytest.raises(ConfigError, match=rf"member 00: not Adam-trained \(population.member0: {mode}\); its state "
+                                          r"after the phase is its start entry .*cycles/000/start/00, nothing runs"):
+        train_member(run, 0, 0)
+    assert not rd.member(0, 0).exists()
+    assert train_member(run, 0, 1).iteration == 6  # the other slots are trained
 
 
 def test_member0_trained_is_adam_trained(make_run):

@@ -40,7 +40,7 @@ from ..engine.context import StageContext, stage_context
 from ..errors import CheckpointError, ConfigError
 from ..leases import Lease
 from ..models.specs import generator_spec
-from ..population import MemberMeta, member_file, require_member, slot_mode, write_member
+from ..population import MemberMeta, after_adam, member_file, require_member, slot_mode, write_member
 from ..runtime import deterministic_cudnn
 from ..stages.ea import RECORD_FILES, EADone, done_record
 from ..store import RunDir, atomic_write_bytes, atomic_write_json, sha256_file
@@ -147,9 +147,12 @@ def run_ea(run_dir: str | os.PathLike[str], cycle: int, device: str | None = Non
 def _run_ea(ctx: StageContext, cycle: int) -> EADone:
     run, cfg, dev, pre, lease = ctx.run, ctx.cfg, ctx.device, ctx.preempt, ctx.lease
     n, ea = cfg.population.size, cfg.ea
-    hint = f"written by the Adam phase of cycle {cycle}"
-    members = [(run.member(cycle, j), require_member(run.member(cycle, j), "member", ("G.pt", "D.pt"), hint))
-               for j in range(n)]
+    members = []
+    for j in range(n):
+        folder, kind = after_adam(cfg, run, cycle, j)
+        hint = (f"written by the Adam phase of cycle {cycle}" if kind == "member"
+                else "written by the init stage" if cycle == 0 else f"written by the EA phase of cycle {cycle - 1}")
+        members.append((folder, require_member(folder, kind, ("G.pt", "D.pt"), hint)))
     progress = run.ea(cycle) / "progress"
     with deterministic_cudnn():
         model = factory.build_generator(cfg).to(dev).eval()

@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..store import RunDir, make_dirs
 from . import container
 from .base import Echo, StageFailed, permanent_error, read_error, run_task
-from .plan import Stage, pending_stages, task_log
+from .plan import Stage, pending_stages, task_log, to_run
 
 
 @dataclass
@@ -64,8 +64,8 @@ class LocalExecutor:
         out = [f"# easlurm plan for {self.run_dir.root} ({len(plan)} stage(s) to run, local executor, up to "
                f"{self.cap} task(s) at once)"]
         for s in plan:
-            for i, t in enumerate(s.tasks):
-                out.append(f"{s.key:<10} {t.label:<18} {' '.join(shlex.quote(w) for w in self.command(s, i))}")
+            for i in to_run(s):
+                out.append(f"{s.key:<10} {s.tasks[i].label:<18} {' '.join(shlex.quote(w) for w in self.command(s, i))}")
         return "\n".join(out) + "\n"
 
     def _env(self, width: int) -> tuple[dict[str, str], str | None]:
@@ -180,7 +180,8 @@ class DebugExecutor:
                     raise StageFailed(stage, i, "returned but its outputs are missing")
 
     def describe(self, plan: list[Stage]) -> str:
-        return "\n".join(f"{s.key:<10} {t.label:<18} {t.describe()}" for s in plan for t in s.tasks) + "\n"
+        return "\n".join(f"{s.key:<10} {s.tasks[i].label:<18} {s.tasks[i].describe()}" for s in plan
+                         for i in to_run(s)) + "\n"
 
 
 __all__ = ["LocalExecutor", "DebugExecutor", "StageFailed"]

@@ -111,6 +111,12 @@ def find_task(plan: list[Stage], key: str, index: int) -> tuple[Stage, Task]:
     raise ConfigError(f"no stage {key!r} in the plan (stages: {', '.join(s.key for s in plan)})")
 
 
+def to_run(stage: Stage) -> list[int]:
+    """Indices of ``stage``'s tasks that are not done — what a launch would run (a task with no work, such as an
+    Adam phase's slot that is not Adam-trained, is done from the start)."""
+    return [i for i, t in enumerate(stage.tasks) if not t.is_done()]
+
+
 #: (stage key, task index) → done: one look at the files, shared by everything that decides in one round.
 Done = dict[tuple[str, int], bool]
 

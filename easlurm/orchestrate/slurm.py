@@ -29,7 +29,7 @@ from ..store import RunDir
 from .base import Echo, StageFailed, permanent_error, read_error
 from .client import CommandClient, SlurmClient
 from .decide import QUERY_FAILED, Decision, Policy, TaskView, Verdict, decide, is_held
-from .plan import Done, Stage, pending_stages, snapshot
+from .plan import Done, Stage, pending_stages, snapshot, to_run
 from .sbatch import Submission, leads_for, log_path, render, submit
 from .slurm_state import TERMINAL_STATES, JobInfo, SlurmQueryError
 from .state import SubmissionBook, TaskKey
@@ -244,12 +244,14 @@ class SlurmExecutor:
         """The dry-run text: the plan, then the exact sbatch script of every stage (nothing is submitted).
         Dependencies on jobs that do not exist yet are shown as ``afterok:<stage key>``."""
         out = [f"# easlurm plan for {self.run_dir.root} ({len(plan)} stage(s) to run)"]
+        runs = {s.key: to_run(s) for s in plan}
         for s in plan:
-            out.append(f"#   {s.key:<10} {len(s.tasks)} task(s): " + "; ".join(t.describe() for t in s.tasks[:2])
-                       + (" …" if len(s.tasks) > 2 else ""))
+            tasks = [s.tasks[i] for i in runs[s.key]]
+            out.append(f"#   {s.key:<10} {len(tasks)} task(s): " + "; ".join(t.describe() for t in tasks[:2])
+                       + (" …" if len(tasks) > 2 else ""))
         prev: str | None = None
         for s in plan:
-            sub = Submission(s, tuple(range(len(s.tasks))), (f"<{prev}>",) if prev else ())
+            sub = Submission(s, tuple(runs[s.key]), (f"<{prev}>",) if prev else ())
             script = render(self.cfg, self.run_dir, sub, self.python, leads_for(self.leads, s.kind.name)).rstrip()
             out += ["", f"# ---- sbatch script: {s.key} ----", script]
             prev = s.key

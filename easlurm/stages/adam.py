@@ -3,7 +3,9 @@
 Member I's task of cycle C (:func:`easlurm.train.member.train_member`) reads ``cycles/C/start/I`` and writes
 ``cycles/C/members/I`` — ``G.pt``, ``D.pt``, ``optim.pt``, ``rng.pt`` and ``meta.json``
 (:class:`easlurm.population.MemberMeta`) — committed every ``adam.checkpoint_every`` iterations, at the end and on
-the pre-timeout warning. A slot that is not Adam-trained (``population.member0``) finishes at once with references.
+the pre-timeout warning. A slot that is not Adam-trained (``population.member0``: ``ea_only``, ``frozen``) has no
+work: its task is done from the start, no job is queued for it (the array holds the trained slots only, array
+index = slot), and readers take its start entry (:func:`easlurm.population.after_adam`).
 """
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ if TYPE_CHECKING:
 
 
 def is_done(cfg: Config, run: RunDir, cycle: int, member: int) -> bool:
-    """The member's record says done and its files exist with their recorded sizes."""
-    return member_complete(run.member(cycle, member), "member")
+    """The member's record says done and its files exist with their recorded sizes (a slot that is not
+    Adam-trained: always — there is nothing to do, and the stage before wrote its start entry)."""
+    return not is_adam_trained(cfg, member) or member_complete(run.member(cycle, member), "member")
 
 
 def _record(cfg: Config, run: RunDir, cycle: int, member: int) -> MemberMeta | None:

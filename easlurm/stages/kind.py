@@ -109,7 +109,8 @@ class StageKind:
     units: Callable[[Config, int | None], int] = _one
     """Units of work of one task of the stage in ``cycle`` (the bill: units × seconds per unit)."""
     busy: Callable[[Config, Mapping[str, Any]], bool] = _busy
-    """Whether a task does the stage's work (a member slot that is not Adam-trained only writes references)."""
+    """Whether a task does work and so gets a job (a member slot that is not Adam-trained has none: its task is done
+    from the start and the bill counts no job for it)."""
     commits: Callable[[Config], dict[str, int]] = _nothing
     """What one checkpoint commit writes: file kind (keys of :func:`easlurm.footprint.checkpoint_sizes`) → count.
     Empty for a stage that does not checkpoint when warned (it is warned 60 s ahead)."""

@@ -35,7 +35,7 @@ from ..engine.data import batches
 from ..engine.loop import Cadence
 from ..errors import ConfigError
 from ..population import (
-    MemberMeta, adam_cycles, is_adam_trained, member_file, phase_iters, read_member, require_member, write_member,
+    MemberMeta, adam_cycles, is_adam_trained, phase_iters, read_member, require_member, write_member,
 )
 from ..runtime import adam, cpu_state, optimizer_state_cpu
 from ..store import RunDir
@@ -178,6 +178,9 @@ def train_member(run_dir: str | Path, cycle: int, member: int, device: str | Non
         raise ConfigError(f"member {member}: the population has members 0..{n - 1}")
     if cycle not in adam_cycles(cfg):
         raise ConfigError(f"cycle {cycle}: the run's Adam phases are cycles 0..{adam_cycles(cfg)[-1]}")
+    if not is_adam_trained(cfg, member):
+        raise ConfigError(f"member {member:02d}: not Adam-trained (population.member0: {cfg.population.member0}); "
+                          f"its state after the phase is its start entry {run.start(cycle, member)}, nothing runs")
     where = f"Adam phase of cycle {cycle}, member {member:02d}"
     with stage_context(run, cfg, run.member(cycle, member), where, device) as ctx:
         return _train_member(ctx, cycle, member)
@@ -191,14 +194,6 @@ def _train_member(ctx: StageContext, cycle: int, member: int) -> MemberMeta:
     start_folder = run.start(cycle, member)
     start = require_member(start_folder, "start", ("G.pt", "D.pt"), _start_hint(cycle))
     target = phase_iters(cfg, cycle)
-    if not is_adam_trained(cfg, member):
-        # Not Adam-trained: the trained population's entry is the start entry itself, by reference.
-        refs = {name: member_file(start_folder, start, name) for name in sorted(start.files.get("sha256", {}))}
-        record = dataclasses.replace(start, kind="member", iteration=0, iters_target=0, done=True,
-                                     trained_from=run.rel(start_folder), files={},
-                                     attempts=ctx.attempt_log([], 0).entries(0))
-        return write_member(folder, record, refs=refs, fence=ctx.lease.check)
-
     trainee = build_member(cfg, start.preference, ctx.device, ctx.where)
     if meta is None:  # first start: from the start entry; fresh G moments when the EA reset them
         meta = dataclasses.replace(start, kind="member", iteration=0, iters_target=target, sample_index=0,

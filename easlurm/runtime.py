@@ -91,7 +91,23 @@ def adam(params: Iterable[torch.Tensor], lr: float, betas: Sequence[float], fuse
                                                      device=p.device if on_device else torch.device("cpu"))
 
     opt.register_load_state_dict_post_hook(keep_implementation)
+    if use_fused:
+        opt.register_step_pre_hook(_grads_strided_as_params)
     return opt
+
+
+def _grads_strided_as_params(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Give every gradient its parameter's memory layout before a fused step. torch's fused Adam (2.14, CPU at
+    least) reads a gradient whose strides differ from its parameter's as if they were the same, so it applies a
+    permuted update; such gradients are rare (a conv fed a transposed view, as SwinIR's convs after its token
+    layout: its conv-weight gradients come out channels-last) and copying them costs one copy each."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            g = p.grad
+            if g is not None and g.stride() != p.stride():
+                aligned = torch.empty_like(p, memory_format=torch.preserve_format)
+                aligned.copy_(g)
+                p.grad = aligned
 
 
 def optimizer_state_cpu(opt: torch.optim.Optimizer) -> dict[str, Any]:

@@ -61,3 +61,23 @@ def _steps_from(net: torch.nn.Module, opt: torch.optim.Optimizer, start: int, to
         opt.zero_grad(set_to_none=True)
         net(x).square().mean().backward()
         opt.step()
+
+
+def test_a_gradient_laid_out_unlike_its_parameter_gets_the_right_update():
+    """torch's fused CPU Adam reads a channels-last gradient of a contiguous parameter as if it were contiguous (a
+    permuted update: SwinIR's conv gradients are laid out so); easlurm's Adam gives such a gradient its parameter's
+    layout first, so the update is the default implementation's."""
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(4, 3, 3, 3))
+    b = torch.nn.Parameter(a.detach().clone())
+    grad = torch.randn(4, 3, 3, 3).contiguous(memory_format=torch.channels_last)
+    assert grad.stride() != a.stride()
+    fused, plain = adam([a], 0.1, (0.9, 0.99)), adam([b], 0.1, (0.9, 0.99), fused=False)
+    assert fused.param_groups[0]["fused"]
+    for _ in range(3):
+        a.grad = grad.clone(memory_format=torch.preserve_format)
+        b.grad = grad.clone(memory_format=torch.preserve_format)
+        fused.step()
+        plain.step()
+    torch.testing.assert_close(fused.state[a]["exp_avg"], plain.state[b]["exp_avg"])
+    torch.testing.assert_close(a.detach(), b.detach())

@@ -129,6 +129,8 @@ class AdamConfig:
     channels_last: bool = _f(False, doc="channels_last memory format on CUDA")
     log_every: int = _f(100, min=1)
     image_every: int = _f(1000, min=1)
+    members_per_task: int = _f(1, min=1, max=1024, doc="trained members one array task trains side by side, one "
+                               "step each in turn on one GPU (shared frozen perceptual net); 1 → one task per slot")
 
 
 @dataclass

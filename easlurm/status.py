@@ -34,6 +34,7 @@ from .orchestrate.slurm_state import sacct_usage
 from .orchestrate.state import SubmissionBook
 from .population import adam_cycles, is_adam_trained, read_member, slot_mode
 from .run_record import recorded_executor
+from .stages import adam as adam_stage
 from .store import RunDir, read_json
 from .timings import TaskTime, parse_local_time, task_times
 
@@ -104,9 +105,10 @@ def _members(cfg: Config, run: RunDir, cycle: int, times: Mapping[tuple[str, int
         # A slot that is not Adam-trained has nothing to do in the phase: target 0, done once its start exists.
         row["target"] = (meta.iters_target if meta else None) if trained else 0
         row["done"] = bool(meta and meta.done) if trained else start is not None
-        tt = times.get((key, i))
+        task = adam_stage.task_of(cfg, i)  # the slot's task (several slots share one with adam.members_per_task)
+        tt = times.get((key, task)) if task is not None else None
         row["finished_at"] = tt.done_at if tt else None
-        job = jobs.get((key, i))
+        job = jobs.get((key, task)) if task is not None else None
         info = infos.get(job) if job else None
         row["job"], row["job_state"] = job, info.state if info else None
         row["reason"] = info.reason if info and info.reason and info.reason != "None" else None

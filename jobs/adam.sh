@@ -1,5 +1,7 @@
 #!/bin/bash
-# One Adam phase as a job array: one task per population member (the array index is the member slot).
+# One Adam phase as a job array: one task per population member (the array index is the member slot; with
+# adam.members_per_task k > 1 it is the task index, task t training the t-th k of the trained slots). Slots that are
+# not Adam-trained (population.member0: ea_only | frozen) need no task: leave them out of --array.
 #   sbatch --array=0-4 jobs/adam.sh RUN_DIR CYCLE          (cycle run.cycles is the final phase)
 #SBATCH --job-name=easlurm-adam
 #SBATCH --array=0-4

@@ -374,6 +374,10 @@ def test_member0_not_adam_trained_has_no_task_to_run(make_run, mode):
                                           r"after the phase is its start entry .*cycles/000/start/00, nothing runs"):
         train_member(run, 0, 0)
     assert not rd.member(0, 0).exists()
+    # A job for it anyway (a plain `sbatch --array=0-4 jobs/adam.sh`) has nothing to do and succeeds.
+    from easlurm.orchestrate.runner import main as runner_main
+
+    assert runner_main([str(run), "adam/000", "0"]) == 0 and not rd.member(0, 0).exists()
     assert train_member(run, 0, 1).iteration == 6  # the other slots are trained
 
 

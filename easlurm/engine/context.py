@@ -21,7 +21,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Mapping, TypeVar
 
 import torch
 
@@ -29,7 +29,7 @@ from .. import rng
 from ..leases import Lease, held
 from ..records import StageRecord
 from ..runtime import AttemptLog, pick_device, tb_writer
-from .loop import Cadence, Trainee, run_loop
+from .loop import Cadence, Trainee, loop_steps
 from .preempt import Preemption
 
 if TYPE_CHECKING:
@@ -67,13 +67,16 @@ class StageContext:
 
 @contextlib.contextmanager
 def stage_context(run: RunDir, cfg: Config, folder: Path, where: str, device: str | None = None,
-                  started: float | None = None, preemptible: bool = True) -> Iterator[StageContext]:
+                  started: float | None = None, preemptible: bool = True,
+                  preempt: Any = None) -> Iterator[StageContext]:
     """Enter a stage: the preemption handlers first (a warning during start-up must not kill the task before its
     next commit), then the lease on ``folder`` (one live writer), then the device. ``started``: when the process
     began (default: now). ``preemptible=False``: a short stage that does not checkpoint keeps the default signal
-    handling (SIGTERM ends it at once)."""
+    handling (SIGTERM ends it at once). ``preempt``: a flag the caller already installed and shares between the
+    stages of one process (several members of one task); it is used as it is."""
     t0 = started if started is not None else time.time()
-    signals = Preemption() if preemptible else contextlib.nullcontext(Preemption())
+    signals = (contextlib.nullcontext(preempt) if preempt is not None
+               else Preemption() if preemptible else contextlib.nullcontext(Preemption()))
     with signals as pre, held(folder, where, cfg.executor.lease_s) as lease:
         ctx = StageContext(run, cfg, folder, where, pre, lease, pick_device(device), t0)
         try:
@@ -126,6 +129,30 @@ def train(ctx: StageContext, trainee: Trainee, record: R, save: Callable[[R, dic
     with the record's ``iteration`` and ``attempts`` brought up to date (``save`` sets ``done`` as its stage
     defines it and commits). Returns the last record ``save`` returned. TensorBoard steps are ``tb_step0`` +
     iterations; ``tb``/``attempt``: a writer and attempt log the stage keeps using afterwards (default: new ones)."""
+    steps = train_steps(ctx, trainee, record, save, cadence, tb_folder=tb_folder, tb_step0=tb_step0,
+                        extra_scalars=extra_scalars, tb=tb, attempt=attempt)
+    return drain(steps)
+
+
+T = TypeVar("T")
+
+
+def drain(steps: Generator[Any, None, T]) -> T:
+    """Run a stage generator (:func:`train_steps`) to its end; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+
+
+def train_steps(ctx: StageContext, trainee: Trainee, record: R, save: Callable[[R, dict[str, bytes]], R],
+                cadence: Cadence, *, tb_folder: Path, tb_step0: int = 0,
+                extra_scalars: Callable[[], Mapping[str, float]] | None = None, tb: Any = None,
+                attempt: AttemptLog | None = None) -> Generator[int, None, R]:
+    """:func:`train` one iteration at a time: yields after each iteration, returns (``StopIteration.value``) the
+    last record ``save`` returned (for :func:`easlurm.engine.group.interleave`)."""
     it0 = record.iteration
     tb = tb if tb is not None else ctx.writer(tb_folder, purge_step=tb_step0 + it0 + 1)
     attempt = attempt if attempt is not None else ctx.attempt_log(record.attempts, it0)
@@ -136,9 +163,9 @@ def train(ctx: StageContext, trainee: Trainee, record: R, save: Callable[[R, dic
         ctx.lease.check()
         current = save(dataclasses.replace(current, iteration=done, attempts=attempt.entries(done)), files)
 
-    run_loop(trainee, start=it0, cadence=cadence, commit=commit, tb=tb, tb_step0=tb_step0, preempt=ctx.preempt,
-             extra_scalars=extra_scalars, attempt=attempt)
+    yield from loop_steps(trainee, start=it0, cadence=cadence, commit=commit, tb=tb, tb_step0=tb_step0,
+                          preempt=ctx.preempt, extra_scalars=extra_scalars, attempt=attempt)
     return current
 
 
-__all__ = ["StageContext", "stage_context", "loader", "load_optimizers", "resume", "train"]
+__all__ = ["StageContext", "stage_context", "loader", "load_optimizers", "resume", "train", "train_steps", "drain"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import torch
 import torch.nn as nn
@@ -107,6 +107,18 @@ def run_loop(trainee: Trainee, *, start: int, cadence: Cadence, commit: Callable
     non-finite loss (at the next log/checkpoint step, naming the first bad iteration) or non-finite weights (before
     the commit), leaving the last checkpoint as it was.
     """
+    for _ in loop_steps(trainee, start=start, cadence=cadence, commit=commit, tb=tb, tb_step0=tb_step0,
+                        preempt=preempt, extra_scalars=extra_scalars, attempt=attempt):
+        pass
+
+
+def loop_steps(trainee: Trainee, *, start: int, cadence: Cadence, commit: Callable[[int, dict[str, bytes]], Any],
+               tb: Any, tb_step0: int = 0, preempt: Preemption | None = None,
+               extra_scalars: Callable[[], Mapping[str, float]] | None = None,
+               attempt: AttemptLog | None = None) -> Iterator[int]:
+    """:func:`run_loop` one iteration at a time: yields the number of finished iterations after each (its log and
+    commit done), so a caller can interleave several trainees' loops in one process
+    (:func:`easlurm.engine.group.interleave`)."""
     watch = _LossWatch()
     if attempt is not None:
         attempt.loop_started()
@@ -143,6 +155,7 @@ def run_loop(trainee: Trainee, *, start: int, cadence: Cadence, commit: Callable
             assert preempt is not None
             tb.close()
             preempt.finish()
+        yield done
 
 
-__all__ = ["Cadence", "Trainee", "run_loop"]
+__all__ = ["Cadence", "Trainee", "run_loop", "loop_steps"]

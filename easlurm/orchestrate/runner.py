@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m easlurm.orchestrate.runner", description=__doc__.split("\n")[0])
     ap.add_argument("run", help="run directory")
     ap.add_argument("stage", help="stage key, e.g. adam/003")
-    ap.add_argument("index", type=int, help="task index in the stage (the member for an Adam phase)")
+    ap.add_argument("index", type=int, help="task index in the stage (the member slot for an Adam phase; the task "
+                                            "index with adam.members_per_task > 1)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(name)s: %(message)s")
     run = RunDir(args.run)
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     except EaslurmError as exc:
         print(f"easlurm: error: {exc}", file=sys.stderr)
         return 2
+    if not task.kind.busy(task.cfg, task.arguments):
+        # E.g. an Adam phase's slot that is not Adam-trained, named by a plain `sbatch --array=0-4 jobs/adam.sh`:
+        # the launcher queues no job for it; one that runs anyway has nothing to do and succeeds.
+        print(f"[task] {stage.key} {task.label}: no work in this task (its kind says so); nothing to run", flush=True)
+        return 0
     from ..runtime import configure_threads  # torch: only a task process gets here
 
     threads = configure_threads()

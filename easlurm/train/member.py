@@ -9,8 +9,9 @@ resumes from the last commit; a finished phase is a no-op. Training data are dra
 function of seed and index), so the sample position is one integer and a resumed run sees exactly the batches an
 uninterrupted one would.
 
-A slot that is not Adam-trained (``population.member0: ea_only | frozen``) finishes at once: its members folder
-*references* the start entry's files instead of copying them.
+A slot that is not Adam-trained (``population.member0: ea_only | frozen``) has no task and no members folder: its
+start entry is its state after the phase. With ``adam.members_per_task`` k > 1 one task trains k members side by
+side (:func:`train_members`), each committing exactly what it would alone.
 
 Per iteration (batch of HR patches, ×scale bicubic LR; all images NCHW RGB in [0,1]):
   sr = G(lr); L_dist = L1(sr, hr); L_perc = perceptual_weight·Perc(sr, hr) + gan_weight·GAN_G(D, sr, hr)
@@ -23,16 +24,17 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator, Iterator, Sequence
 
 import torch
 import torch.nn as nn
 
 from .. import factory, losses, rng
 from ..config import Config, load_run_config
-from ..engine.context import StageContext, load_optimizers, loader, resume, stage_context, train
+from ..engine.context import StageContext, drain, load_optimizers, loader, resume, stage_context, train_steps
 from ..engine.data import batches
 from ..engine.loop import Cadence
+from ..engine.preempt import Preemption
 from ..errors import ConfigError
 from ..population import (
     MemberMeta, adam_cycles, is_adam_trained, phase_iters, read_member, require_member, write_member,
@@ -147,9 +149,10 @@ class MemberTrainee:
         return None if self._last is None else sample_grid(*self._last)
 
 
-def build_member(cfg: Config, preference: tuple[float, float], device: torch.device, where: str = "member"
-                 ) -> MemberTrainee:
-    """A member with freshly built networks and optimizers on ``device`` (no data yet; load its files next)."""
+def build_member(cfg: Config, preference: tuple[float, float], device: torch.device, where: str = "member",
+                 perceptual: nn.Module | None = None) -> MemberTrainee:
+    """A member with freshly built networks and optimizers on ``device`` (no data yet; load its files next).
+    ``perceptual``: a frozen perceptual net on ``device`` to share (default: a new one)."""
     g = factory.build_generator(cfg).to(device).train()
     d = factory.build_discriminator(cfg).to(device).train()
     if device.type == "cuda" and cfg.adam.channels_last:
@@ -157,7 +160,7 @@ def build_member(cfg: Config, preference: tuple[float, float], device: torch.dev
         d.to(memory_format=torch.channels_last)
     a, dc = cfg.adam, cfg.discriminator
     opt_g, opt_d = adam(g.parameters(), a.lr, a.betas), adam(d.parameters(), dc.lr, dc.betas)
-    perceptual = factory.build_perceptual(cfg).to(device)
+    perceptual = perceptual if perceptual is not None else factory.build_perceptual(cfg).to(device)
     return MemberTrainee(where, MemberStep(cfg, g, d, perceptual, preference, opt_g, opt_d, device), None, device)
 
 
@@ -165,14 +168,73 @@ def _start_hint(cycle: int) -> str:
     return ("written by the init stage" if cycle == 0 else f"written by the EA phase of cycle {cycle - 1}")
 
 
-def train_member(run_dir: str | Path, cycle: int, member: int, device: str | None = None) -> MemberMeta:
-    """Run (or resume, or skip) the Adam phase of ``member`` in ``cycle``; return its final record.
+def train_member(run_dir: str | Path, cycle: int, member: int | None = None, device: str | None = None,
+                 members: Sequence[int] | None = None) -> MemberMeta | list[MemberMeta]:
+    """Run (or resume, or skip) the Adam phase of ``member`` in ``cycle``; return its final record. ``members``
+    instead (a task of ``adam.members_per_task`` > 1): train those members side by side in this process
+    (:func:`train_members`) and return their records.
 
     SIGUSR2/SIGTERM at any point (also during start-up) → checkpoint after the current iteration, then the process
     exits with 128 + signal (the Slurm batch script then requeues the job).
     """
+    if members is not None:
+        if member is not None:
+            raise ConfigError("train_member: give member or members, not both")
+        return train_members(run_dir, cycle, members, device)
+    if member is None:
+        raise ConfigError("train_member: which member? (member=I or members=[I, J, …])")
     run = RunDir(run_dir)
     cfg = load_run_config(run.root)
+    _check_slot(cfg, run, cycle, member)
+    with stage_context(run, cfg, run.member(cycle, member), _where(cycle, member), device) as ctx:
+        return drain(_member_steps(ctx, cycle, member))
+
+
+def train_members(run_dir: str | Path, cycle: int, members: Sequence[int], device: str | None = None
+                  ) -> list[MemberMeta]:
+    """The Adam phase of several members in one process (``adam.members_per_task``): one iteration of each in turn
+    (:func:`easlurm.engine.group.interleave`), one frozen perceptual net shared, each member with its own folder,
+    lease, data, RNG stream and commits — the files each writes are those it would write alone. A member whose loss
+    or weights go non-finite stops with the usual error after the others finished (their commits stay); on the
+    pre-timeout warning every member commits, then the process exits 140 like a single member's."""
+    from ..engine.group import Lane, RoundPreemption, interleave
+
+    run = RunDir(run_dir)
+    cfg = load_run_config(run.root)
+    slots = [int(m) for m in members]
+    if not slots or len(set(slots)) != len(slots):
+        raise ConfigError(f"members: a non-empty list of distinct slots, got {list(members)}")
+    for m in slots:
+        _check_slot(cfg, run, cycle, m)
+    with Preemption() as outer, contextlib.ExitStack() as stack:
+        shared = RoundPreemption(outer)
+        lanes, perceptual = [], None
+        for m in slots:
+            ctx = stack.enter_context(stage_context(run, cfg, run.member(cycle, m), _where(cycle, m), device,
+                                                    preempt=shared))
+            if perceptual is None:
+                perceptual = factory.build_perceptual(cfg).to(ctx.device)
+            lanes.append(Lane(ctx.where, _member_steps(ctx, cycle, m, perceptual)))
+        outcomes = interleave(lanes, shared)
+        failed = [m for m, o in zip(slots, outcomes) if o.error is not None]
+        if failed:
+            others = [f"{m:02d}" for m, o in zip(slots, outcomes) if o.error is None]
+            first = outcomes[slots.index(failed[0])].error
+            assert first is not None
+            note = (f" ({len(failed)} of {len(slots)} members failed: {', '.join(f'{m:02d}' for m in failed)}; "
+                    + (f"member(s) {', '.join(others)} kept their commits)" if others else "no other member)"))
+            first.args = (f"{first}{note}",)  # keeps its type: whether a retry may help is the error's call
+            raise first
+        if any(o.preempted for o in outcomes):
+            outer.finish()
+        return [o.result for o in outcomes]
+
+
+def _where(cycle: int, member: int) -> str:
+    return f"Adam phase of cycle {cycle}, member {member:02d}"
+
+
+def _check_slot(cfg: Config, run: RunDir, cycle: int, member: int) -> None:
     n = cfg.population.size
     if not 0 <= member < n:
         raise ConfigError(f"member {member}: the population has members 0..{n - 1}")
@@ -181,12 +243,13 @@ def train_member(run_dir: str | Path, cycle: int, member: int, device: str | Non
     if not is_adam_trained(cfg, member):
         raise ConfigError(f"member {member:02d}: not Adam-trained (population.member0: {cfg.population.member0}); "
                           f"its state after the phase is its start entry {run.start(cycle, member)}, nothing runs")
-    where = f"Adam phase of cycle {cycle}, member {member:02d}"
-    with stage_context(run, cfg, run.member(cycle, member), where, device) as ctx:
-        return _train_member(ctx, cycle, member)
 
 
-def _train_member(ctx: StageContext, cycle: int, member: int) -> MemberMeta:
+def _member_steps(ctx: StageContext, cycle: int, member: int, perceptual: nn.Module | None = None
+                  ) -> Generator[int, None, MemberMeta]:
+    """The member's phase one iteration at a time (:func:`easlurm.engine.context.train_steps`); returns its final
+    record (at once, yielding nothing, when the record says done). ``perceptual``: a frozen perceptual net shared
+    with other members of the process (default: its own)."""
     run, cfg, folder = ctx.run, ctx.cfg, ctx.folder
     meta = read_member(folder, recover=True)  # we own the folder (we hold its lease)
     if meta is not None and meta.done:
@@ -194,7 +257,7 @@ def _train_member(ctx: StageContext, cycle: int, member: int) -> MemberMeta:
     start_folder = run.start(cycle, member)
     start = require_member(start_folder, "start", ("G.pt", "D.pt"), _start_hint(cycle))
     target = phase_iters(cfg, cycle)
-    trainee = build_member(cfg, start.preference, ctx.device, ctx.where)
+    trainee = build_member(cfg, start.preference, ctx.device, ctx.where, perceptual)
     if meta is None:  # first start: from the start entry; fresh G moments when the EA reset them
         meta = dataclasses.replace(start, kind="member", iteration=0, iters_target=target, sample_index=0,
                                    done=False, trained_from=run.rel(start_folder), files={}, attempts=[])
@@ -216,9 +279,10 @@ def _train_member(ctx: StageContext, cycle: int, member: int) -> MemberMeta:
 
     a = cfg.adam
     opt_g = trainee.s.opt_g
-    return train(ctx, trainee, meta, save, Cadence(target, a.checkpoint_every, a.log_every, a.image_every),
-                 tb_folder=run.tb / f"member_{member:02d}", tb_step0=sum(phase_iters(cfg, c) for c in range(cycle)),
-                 extra_scalars=lambda: {"lr/generator": float(opt_g.param_groups[0]["lr"])})
+    return (yield from train_steps(
+        ctx, trainee, meta, save, Cadence(target, a.checkpoint_every, a.log_every, a.image_every),
+        tb_folder=run.tb / f"member_{member:02d}", tb_step0=sum(phase_iters(cfg, c) for c in range(cycle)),
+        extra_scalars=lambda: {"lr/generator": float(opt_g.param_groups[0]["lr"])}))
 
 
-__all__ = ["MemberStep", "StepResult", "MemberTrainee", "build_member", "sample_grid", "train_member"]
+__all__ = ["MemberStep", "StepResult", "MemberTrainee", "build_member", "sample_grid", "train_member", "train_members"]

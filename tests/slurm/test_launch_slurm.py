@@ -124,8 +124,9 @@ NO_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] 
 
 
 def test_end_to_end_arrays_chain_and_results(slurm_cluster, make_run):
-    """The launcher and ``status`` run where torch cannot be imported; the jobs run in the environment that has it."""
-    run = make_run([*FAST, "run.cycles=1", "adam.final_phase=true"])
+    """The launcher and ``status`` run where torch cannot be imported; the jobs run in the environment that has it.
+    Two members per Adam task (``adam.members_per_task: 2``): three members are two array tasks."""
+    run = make_run([*FAST, "run.cycles=1", "adam.final_phase=true", "adam.members_per_task=2"])
     env = slurm_cluster.env()
     res = subprocess.run([sys.executable, "-c", NO_TORCH + "from easlurm.launch import main; sys.exit(main(["
                           f"'--resume', {str(run)!r}, '--executor', 'slurm']))"], capture_output=True, text=True,
@@ -142,7 +143,11 @@ def test_end_to_end_arrays_chain_and_results(slurm_cluster, make_run):
     for c in ("000", "001"):
         ids = _jobs_of(run, f"adam/{c}")
         array = ids[0].split("_")[0]
-        assert ids == [f"{array}_{k}" for k in range(3)]  # one array, tasks _0.._2 = members 0..2
+        assert ids == [f"{array}_{k}" for k in range(2)]  # one array: task _0 = members 0, 1; _1 = member 2
+        log = (run / "slurm" / f"adam-{c}" / f"{ids[0]}.out").read_text()
+        assert "member 00: starting" in log and "member 01: starting" in log and "member 02" not in log
+        for m in range(3):
+            assert json.loads((run / "cycles" / c / "members" / f"{m:02d}" / "meta.json").read_text())["done"]
     last_task_end = max(_scontrol_times(j, env)[1] for j in _jobs_of(run, "adam/000"))
     ea_start, _ = _scontrol_times(_jobs_of(run, "ea/000")[0], env)
     assert ea_start >= last_task_end  # the EA job started only after the members ended
@@ -384,7 +389,8 @@ def test_time_limits_checkpoint_and_continue_without_spending_a_retry(slurm_clus
             launcher.wait()
     assert launcher.returncode == 0, report.read_text()
     assert all(len(s["tasks"]) for s in _submissions(run)) and len(_submissions(run)) == 6  # nothing resubmitted
-    member_job = _jobs_of(run, "adam/000")[1]
+    (member_job,) = _jobs_of(run, "adam/000")  # slot 0 is not Adam-trained: no job for it
+    assert member_job.endswith("_1")
     member_log = (run / "slurm" / "adam-000" / f"{member_job}.out").read_text()
     assert "checkpoint committed at the pre-timeout signal; requeueing" in member_log
     resumed = [int(m) for m in re.findall(rf"member 01: resuming at iteration (\d+)/{iters}", member_log)]

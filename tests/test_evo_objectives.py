@@ -34,6 +34,13 @@ def test_cached_hr_features_give_identical_objectives(make_run, monkeypatch):
     assert cached.calls == plain.calls == 2
 
 
+def test_the_cache_budget_is_half_a_gpus_free_memory_and_1_gib_elsewhere(monkeypatch):
+    assert objectives.cache_budget(torch.device("cpu")) == 1 << 30
+    # No GPU here: the CUDA query answers as a GPU with 60 GiB free of 141 GiB would.
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (60 << 30, 141 << 30))
+    assert objectives.cache_budget(torch.device("cuda", 0)) == 30 << 30
+
+
 def test_image_mean_weighs_every_image_the_same_and_tile_mean_every_tile(make_run):
     # 128 px tiles: the first demo photo (300×448) holds 6, the second the first 8 of its 15.
     cfg, model, genome, perceptual, fitness = _parts(make_run, "data.fitness_tile=128", "data.fitness_max_tiles=8",

@@ -21,10 +21,22 @@ from .. import factory
 from ..config import Config
 from ..errors import ConfigError
 
-__all__ = ["OBJECTIVE_NAMES", "FitnessSet", "Objectives"]
+__all__ = ["OBJECTIVE_NAMES", "FitnessSet", "Objectives", "cache_budget"]
 
 OBJECTIVE_NAMES = ("l1", "perceptual")
-_CACHE_BYTES = 1 << 30  # HR feature cache limit (1 GiB): RRDB's conv1_2 maps of 800 tiles would not fit
+_CACHE_BYTES = 1 << 30  # HR feature cache limit in host memory (1 GiB)
+#: Share of a CUDA device's free memory the HR feature cache may take (the rest: the generator's and the perceptual
+#: net's activations of one evaluation batch, and the caller's tensors).
+_CUDA_CACHE_SHARE = 0.5
+
+
+def cache_budget(device: torch.device) -> int:
+    """Bytes the HR feature cache may take on ``device``: half of a CUDA device's free memory when the cache is
+    built (RRDB's conv1_2 maps of 800 tiles, ~6 GiB, fit on a datacenter GPU), ``_CACHE_BYTES`` elsewhere."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * _CUDA_CACHE_SHARE)
+    return _CACHE_BYTES
 
 
 @dataclass
@@ -100,7 +112,8 @@ class Objectives:
 
     def _target_cache(self) -> list[dict[str, torch.Tensor]] | None:
         """The fitness set's HR features per batch, computed once: they are the same for every genome and are most
-        of an evaluation's cost. Skipped (recomputed per call) when they would exceed ``_CACHE_BYTES``."""
+        of an evaluation's cost. Kept where the tiles are (on the GPU in a GPU job); skipped (recomputed per call)
+        when they would exceed :func:`cache_budget`."""
         if self._targets_tried:
             return self._targets
         self._targets_tried = True
@@ -111,7 +124,7 @@ class Objectives:
         s0, e0 = self.batches[0]
         first = target_fn(hr_all[s0:e0])
         per_tile = sum(t[:1].numel() * t.element_size() for t in first.values())
-        if per_tile * len(self.fitness) > _CACHE_BYTES:
+        if per_tile * len(self.fitness) > cache_budget(hr_all.device):
             return None
         self._targets = [first] + [target_fn(hr_all[s:e]) for s, e in self.batches[1:]]
         return self._targets

@@ -114,12 +114,15 @@ class MemberMeta(StageRecord):
 
     @classmethod
     def _convert(cls, kw: dict[str, Any], where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
-        pref = kw["preference"]
-        if not (len(pref) == 2 and all(isinstance(v, (int, float)) for v in pref)):
-            raise CheckpointError(f"{where}: preference must be [w_dist, w_perc], got {pref!r}")
-        kw["preference"] = (float(pref[0]), float(pref[1]))
+        def pair(name: str, value: Any, what: str) -> tuple[float, float]:
+            if not (len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                             for v in value)):
+                raise CheckpointError(f"{where}: {name} must be {what}, got {value!r}")
+            return float(value[0]), float(value[1])
+
+        kw["preference"] = pair("preference", kw["preference"], "[w_dist, w_perc]")
         if kw.get("ea_objectives") is not None:
-            kw["ea_objectives"] = tuple(float(v) for v in kw["ea_objectives"])
+            kw["ea_objectives"] = pair("ea_objectives", kw["ea_objectives"], "[f1, f2] (two numbers) or null")
         return kw
 
     @property

@@ -25,9 +25,9 @@ from hpc_runs import finished_run
 
 #: Record files corrupted, relative to the run (the same kinds exist in every cycle; two cycles are enough).
 RECORDS = ["config.yaml", "run.json", "state.json", "pretrain/meta.json", "cycles/000/start/done.json",
-           "cycles/000/start/01/meta.json", "cycles/001/start/02/meta.json", "cycles/000/members/00/meta.json",
-           "cycles/002/members/01/meta.json", "cycles/000/ea/done.json", "cycles/001/ea/fitness.json",
-           "cycles/001/ea/lineage.jsonl", "fusion/meta.json", "eval/done.json"]
+           "cycles/000/start/01/meta.json", "cycles/001/start/02/meta.json", "cycles/000/members/01/meta.json",
+           "cycles/002/members/02/meta.json", "cycles/001/start/00/meta.json", "cycles/000/ea/done.json",
+           "cycles/001/ea/fitness.json", "cycles/001/ea/lineage.jsonl", "fusion/meta.json", "eval/done.json"]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False) | st.text(max_size=8),

@@ -38,6 +38,7 @@ from .config import Config, load_config, load_run_config
 from .errors import EaslurmError
 from .footprint import DEFAULT_KEEP, Disk, disk_bill
 from .leads import signal_leads
+from .reference_rates import reference_rates
 from .run_record import recorded_executor
 from .stages.kind import StageResources
 from .store import RunDir, read_json
@@ -128,6 +129,12 @@ def make_bill(cfg: Config, rates: Rates | None = None, limits: PartitionLimits |
     plan = build_plan(cfg, RunDir(cfg.run.root))  # paths only: nothing is read or created
     slurm = cfg.executor.kind == "slurm"
     usable = {k: r for k, r in rates.stages.items() if rates.key.get(k) == rate_key(cfg, k)} if rates else {}
+    sources = [rates.source] if rates is not None and usable else []
+    # Where no run measured a stage, the GPU check's figure for a matching configuration (the card named).
+    reference = reference_rates(cfg, {k.name for k in registry.KINDS} - set(usable))
+    if reference is not None:
+        usable.update(reference[0].stages)
+        sources.append(reference[0].source)
     leads = leads if leads is not None else signal_leads(cfg)
     lines: list[StageBill] = []
     warnings: list[str] = []
@@ -167,8 +174,7 @@ def make_bill(cfg: Config, rates: Rates | None = None, limits: PartitionLimits |
         disk: Disk | None = disk_bill(cfg, keep)
     except ImportError:  # the networks are sized with torch; a login node may not have it
         disk = None
-    return Bill(cfg.executor.kind, lines, disk, warnings,
-                rates.source if rates is not None and usable else None, unmeasured)
+    return Bill(cfg.executor.kind, lines, disk, warnings, "; ".join(sources) or None, unmeasured)
 
 
 def _limit_warnings(kind: str, res: StageResources, limits: PartitionLimits) -> list[str]:
@@ -326,6 +332,11 @@ def format_bill(b: Bill, short: bool = False) -> str:
     d = b.disk
     exp = (f"; expected {b.expected_gpu_h:,.1f} GPU-h, {_hms(b.expected_wall_s or 0)} of compute wall time"
            if b.expected_gpu_h is not None else "; expected time: no measured rates for this config")
+    missing = [s.kind for s in b.stages if s.expected_task_s is None and s.gpus > 0 and s.tasks > 0]
+    if b.expected_gpu_h is not None and missing:
+        exp += f" without {', '.join(missing)} (no rate)"
+    if b.expected_gpu_h is not None and b.rates_source and "reference " in b.rates_source:
+        exp += " (rates of a reference card: see below)"
     head = f"# bill: {b.jobs} jobs, {b.gpu_h_requested:,.1f} GPU-h requested{exp}"
     disk = (f"# disk: {format_bytes(d.cycle_total)} per cycle, {format_bytes(d.total)} for the run "
             f"({format_bytes(d.total_pruned)} pruned to the last {d.keep} cycles)" if d is not None else
@@ -371,7 +382,13 @@ def render(cfg: Config, run: RunDir, *, short: bool = False, leads: Mapping[str,
     error: a bill that cannot be made says why in one line."""
     try:
         limits = partition_limits(cfg.executor.slurm.partition) if cfg.executor.kind == "slurm" else None
-        return format_bill(make_bill(cfg, find_rates(cfg, run), limits, leads=leads), short)
+        rates = find_rates(cfg, run)
+        text = format_bill(make_bill(cfg, rates, limits, leads=leads), short)
+        if not short and cfg.adam.members_per_task > 1:  # what k buys: the same run with one member per task
+            one = dataclasses.replace(cfg, adam=dataclasses.replace(cfg.adam, members_per_task=1))
+            head = format_bill(make_bill(one, find_rates(one, run), limits), short=True).splitlines()[0]
+            text += "\n" + head.replace("# bill:", "# with adam.members_per_task=1 instead:", 1)
+        return text
     except Exception as exc:  # noqa: BLE001 - the bill informs; it must never stop a launch or a dry run
         return f"# bill: not available ({type(exc).__name__}: {exc})"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from easlurm.bill import (
 from easlurm.config import load_config, load_run_config
 from easlurm.footprint import EA_RECORDS, MEMBERS, NEW_GENOMES, TENSORBOARD, checkpoint_sizes
 from easlurm.orchestrate.plan import build_plan, to_run
+from easlurm.reference_rates import LIMIT_MARGIN, REFERENCES, reference_rates
 from easlurm.store import RunDir
 from easlurm.timings import Rates, StageRate, rate_key
 from hpc_runs import file_bytes, finished_run
@@ -30,18 +32,20 @@ def run(tmp_path_factory: pytest.TempPathFactory, demo_shards: Path) -> Path:
 def test_rrdb_bill_states_gpu_hours_requested():
     cfg = load_config(RRDB)
     b = make_bill(cfg)
-    # 23 Adam phases × 4 trained members × 24 h + 22 EA phases × 6 h + fusion 24 h + evaluation 2 h, one GPU each;
+    # 23 Adam phases × 4 trained members × 4 h + 22 EA phases × 3 h + fusion 14 h + evaluation 2 h, one GPU each;
     # member 0 is ea_only (no job: nothing to train), the init stage asks for no GPU and model.pretrained skips
     # pretraining.
-    assert b.gpu_h_requested == pytest.approx(23 * 4 * 24 + 22 * 6 + 24 + 2) == pytest.approx(2366)
+    assert b.gpu_h_requested == pytest.approx(23 * 4 * 4 + 22 * 3 + 14 + 2) == pytest.approx(450)
     plan = build_plan(cfg, RunDir(cfg.run.root))
     assert b.jobs == sum(len(to_run(s)) for s in plan) == 117
     by_kind = {s.kind: s for s in b.stages}
-    assert by_kind["adam"].tasks == 92 and by_kind["adam"].gpu_h_requested == pytest.approx(2208)
+    assert by_kind["adam"].tasks == 92 and by_kind["adam"].gpu_h_requested == pytest.approx(368)
     text = format_bill(b)
-    assert "117 jobs, 2,366.0 GPU-h requested" in text
-    assert "no measured rates" in text  # nothing measured for this config: no expected time is invented
-    assert b.expected_gpu_h is None and b.warnings == []
+    assert "117 jobs, 450.0 GPU-h requested" in text
+    # Nothing measured for this config in a run: the GPU check's reference rates, the card named.
+    assert "(rates of a reference card: see below)" in text and "rates measured in: reference NVIDIA H200" in text
+    assert by_kind["adam"].expected_gpu_h == pytest.approx(4 * (11925 + 22 * 13250) * 0.2113 / 3600)
+    assert by_kind["init"].expected_gpu_h is None and b.warnings == []  # the limits hold the expected times
     # Checkpoint sizes from the real architecture: 16.7 M generator parameters in float32 (+ framing).
     sizes = checkpoint_sizes(cfg)
     assert sizes["G parameters"] == 16_697_987
@@ -98,22 +102,53 @@ def _rates(cfg, **per_kind: float) -> Rates:
 
 def test_warns_when_a_time_limit_is_below_the_expected_time():
     cfg = load_config(RRDB)
-    slow = make_bill(cfg, _rates(cfg, adam=7.0, ea=60.0))
-    # 13,250 iterations × 7 s + 60 s start-up = 25.8 h > 24 h limit (less the 180 s signal lead).
+    slow = make_bill(cfg, _rates(cfg, adam=7.0, ea=30.0))
+    # 13,250 iterations × 7 s + 60 s start-up = 25.8 h > 4 h limit (less the 180 s signal lead).
     adam = [w for w in slow.warnings if w.startswith("adam:")]
-    assert len(adam) == 1 and "time limit is 24:00:00" in adam[0] and "requeued ~1 time" in adam[0]
-    assert not [w for w in slow.warnings if w.startswith("ea:")]  # 200 generations × 60 s = 3.3 h < 6 h
+    assert len(adam) == 1 and "time limit is 4:00:00" in adam[0] and "requeued ~6 time" in adam[0]
+    assert not [w for w in slow.warnings if w.startswith("ea:")]  # 200 generations × 30 s = 1.7 h < 3 h
     by_kind = {s.kind: s for s in slow.stages}
     assert by_kind["adam"].expected_task_s == pytest.approx(60 + 13250 * 7.0)
     # 4 trained members per phase, phases of 11,925 (first), 13,250 (×21) and 13,250 (final) iterations.
     iters = 11925 + 21 * 13250 + 13250
     assert by_kind["adam"].expected_gpu_h == pytest.approx(4 * (23 * 60 + iters * 7.0) / 3600)
     assert "warning: adam:" in format_bill(slow)
-    fast = make_bill(cfg, _rates(cfg, adam=5.0))
+    fast = make_bill(cfg, _rates(cfg, adam=0.5))
     assert not [w for w in fast.warnings if w.startswith("adam:")]
-    # A rate measured for another configuration is not used.
+    # A rate measured for another configuration is not used (nor the reference, measured at batch 16).
     other = load_config(RRDB, ["adam.batch_size=32"])
-    assert make_bill(other, _rates(cfg, adam=7.0)).expected_gpu_h is None
+    assert next(s for s in make_bill(other, _rates(cfg, adam=7.0)).stages if s.kind == "adam").expected_gpu_h is None
+
+
+@pytest.mark.parametrize("name", ["rrdb", "srresnet"])
+def test_paper_configs_time_limits_are_sized_from_the_reference_rates(name):
+    """Where the GPU check measured a stage of a paper config, its time limit is LIMIT_MARGIN × the expected
+    longest task, rounded up to the hour (short enough to backfill; a short limit costs a requeue, not work)."""
+    b = make_bill(load_config(REPO / "configs" / f"{name}.yaml"))
+    sized = [s for s in b.stages if s.expected_task_s is not None]
+    assert [s.kind for s in sized] == (["adam", "ea", "fuse"] if name == "rrdb" else ["adam"])
+    for s in sized:
+        assert s.time_min == math.ceil(LIMIT_MARGIN * s.expected_task_s / 3600) * 60, s.kind
+
+
+def test_reference_rates_apply_only_where_the_measured_configuration_matches():
+    cfg = load_config(RRDB)
+    rates, used = reference_rates(cfg)
+    assert set(rates.stages) == {"adam", "ea", "fuse"} and all(r.card == "NVIDIA H200" for r in used)
+    assert all(rates.key[k] == rate_key(cfg, k) for k in rates.stages)
+    for override, gone in (("adam.bf16=true", "adam"), ("adam.members_per_task=2", "adam"), ("population.size=6", "ea"),
+                           ("data.fitness_images=8", "ea"), ("model.num_block=12", "fuse")):
+        found = reference_rates(load_config(RRDB, [override]))
+        assert found is None or gone not in found[0].stages, override
+    assert reference_rates(load_config(REPO / "configs" / "swinir.yaml")) is None  # not measured yet
+    # A rate the run measured itself wins over the reference.
+    own = make_bill(cfg, _rates(cfg, adam=0.1))
+    adam = next(s for s in own.stages if s.kind == "adam")
+    assert adam.expected_task_s == pytest.approx(60 + 13250 * 0.1)
+    assert own.rates_source.startswith("test rates; reference NVIDIA H200") and "(adam)" not in own.rates_source
+    # Every reference names a file of bench/results/ that exists.
+    for r in REFERENCES:
+        assert (REPO / r.source.split(",")[0]).is_file(), r.source
 
 
 def test_partition_limits_from_sinfo_and_the_warnings_they_give():
@@ -129,7 +164,7 @@ def test_partition_limits_from_sinfo_and_the_warnings_they_give():
     small = PartitionLimits("small", 32.0, 720, 1)
     warnings = make_bill(cfg, limits=small).warnings
     assert any(w.startswith("adam:") and "mem_gb=48 exceeds" in w and "32 GiB" in w for w in warnings)
-    assert any(w.startswith("adam:") and "time_min=1440 exceeds the time limit of partition small" in w
+    assert any(w.startswith("fuse:") and "time_min=840 exceeds the time limit of partition small" in w
                for w in warnings)
     assert not make_bill(cfg, limits=PartitionLimits("big", 512.0, None, 8)).warnings
     local = load_config(RRDB, ["executor.kind=local"])
@@ -161,7 +196,7 @@ def test_rates_measured_by_a_finished_run_price_the_next_one(run: Path, capsys):
     assert out["jobs"] == 12 and out["expected_gpu_h"] is not None
     assert json.loads(saved.read_text())["stages"]["adam"]["unit"] == "iteration"
     assert bill_main(["--config", str(RRDB), "--rates", str(saved)]) == 0
-    assert "2,366.0 GPU-h requested" in capsys.readouterr().out
+    assert "450.0 GPU-h requested" in capsys.readouterr().out
 
 
 def test_launch_prints_the_bill(run: Path):

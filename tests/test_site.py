@@ -74,7 +74,7 @@ def test_the_site_goes_on_top_of_the_experiment_and_below_set(tmp_path):
     assert cfg.executor.poll_s == 60
     assert cfg.executor.slurm.partition == "mine" and cfg.executor.slurm.account == "proj-alpha"
     adam = cfg.executor.slurm.adam
-    assert adam.extra == {"constraint": "a100"} and (adam.time_min, adam.mem_gb) == (1440, 48)  # merged, not replaced
+    assert adam.extra == {"constraint": "a100"} and (adam.time_min, adam.mem_gb) == (240, 48)  # merged, not replaced
     assert cfg.model.arch == "rrdbnet" and cfg.container.image == "/site-a/easlurm.sif"
 
 

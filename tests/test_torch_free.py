@@ -39,7 +39,7 @@ def test_dry_run_of_a_paper_config(tmp_path):
     out = res.stdout
     # Member 0 is ea_only: nothing to train, no job — the array holds the trained slots (array index = slot).
     assert "# ---- sbatch script: adam/000 ----" in out and "#SBATCH --array=1,2,3,4%5" in out
-    assert "# bill: 117 jobs, 2,366.0 GPU-h requested" in out
+    assert "# bill: 117 jobs, 450.0 GPU-h requested" in out
     assert "# disk: not sized here (the networks are sized with torch" in out
     assert not (tmp_path / "rrdb").exists()
 

@@ -42,34 +42,32 @@ def is_done(cfg: Config, run: RunDir, cycle: int, member: int | None = None,
                for m in slots(member, members))
 
 
+def _records(run: RunDir, cycle: int, member: int | None, members: Sequence[int] | None
+             ) -> list[MemberMeta | None]:
+    """The task's members' records (None for one not written yet or unreadable)."""
+    out: list[MemberMeta | None] = []
+    for m in slots(member, members):
+        try:
+            out.append(read_member(run.member(cycle, m)))
+        except CheckpointError:
+            out.append(None)
+    return out
+
+
 def _record(cfg: Config, run: RunDir, cycle: int, member: int | None = None,
             members: Sequence[int] | None = None) -> MemberMeta | None:
     """The task's record: its member's (with several members, the one that is least far: its attempts are the
     task's, as they ran side by side)."""
-    recs = []
-    for m in slots(member, members):
-        try:
-            rec = read_member(run.member(cycle, m))
-        except CheckpointError:
-            rec = None
-        if rec is None:
-            return None
-        recs.append(rec)
-    return min(recs, key=lambda r: r.iteration) if recs else None
+    recs = _records(run, cycle, member, members)
+    known = [r for r in recs if r is not None]
+    return min(known, key=lambda r: r.iteration) if known and len(known) == len(recs) else None
 
 
 def progress(cfg: Config, run: RunDir, cycle: int, member: int | None = None,
              members: Sequence[int] | None = None) -> int:
     """Committed iterations of the task's Adam phase: its member's, or the least of its members' (0 before the first
     checkpoint)."""
-    done = []
-    for m in slots(member, members):
-        try:
-            rec = read_member(run.member(cycle, m))
-        except CheckpointError:
-            rec = None
-        done.append(0 if rec is None else rec.iteration)
-    return min(done) if done else 0
+    return min((0 if r is None else r.iteration for r in _records(run, cycle, member, members)), default=0)
 
 
 def groups(cfg: Config) -> list[tuple[int, ...]]:

@@ -112,12 +112,18 @@ def gan_g_loss(kind: str, d_fake: torch.Tensor, d_real: torch.Tensor | None = No
     return (_bce(d_real - d_fake.mean(), False) + _bce(d_fake - d_real.mean(), True)) / 2
 
 
+def full(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in at least float32 (a bf16/fp16 tensor under autocast is cast up; float32 and float64 stay as they
+    are, so a float64 computation stays exact)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def generator_gan_loss(kind: str, d: nn.Module, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     """GAN_G of ``sr`` against the discriminator ``d`` (logits taken in float32, so it works under bf16 autocast);
     the logits on ``hr``, when ``kind`` needs them, are detached. Images NCHW RGB in [0, 1]."""
     d_fake = d(sr)
     d_real = d(hr).detach() if needs_real_logits(kind) else None
-    return gan_g_loss(kind, d_fake.float(), None if d_real is None else d_real.float())
+    return gan_g_loss(kind, full(d_fake), None if d_real is None else full(d_real))
 
 
 def gan_d_loss(kind: str, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:

@@ -84,8 +84,8 @@ class MemberStep:
         kind = cfg.loss.gan_type
         with self._amp():
             sr = self.g(lr)
-            l_dist = losses.l1_loss(sr.float(), hr)
-            l_per = self.perceptual(sr.float(), hr)
+            l_dist = losses.l1_loss(losses.full(sr), hr)
+            l_per = self.perceptual(losses.full(sr), hr)
             l_gan = losses.generator_gan_loss(kind, self.d, sr, hr)
             l_perc = cfg.loss.perceptual_weight * l_per + cfg.loss.gan_weight * l_gan
         g1 = (torch.autograd.grad(l_dist, self.params, retain_graph=w_perc != 0.0, allow_unused=True)
@@ -100,7 +100,7 @@ class MemberStep:
 
         sr_d = sr.detach()
         with self._amp():
-            l_d = losses.gan_d_loss(kind, self.d(hr).float(), self.d(sr_d).float())
+            l_d = losses.gan_d_loss(kind, losses.full(self.d(hr)), losses.full(self.d(sr_d)))
         self.opt_d.zero_grad(set_to_none=True)
         l_d.backward()
         self.opt_d.step()

@@ -251,6 +251,25 @@ def _real_run(rec: dict[str, Any]) -> list[str]:
     return out
 
 
+def _population(rec: dict[str, Any]) -> list[str]:
+    out = ["| RDB conv (cin → cout), k = 5 | separate ms | grouped ms | separate / grouped | in a CUDA graph: "
+           "separate / grouped |", "|---|---:|---:|---:|---:|"]
+    for r in rec.get("gate") or []:
+        graph = (f"{_f(r.get('graph_separate_ms'), '.3f')} / {_f(r.get('graph_grouped_ms'), '.3f')} = "
+                 f"{_f(r.get('graph_ratio_separate_to_grouped'), '.2f')}×" if "graph_grouped_ms" in r
+                 else r.get("graph_error", "– (no CUDA)"))
+        out.append(f"| {r['cin']} → {r['cout']} | {_f(r['separate_ms'], '.3f')} | {_f(r['grouped_ms'], '.3f')} | "
+                   f"{_f(r['ratio_separate_to_grouped'], '.2f')}× | {graph} |")
+    km = rec.get("k_members") or {}
+    if km:
+        out += ["", f"k = {km.get('k')} {km.get('config')} members (batch {km.get('batch')}, {km.get('patch')} px): "
+                f"{_f(km.get('in_turn_ms_per_member'), '.1f')} ms per member iteration one step each in turn "
+                f"(peak {_f(km.get('in_turn_peak_gib'), '.1f')} GiB), {_f(km.get('batched_ms_per_member'), '.1f')} "
+                f"ms batched (peak {_f(km.get('batched_peak_gib'), '.1f')} GiB): in turn / batched "
+                f"{_f(km.get('ratio_in_turn_to_batched'), '.2f')}×. Above 1 the batched step pays on this card."]
+    return out
+
+
 def render(data: dict[str, Any]) -> str:
     meta = data.get("meta", {})
     sec = data.get("sections", {})
@@ -288,11 +307,14 @@ def render(data: dict[str, Any]) -> str:
                             for r in _g(sec, "extras", "rows") or [])
         + (f"; job ratio alone/steady {_f(_g(sec, 'extras', 'job', 'ratio_alone_to_steady'), '.3f')}"
            if _g(sec, "extras", "job") else ""),
+        "population": (f"gate: separate / grouped {_f(_g(sec, 'population', 'gate_total', 'ratio'), '.2f')}×; "
+                       f"k = 4 in turn / batched "
+                       f"{_f(_g(sec, 'population', 'k_members', 'ratio_in_turn_to_batched'), '.2f')}×"),
     }
     for name, rec in sec.items():
         lines.append(f"| {rec.get('title', name)} | {rec.get('status')} | {heads.get(name, '')} |")
     render_fn = {"member_step": lambda r: _member(r, peak), "extras": lambda r: _member(r, peak),
-                 "loader": _loader, "ea": _ea, "fusion": _fusion, "real_run": _real_run}
+                 "loader": _loader, "ea": _ea, "fusion": _fusion, "real_run": _real_run, "population": _population}
     for name, rec in sec.items():
         lines += ["", f"## {rec.get('title', name)}", "", _status(rec)]
         if name in render_fn:

@@ -6,6 +6,7 @@ bench/gpu_check.py itself):
 2. loader — bench/_gpu_loader.py
 3. EA — bench/_gpu_ea.py
 4. fusion — bench/_gpu_fusion.py
+7. k members on one GPU (the grouped-convolution gate, in turn vs batched) — bench/_gpu_population.py
 
 What they share (the configs, :class:`Ctx`, the seeded genomes) is in bench/_gpu_ctx.py. Every section takes a
 :class:`Ctx` and a ``record`` dict it fills as it measures.
@@ -17,7 +18,8 @@ from _gpu_device import section_device
 from _gpu_ea import section_ea
 from _gpu_fusion import section_fusion
 from _gpu_loader import section_loader
+from _gpu_population import section_population
 from _gpu_member import EXTRA_VARIANTS, SMOKE_VARIANTS, VARIANTS, Variant, section_extras, section_member_step
 
 __all__ = ["Ctx", "Variant", "VARIANTS", "EXTRA_VARIANTS", "SMOKE_VARIANTS", "section_device", "section_member_step",
-           "section_loader", "section_ea", "section_fusion", "section_extras"]
+           "section_loader", "section_ea", "section_fusion", "section_extras", "section_population"]

@@ -96,6 +96,7 @@ from _gpu_common import Clock, Results, run_section
 from _gpu_report import render
 from _gpu_sections import (
     Ctx, section_device, section_ea, section_extras, section_fusion, section_loader, section_member_step,
+    section_population,
 )
 
 #: (name, title, GPU budget s, smoke budget s, GPU minimum s kept for it by earlier sections, section function).
@@ -107,6 +108,8 @@ SECTIONS: tuple[tuple[str, str, float, float, float, Any], ...] = (
     ("loader", "2. Loader: HDF5 shards vs the bf16 RRDB step", 20, 60, 10, section_loader),
     ("ea", "3. EA: one generation of N = 5 RRDB children", 50, 120, 25, section_ea),
     ("fusion", "4. Fusion: 5 RRDB experts", 45, 120, 20, section_fusion),
+    ("population", "7. k members on one GPU: grouped-convolution gate, in turn vs batched", 60, 120, 25,
+     section_population),
     ("real_run", "5. Short real run: SRResNet paper config, local executor", 330, 300, 120, None),
     ("extras", "6. Cheap fixes (channels_last, cudnn.benchmark) and the whole member job", 90, 120, 0,
      section_extras),

@@ -77,7 +77,7 @@ def test_bf16_peak_is_picked_by_device_name() -> None:
     assert common.bf16_peak("Some Future GPU")[0] is None
 
 
-SECTIONS = ("device", "member_step", "loader", "ea", "fusion", "real_run", "extras")
+SECTIONS = ("device", "member_step", "loader", "ea", "fusion", "population", "real_run", "extras")
 
 
 @pytest.mark.slow
@@ -131,6 +131,9 @@ def test_cpu_smoke_runs_every_section(tmp_path: Path, demo_shards: Path) -> None
     assert ea["values"]["G + VGG(sr), HR features precomputed"] == pytest.approx(ea["values"]["Objectives"])
     assert sections["fusion"]["experts"] == 5 and sections["fusion"]["step"]["median_s"] > 0
     assert sections["fusion"]["averaging"]["images"] >= 1
+    pop = sections["population"]
+    assert len(pop["gate"]) == 5 and all(r["separate_ms"] > 0 and r["grouped_ms"] > 0 for r in pop["gate"])
+    assert pop["k_members"]["k"] == 4 and pop["k_members"]["ratio_in_turn_to_batched"] > 0
     run = sections["real_run"]
     assert run["exit_code"] == 0
     assert {"pretrain", "adam/000", "ea/000", "fuse", "eval"} <= set(run["stages"])

@@ -1,7 +1,8 @@
-"""Torch datasets over HDF5 shards (see :mod:`easlurm.data.shards`): training patches, fitness tiles, whole images.
+"""Torch datasets over HDF5 shards (see :mod:`easlurm.data.shards`): random training patches and their loader.
 
-Every item is ``(lr, hr)`` float32 CHW RGB tensors in [0, 1] (``ImageDataset`` adds the entry id); ``hr`` is
-``scale`` times the size of ``lr`` and pixel-aligned with it (LR crop = HR crop / scale exactly).
+Every item is ``(lr, hr)`` float32 CHW RGB tensors in [0, 1]; ``hr`` is ``scale`` times the size of ``lr`` and
+pixel-aligned with it (LR crop = HR crop / scale exactly). Fitness tiles and whole images are read through
+:class:`ShardReader` (:mod:`easlurm.data.fitness`, fusion's averaging, :mod:`easlurm.scoring`).
 
 Shards are opened read-only, lazily, once per process: the handle table remembers the pid that opened it and is
 dropped after a fork, and is never pickled (so DataLoader workers with fork, spawn or forkserver each open their

@@ -69,15 +69,20 @@ def _replace(f: h5py.File, key: str, make: Callable[[], None]) -> None:
     make()
 
 
-def test_external_raw_storage_is_refused_and_its_file_never_read(tmp_path: Path) -> None:
-    out = _build(tmp_path, {"e1": (16, 16)})
-    secret = tmp_path / "id_ed25519"
+def _external_e1(out: Path, secret: Path) -> Path:
+    """Entry e1's HR dataset of the shard under ``out`` redefined with external raw storage in ``secret`` (a file
+    of SECRET bytes, as a private key would be); returns the doctored shard."""
     secret.write_bytes(SECRET * 40)
 
     def external(f: h5py.File) -> None:
         _replace(f, "hr/e1", lambda: f.create_dataset("hr/e1", shape=(16, 16, 3), dtype="u1",
                                                       external=[(str(secret), 0, 16 * 16 * 3)]))
-    shard = _doctor(out, external)
+    return _doctor(out, external)
+
+
+def test_external_raw_storage_is_refused_and_its_file_never_read(tmp_path: Path) -> None:
+    out = _build(tmp_path, {"e1": (16, 16)})
+    shard = _external_e1(out, tmp_path / "id_ed25519")
     with h5py.File(shard, "r") as f:  # the audit's PoC: HDF5 itself returns the other file's bytes as pixels
         assert f["hr/e1"][...].tobytes().startswith(SECRET)
     _refused(out, shard, "hr/e1", r"uses external raw storage \(.*id_ed25519")
@@ -244,12 +249,6 @@ def test_a_shard_changed_after_its_check_is_checked_again_when_reopened(tmp_path
     reader.read("e2", "hr", 0, 0, 4, 4)  # closes e1's shard (least recently used)
     np.testing.assert_array_equal(reader.read("e1", "hr", 0, 0, 4, 4), first)  # reopened unchanged: same layouts
     reader.read("e2", "hr", 0, 0, 4, 4)
-    secret = tmp_path / "secret"
-    secret.write_bytes(SECRET * 40)
-
-    def external(f: h5py.File) -> None:
-        _replace(f, "hr/e1", lambda: f.create_dataset("hr/e1", shape=(16, 16, 3), dtype="u1",
-                                                      external=[(str(secret), 0, 16 * 16 * 3)]))
-    shard = _doctor(out, external)
+    shard = _external_e1(out, tmp_path / "secret")
     with pytest.raises(DataError, match=rf"^{shard}: dataset 'hr/e1' uses external raw storage"):
         reader.read("e1", "hr", 0, 0, 4, 4)

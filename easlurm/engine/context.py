@@ -30,7 +30,7 @@ from ..leases import Lease, held
 from ..records import StageRecord
 from ..runtime import AttemptLog, pick_device, tb_writer
 from .loop import Cadence, Trainee, loop_steps
-from .preempt import Preemption
+from .preempt import PreemptFlag, Preemption
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -47,7 +47,7 @@ class StageContext:
     cfg: Config
     folder: Path
     where: str
-    preempt: Preemption
+    preempt: PreemptFlag
     lease: Lease
     device: torch.device
     started: float
@@ -68,7 +68,7 @@ class StageContext:
 @contextlib.contextmanager
 def stage_context(run: RunDir, cfg: Config, folder: Path, where: str, device: str | None = None,
                   started: float | None = None, preemptible: bool = True,
-                  preempt: Any = None) -> Iterator[StageContext]:
+                  preempt: PreemptFlag | None = None) -> Iterator[StageContext]:
     """Enter a stage: the preemption handlers first (a warning during start-up must not kill the task before its
     next commit), then the lease on ``folder`` (one live writer), then the device. ``started``: when the process
     began (default: now). ``preemptible=False``: a short stage that does not checkpoint keeps the default signal

@@ -29,7 +29,7 @@ from ..errors import TrainingError
 from ..runtime import AttemptLog, check_finite_weights
 from ..tensor_files import torch_bytes
 from .. import rng
-from .preempt import Preemption
+from .preempt import PreemptFlag
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class _LossWatch:
 
 
 def run_loop(trainee: Trainee, *, start: int, cadence: Cadence, commit: Callable[[int, dict[str, bytes]], Any],
-             tb: Any, tb_step0: int = 0, preempt: Preemption | None = None,
+             tb: Any, tb_step0: int = 0, preempt: PreemptFlag | None = None,
              extra_scalars: Callable[[], Mapping[str, float]] | None = None,
              attempt: AttemptLog | None = None) -> None:
     """Run iterations ``start`` … ``cadence.total - 1`` of ``trainee``.
@@ -113,7 +113,7 @@ def run_loop(trainee: Trainee, *, start: int, cadence: Cadence, commit: Callable
 
 
 def loop_steps(trainee: Trainee, *, start: int, cadence: Cadence, commit: Callable[[int, dict[str, bytes]], Any],
-               tb: Any, tb_step0: int = 0, preempt: Preemption | None = None,
+               tb: Any, tb_step0: int = 0, preempt: PreemptFlag | None = None,
                extra_scalars: Callable[[], Mapping[str, float]] | None = None,
                attempt: AttemptLog | None = None) -> Iterator[int]:
     """:func:`run_loop` one iteration at a time: yields the number of finished iterations after each (its log and

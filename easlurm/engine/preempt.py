@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 import sys
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 _SIGNALS = tuple(s for s in (getattr(signal, "SIGUSR2", None), signal.SIGTERM) if s is not None)
 
@@ -64,4 +64,14 @@ class Preemption:
         raise Preempted(128 + signum)
 
 
-__all__ = ["PREEMPTED_RC", "TERMINATED_RC", "Preempted", "Preemption"]
+class PreemptFlag(Protocol):
+    """What a training loop asks of its preemption flag: :class:`Preemption`, or a task's shared round flag
+    (:class:`easlurm.engine.group.RoundPreemption`)."""
+
+    @property
+    def requested(self) -> bool: ...
+
+    def finish(self) -> None: ...
+
+
+__all__ = ["PREEMPTED_RC", "TERMINATED_RC", "Preempted", "Preemption", "PreemptFlag"]

@@ -270,6 +270,25 @@ def _population(rec: dict[str, Any]) -> list[str]:
     return out
 
 
+def _graph(rec: dict[str, Any]) -> list[str]:
+    out = ["| variant | eager ms/it | graph ms/it | eager / graph | it/s eager → graph | host CPU share eager → "
+           "graph | MFU eager → graph | peak GiB eager / graph | ‖Δw‖/‖w‖ graph vs eager (eager vs eager) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rec.get("rows") or []:
+        ms, its, host, mfu, pk, sm = (r.get(k) or {} for k in ("ms_per_it", "its_per_s", "host_cpu_share", "mfu",
+                                                               "peak_gib", "same_math"))
+        out.append(f"| {r['label']} ({r.get('backend')}) | {_f(ms.get('eager'), '.1f')} | {_f(ms.get('graph'), '.1f')}"
+                   f" | {_f(r.get('speedup'), '.2f')}× | {_f(its.get('eager'), '.2f')} → {_f(its.get('graph'), '.2f')}"
+                   f" | {_pct(host.get('eager'))} → {_pct(host.get('graph'))} | {_pct(mfu.get('eager'))} → "
+                   f"{_pct(mfu.get('graph'))} | {_f(pk.get('eager'), '.1f')} / {_f(pk.get('graph'), '.1f')} | "
+                   f"{_f(sm.get('graph_vs_eager'), '.1e')} ({_f(sm.get('eager_vs_eager'), '.1e')}) |")
+    out += ["", "Same math: both members start from one seed and train on the same batches for 6 iterations (3 eager "
+            "warm-ups, the captured one, 2 replays); the graph's difference from eager should be of the order of "
+            "eager's own run-to-run difference. Captures, replays and the first captured iteration's seconds are in "
+            "gpu.json."]
+    return out
+
+
 def render(data: dict[str, Any]) -> str:
     meta = data.get("meta", {})
     sec = data.get("sections", {})
@@ -307,6 +326,9 @@ def render(data: dict[str, Any]) -> str:
                             for r in _g(sec, "extras", "rows") or [])
         + (f"; job ratio alone/steady {_f(_g(sec, 'extras', 'job', 'ratio_alone_to_steady'), '.3f')}"
            if _g(sec, "extras", "job") else ""),
+        "graph": ", ".join(f"{r['label']}: eager / graph {_f(r.get('speedup'), '.2f')}×, "
+                           f"{_f(_g(r, 'its_per_s', 'graph'), '.2f')} it/s"
+                           for r in _g(sec, "graph", "rows") or []),
         "population": (f"gate: separate / grouped {_f(_g(sec, 'population', 'gate_total', 'ratio'), '.2f')}×; "
                        f"k = 4 in turn / batched "
                        f"{_f(_g(sec, 'population', 'k_members', 'ratio_in_turn_to_batched'), '.2f')}×"),
@@ -314,7 +336,8 @@ def render(data: dict[str, Any]) -> str:
     for name, rec in sec.items():
         lines.append(f"| {rec.get('title', name)} | {rec.get('status')} | {heads.get(name, '')} |")
     render_fn = {"member_step": lambda r: _member(r, peak), "extras": lambda r: _member(r, peak),
-                 "loader": _loader, "ea": _ea, "fusion": _fusion, "real_run": _real_run, "population": _population}
+                 "loader": _loader, "ea": _ea, "fusion": _fusion, "real_run": _real_run, "population": _population,
+                 "graph": _graph}
     for name, rec in sec.items():
         lines += ["", f"## {rec.get('title', name)}", "", _status(rec)]
         if name in render_fn:

@@ -95,8 +95,8 @@ from _common import RESULTS_DIR, ROOT, build_demo, now_iso
 from _gpu_common import Clock, Results, run_section
 from _gpu_report import render
 from _gpu_sections import (
-    Ctx, section_device, section_ea, section_extras, section_fusion, section_loader, section_member_step,
-    section_population,
+    Ctx, section_device, section_ea, section_extras, section_fusion, section_graph, section_loader,
+    section_member_step, section_population,
 )
 
 #: (name, title, GPU budget s, smoke budget s, GPU minimum s kept for it by earlier sections, section function).
@@ -105,6 +105,7 @@ from _gpu_sections import (
 SECTIONS: tuple[tuple[str, str, float, float, float, Any], ...] = (
     ("device", "0. Device", 20, 60, 10, section_device),
     ("member_step", "1. Member step: MemberStep vs bare loop", 125, 300, 60, section_member_step),
+    ("graph", "8. Captured step: eager vs one CUDA graph (adam.cuda_graph)", 60, 120, 30, section_graph),
     ("loader", "2. Loader: HDF5 shards vs the bf16 RRDB step", 20, 60, 10, section_loader),
     ("ea", "3. EA: one generation of N = 5 RRDB children", 50, 120, 25, section_ea),
     ("fusion", "4. Fusion: 5 RRDB experts", 45, 120, 20, section_fusion),

@@ -127,6 +127,8 @@ class AdamConfig:
     norm_eps: float = _f(1e-7, min=0, min_exclusive=True, doc="ε of the per-tensor gradient normalisation")
     bf16: bool = _f(False, doc="bf16 autocast on CUDA (ignored on CPU)")
     channels_last: bool = _f(False, doc="channels_last memory format on CUDA")
+    cuda_graph: bool = _f(False, doc="on CUDA, capture the whole member step in one CUDA graph after 3 eager "
+                          "iterations and replay it (same math; ignored on CPU)")
     log_every: int = _f(100, min=1)
     image_every: int = _f(1000, min=1)
     members_per_task: int = _f(1, min=1, max=1024, doc="trained members one array task trains side by side, one "

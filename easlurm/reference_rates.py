@@ -62,7 +62,7 @@ _RRDB = (("model.arch", "rrdbnet"), ("model.options.num_feat", 64), ("model.opti
 _MSRRESNET = (("model.arch", "msrresnet"), ("model.options.num_feat", 64), ("model.options.num_block", 16),
               ("data.scale", 4))
 _MEMBER = (("data.patch_size", 128), ("adam.batch_size", 16), ("adam.bf16", False),
-           ("adam.members_per_task", 1))
+           ("adam.members_per_task", 1), ("adam.cuda_graph", False))
 _H200 = "NVIDIA H200"
 _GPU_MD = "bench/results/gpu.md, bash bench/gpu_check.sh"
 _RUN1_MD = "bench/results/gpu-run1.md, bash bench/gpu_check.sh"

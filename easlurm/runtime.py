@@ -63,7 +63,8 @@ def cpu_state(module_or_state: nn.Module | Mapping[str, Any]) -> dict[str, Any]:
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def adam(params: Iterable[torch.Tensor], lr: float, betas: Sequence[float], fused: bool = True) -> torch.optim.Adam:
+def adam(params: Iterable[torch.Tensor], lr: float, betas: Sequence[float], fused: bool = True,
+         capturable: bool = False) -> torch.optim.Adam:
     """Adam as every stage builds it (members, pretraining, fusion).
 
     ``fused`` (the default where torch has a fused kernel for the parameters' device and dtype): one kernel per
@@ -71,13 +72,18 @@ def adam(params: Iterable[torch.Tensor], lr: float, betas: Sequence[float], fuse
     per-tensor CPU step counter (bench/adam_fused.py; BENCHMARKS.md). Same update up to float rounding. The choice
     survives ``load_state_dict`` of a state saved by the other implementation (a run resumed across versions): the
     loaded groups' flags are set back and the step counters moved where this implementation keeps them.
+
+    ``capturable``: safe to capture in a CUDA graph (step counters on the device; :mod:`easlurm.train.graphed`).
+    Only for CUDA parameters: elsewhere a ValueError.
     """
     params = list(params)
     devices = {p.device.type for p in params}
+    if capturable and devices != {"cuda"}:
+        raise ValueError(f"adam(capturable=True): only for CUDA parameters, got {sorted(devices)}")
     use_fused = bool(fused and params and devices <= {"cpu", "cuda"} and len(devices) == 1
                      and all(p.dtype in _FUSED_DTYPES for p in params))
     opt = torch.optim.Adam(params, lr=lr, betas=(float(betas[0]), float(betas[1])),
-                           **({"fused": True} if use_fused else {}))
+                           **({"fused": True} if use_fused else {}), **({"capturable": True} if capturable else {}))
     flags = {k: opt.param_groups[0][k] for k in ("fused", "foreach", "capturable")}
 
     def keep_implementation(o: torch.optim.Optimizer) -> None:

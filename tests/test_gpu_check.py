@@ -77,7 +77,7 @@ def test_bf16_peak_is_picked_by_device_name() -> None:
     assert common.bf16_peak("Some Future GPU")[0] is None
 
 
-SECTIONS = ("device", "member_step", "loader", "ea", "fusion", "population", "real_run", "extras")
+SECTIONS = ("device", "member_step", "graph", "loader", "ea", "fusion", "population", "real_run", "extras")
 
 
 @pytest.mark.slow
@@ -134,6 +134,12 @@ def test_cpu_smoke_runs_every_section(tmp_path: Path, demo_shards: Path) -> None
     pop = sections["population"]
     assert len(pop["gate"]) == 5 and all(r["separate_ms"] > 0 and r["grouped_ms"] > 0 for r in pop["gate"])
     assert pop["k_members"]["k"] == 4 and pop["k_members"]["ratio_in_turn_to_batched"] > 0
+    graph = sections["graph"]["rows"]
+    assert [r["label"] for r in graph] == list(mod.SMOKE_GRAPH_VARIANTS)
+    for r in graph:  # the CPU stand-in: 3 warm-ups, one capture, then replays of the same computation
+        assert r["backend"].startswith("Rerun") and r["captures"] == 1 and r["replays"] >= 3
+        assert r["same_math"]["graph_vs_eager"] == 0.0 and r["same_math"]["eager_vs_eager"] == 0.0
+        assert r["ms_per_it"]["graph"] > 0 and r["speedup"] > 0
     run = sections["real_run"]
     assert run["exit_code"] == 0
     assert {"pretrain", "adam/000", "ea/000", "fuse", "eval"} <= set(run["stages"])

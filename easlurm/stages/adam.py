@@ -106,7 +106,8 @@ def _rate_key(cfg: Config) -> dict[str, Any]:
     d, a = cfg.discriminator, cfg.adam
     return {**_keys.network(cfg), **_keys.perceptual(cfg), **_keys.hardware(cfg, "adam"), "d": [d.arch, d.num_feat],
             "patch": cfg.data.patch_size, "batch": a.batch_size, "bf16": a.bf16, "channels_last": a.channels_last,
-            "gan": cfg.loss.gan_type, **({"members_per_task": a.members_per_task} if a.members_per_task > 1 else {})}
+            "gan": cfg.loss.gan_type, **({"members_per_task": a.members_per_task} if a.members_per_task > 1 else {}),
+            **({"cuda_graph": True} if a.cuda_graph else {})}
 
 
 def _tiny(cfg: Config) -> dict[str, Any]:

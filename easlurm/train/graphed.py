@@ -102,9 +102,10 @@ class CudaGraph:
         self.graph = torch.cuda.CUDAGraph()
         self.pool = pool
         self.outputs: Flat = ()
+        self.side = torch.cuda.Stream()
 
     def eager(self, fn: Callable[[], Flat]) -> Flat:
-        side = torch.cuda.Stream()
+        side = self.side
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             out = fn()
@@ -163,6 +164,7 @@ class GraphedStep:
         self.warmup = int(warmup)
         self.captures = self.replays = 0
         self._graph: GraphBackend | None = None
+        self._next: GraphBackend | None = None  # the graph being warmed up for
         self._warm = 0
         self._static: tuple[torch.Tensor, torch.Tensor] | None = None
         self._result_type: Any = None
@@ -172,7 +174,7 @@ class GraphedStep:
     def reset(self) -> None:
         """Forget the graph: the next call warms up and captures again (after a checkpoint or optimizer state was
         loaded into the step's modules, or anything else that replaced tensors the graph reads or writes)."""
-        self._graph, self._static, self._warm = None, None, 0
+        self._graph, self._next, self._static, self._warm = None, None, None, 0
 
     @property
     def captured(self) -> bool:
@@ -193,11 +195,12 @@ class GraphedStep:
             self.reset()  # a graph holds one shape
         if self._graph is None and self._warm < self.warmup:
             self._warm += 1
-            graph = self.backend()
-            return self._unflat(graph.eager(lambda: self._flat(lr, hr)))
+            if self._next is None:
+                self._next = self.backend()
+            return self._unflat(self._next.eager(lambda: self._flat(lr, hr)))
         if self._graph is None:
             self._static = (lr.detach().clone(), hr.detach().clone())
-            graph = self.backend()
+            graph, self._next = self._next or self.backend(), None
             for opt in (getattr(self.step, "opt_g", None), getattr(self.step, "opt_d", None)):
                 if opt is not None:
                     opt.zero_grad(set_to_none=True)  # gradients are then allocated in the graph's pool

@@ -188,6 +188,19 @@ def _ea(rec: dict[str, Any]) -> list[str]:
         out.append("- make_child alone (operators forced on): " + ", ".join(f"{k} {v:.3f} s" for k, v in mc.items()))
     if rec.get("values"):
         out.append(f"- same math: (f1, f2) of one genome: {rec['values']}")
+    pi = rec.get("per_image_batch")
+    if pi:
+        out.append(f"- **one image's tiles per batch** (eval batch {pi.get('eval_batch')}, {pi.get('batches')} "
+                   f"batches): {_f(pi.get('s'), '.3f')} s per evaluation against "
+                   f"{_f(pi.get('config_eval_batch_s'), '.3f')} s with the config's: "
+                   f"**{_f(pi.get('speedup'), '.2f')}×**; (f1, f2) {pi.get('values')}")
+    cb = rec.get("children_batched")
+    if cb:
+        out.append(f"- **{cb.get('children')} children as one batch** (stacked weights, vmapped G, one VGG pass; "
+                   f"per-image batches, cached HR features): {_f(cb.get('batched_s'), '.3f')} s against "
+                   f"{_f(cb.get('one_by_one_s'), '.3f')} s one by one: **{_f(cb.get('speedup'), '.2f')}×**, peak "
+                   f"{_f(cb.get('peak_gib'), '.1f')} GiB; objectives' largest relative difference "
+                   f"{_f(cb.get('max_rel_diff'), '.1e')}")
     out.append(f"- host syncs per evaluation (reads / CUDA): {_syncs(rec.get('syncs_per_evaluation'))}; per "
                f"make_child: {_syncs(rec.get('syncs_make_child'))}")
     out += _sites(rec.get("syncs_make_child"))

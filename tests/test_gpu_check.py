@@ -129,6 +129,8 @@ def test_cpu_smoke_runs_every_section(tmp_path: Path, demo_shards: Path) -> None
     assert ea["n"] == 5 and ea["generations"]["count"] == 1 and ea["ratio_bare_vs_objectives"] > 0
     assert ea["fitness"]["tiles"] == ea["fitness"]["images"] * ea["fitness"]["tiles_per_image"]
     assert ea["values"]["G + VGG(sr), HR features precomputed"] == pytest.approx(ea["values"]["Objectives"])
+    assert ea["per_image_batch"]["values"] == pytest.approx(ea["values"]["Objectives"], rel=1e-5)
+    assert ea["children_batched"]["children"] == 5 and ea["children_batched"]["max_rel_diff"] < 1e-4
     assert sections["fusion"]["experts"] == 5 and sections["fusion"]["step"]["median_s"] > 0
     assert sections["fusion"]["averaging"]["images"] >= 1
     pop = sections["population"]

@@ -163,6 +163,9 @@ class EAConfig:
                                                        "unlimited (reference)")
     reset_adam: bool = _f(True, doc="reset generator Adam moments after the EA phase (reference)")
     eval_batch: int = _f(16, min=1, max=65_536, doc="fitness tiles per forward pass")
+    batch_children: bool = _f(False, doc="evaluate a generation's children as one batch (stacked weights, one "
+                              "perceptual pass); the generation is the sequential one, objectives equal up to float "
+                              "rounding")
     checkpoint_every: int = _f(10, min=1, doc="generations between EA-phase checkpoints (also on preemption)")
 
 

@@ -58,20 +58,33 @@ class PerceptualLoss(nn.Module):
         return self.vgg(hr.detach())
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor | None = None,
-                target: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                target: dict[str, torch.Tensor] | None = None, groups: int = 1) -> torch.Tensor:
         """sr, hr: N×3×H×W RGB float in [0, 1], same shape → scalar loss (gradient flows into ``sr`` only).
 
         ``target`` (from :meth:`target_features`) replaces ``hr``: the EA scores every genome on one fixed set.
+        ``groups`` G > 1: ``sr`` holds G·N images, G groups of N (several generators' outputs on the same N HR
+        images, group-major), all through one VGG pass; returns the G losses (a length-G vector).
         """
+        n = sr.shape[0] // groups if groups > 1 else sr.shape[0]
+        if groups > 1 and n * groups != sr.shape[0]:
+            raise ValueError(f"PerceptualLoss: {sr.shape[0]} images do not split into {groups} groups")
         if target is None:
             if hr is None:
                 raise ValueError("PerceptualLoss: give hr or target")
-            if sr.shape != hr.shape:
-                raise ValueError(f"PerceptualLoss: shape mismatch sr {tuple(sr.shape)} vs hr {tuple(hr.shape)}")
+            if (n, *sr.shape[1:]) != tuple(hr.shape):
+                raise ValueError(f"PerceptualLoss: shape mismatch sr {tuple(sr.shape)} vs hr {tuple(hr.shape)}"
+                                 + (f" ({groups} groups)" if groups > 1 else ""))
             fh = self.target_features(hr)
         else:
             fh = target
         fs = self.vgg(sr)
+        if groups > 1:
+            total = sr.new_zeros(groups)
+            for name, w in self.layer_weights.items():
+                diff = fs[name].unflatten(0, (groups, n)) - fh[name].unsqueeze(0)
+                per = diff.abs() if self.criterion == "l1" else diff.square()
+                total = total + w * per.flatten(1).mean(1)
+            return total
         dist = F.l1_loss if self.criterion == "l1" else F.mse_loss
         total = sr.new_zeros(())
         for name, w in self.layer_weights.items():

@@ -27,8 +27,8 @@ from .operators import Genome, choose_partner, gaussian_mutation, sbx_child
 from .pareto import hypervolume
 from .selection import MoeadState, assign_slots_by_f1, moead_replace, neighbourhoods, nsga2_select
 
-__all__ = ["SEED_TAG", "HV_REF_FACTOR", "SELECTIONS", "EAState", "Context", "child_id", "make_child",
-           "distinct_genomes", "evolve"]
+__all__ = ["SEED_TAG", "HV_REF_FACTOR", "SELECTIONS", "EAState", "Context", "Evaluate", "EvaluateMany", "child_id",
+           "make_child", "distinct_genomes", "evolve"]
 
 log = logging.getLogger("easlurm.evo")
 
@@ -39,6 +39,8 @@ SEED_TAG = SEED_TAG_CHILD
 HV_REF_FACTOR = 1.1
 
 Evaluate = Callable[[Genome], tuple[float, float]]
+#: Several genomes' objectives at once (``ea.batch_children``: easlurm.evo.objectives.Objectives.many).
+EvaluateMany = Callable[[Sequence[Genome]], list[tuple[float, float]]]
 
 
 def child_id(cycle: int, generation: int, slot: int) -> str:
@@ -125,8 +127,26 @@ class EAState:
 
 
 @dataclass
+class _Made:
+    """A child made ahead from the generation's starting population, with its objectives: still slot i's child
+    while slot i and its partner hold the genomes it was made from (make_child reads nothing else)."""
+    child: Genome
+    ops: list[dict[str, Any]]
+    partner: int | None
+    f: tuple[float, float] | None
+    parent_genome: Genome
+    partner_genome: Genome | None
+
+    def holds_for(self, genomes: Sequence[Genome], i: int) -> bool:
+        return genomes[i] is self.parent_genome and (self.partner is None
+                                                     or genomes[self.partner] is self.partner_genome)
+
+
+@dataclass
 class Context:
-    """What a generation step needs besides the state."""
+    """What a generation step needs besides the state. ``evaluate_many``: evaluate a generation's children as one
+    batch (:meth:`make_ahead`); ``ahead``: the children made ahead for the current generation; ``ahead_used`` and
+    ``ahead_wasted`` count made-ahead evaluations kept and redone."""
     ea: EAConfig
     cycle: int
     run_seed: int
@@ -135,14 +155,45 @@ class Context:
     fixed: frozenset[int]
     evaluate: Evaluate
     genes: GenePlan | None = None
+    evaluate_many: EvaluateMany | None = None
+    ahead: dict[int, _Made] = field(default_factory=dict)
+    ahead_used: int = 0
+    ahead_wasted: int = 0
+
+    def make_ahead(self, st: EAState, g: int) -> None:
+        """Every slot's child of generation g made from the generation's starting population, the non-copy ones
+        evaluated in one ``evaluate_many`` call. With MOEA/D a child replaces members before the next is made: a
+        child made ahead whose parent or partner slot changed meanwhile is made and evaluated again when its turn
+        comes (:meth:`new_child`), so the generation is exactly the sequential one (same children, same draws)."""
+        self.ahead = {}
+        if self.evaluate_many is None:
+            return
+        for i in range(len(st.genomes)):
+            seed = derive_seed(self.run_seed, self.cycle, g, i, SEED_TAG)
+            child, ops, partner = make_child(i, st.genomes, self.ea, self.neighbourhood[i], seed, self.genes)
+            self.ahead[i] = _Made(child, ops, partner, None, st.genomes[i],
+                                  st.genomes[partner] if partner is not None else None)
+        todo = [i for i, m in self.ahead.items() if m.ops[0]["op"] != "copy"]
+        if todo:
+            for i, (f1, f2) in zip(todo, self.evaluate_many([self.ahead[i].child for i in todo]), strict=True):
+                self.ahead[i].f = (float(f1), float(f2))
 
     def new_child(self, st: EAState, g: int, i: int) -> tuple[Genome, dict[str, Any], tuple[float, float] | None]:
         """Make and evaluate slot i's child of generation g; returns (child, lineage row, objectives or None)."""
         seed = derive_seed(self.run_seed, self.cycle, g, i, SEED_TAG)
-        child, ops, partner = make_child(i, st.genomes, self.ea, self.neighbourhood[i], seed, self.genes)
+        made = self.ahead.pop(i, None)
+        if made is not None and made.holds_for(st.genomes, i):
+            child, ops, partner, f_ahead = made.child, made.ops, made.partner, made.f
+            self.ahead_used += f_ahead is not None
+        else:
+            self.ahead_wasted += made is not None and made.f is not None
+            child, ops, partner = make_child(i, st.genomes, self.ea, self.neighbourhood[i], seed, self.genes)
+            f_ahead = None
         parents = [st.refs[i]] + ([st.refs[partner]] if partner is not None else [])
         if ops[0]["op"] == "copy":  # the parent itself: evaluation would only reproduce its objectives
             f = (float(st.F[i, 0]), float(st.F[i, 1]))
+        elif f_ahead is not None:
+            f = f_ahead
         else:
             f1, f2 = self.evaluate(child)
             f = (float(f1), float(f2))
@@ -165,6 +216,7 @@ def _moead_generation(st: EAState, g: int, ctx: Context) -> tuple[int, int]:
     """Each child may replace members of B(i) at once (the next member's child already sees the result)."""
     accepted = rejected = 0
     cap = ctx.ea.max_replacements
+    ctx.make_ahead(st, g)
     for i in range(len(st.genomes)):
         child, row, f = ctx.new_child(st, g, i)
         if f is None:
@@ -187,6 +239,7 @@ def _nsga2_generation(st: EAState, g: int, ctx: Context) -> tuple[int, int]:
     replaceable slots' count, survivors go to those slots by ascending f1 (each slot keeps its discriminator)."""
     n = len(st.genomes)
     slots = [j for j in range(n) if j not in ctx.fixed]
+    ctx.make_ahead(st, g)  # every child comes from the starting population: all made ahead are kept
     made = [ctx.new_child(st, g, i) for i in range(n)]
     rejected = sum(1 for _, _, f in made if f is None)
     # A "copy" child is its parent: in the pool it would be a duplicate that can win a second slot and shrink the
@@ -218,11 +271,15 @@ SELECTIONS: dict[str, Generation | None] = {"moead": _moead_generation, "nsga2":
 
 def evolve(state: EAState, weights: np.ndarray, ea: EAConfig, *, cycle: int, run_seed: int,
            fixed: Sequence[int] = (), evaluate: Evaluate,
-           on_generation: Callable[[int, EAState], None] | None = None, genes: GenePlan | None = None) -> EAState:
+           on_generation: Callable[[int, EAState], None] | None = None, genes: GenePlan | None = None,
+           evaluate_many: EvaluateMany | None = None) -> EAState:
     """Run generations ``state.generation`` … ``ea.generations - 1`` in place; return the state.
 
     ``weights``: the n × 2 preferences. ``fixed``: slots never replaced. ``evaluate(genome) -> (f1, f2)``.
     ``genes``: the backbone's gene layout (:func:`make_child`; None → the ``float_tensors`` rule).
+    ``evaluate_many(genomes) -> [(f1, f2), …]``: when given, each generation's children are made ahead and evaluated
+    as one batch (:meth:`Context.make_ahead`); the generation is the sequential one, children whose parents were
+    replaced meanwhile being made and evaluated again.
     A child whose objectives are not finite is rejected (logged, never selected, z not updated). A "copy" child
     (no operator fired) is not re-evaluated: it gets its parent's objectives. ``on_generation(g, state)`` runs after
     each generation (the job logs and checkpoints there).
@@ -240,7 +297,7 @@ def evolve(state: EAState, weights: np.ndarray, ea: EAConfig, *, cycle: int, run
     if step is None:
         return state
     ctx = Context(ea, cycle, run_seed, np.asarray(weights, dtype=np.float64), neighbourhoods(n, ea.neighbourhood),
-                  frozenset(int(j) for j in fixed), evaluate, genes)
+                  frozenset(int(j) for j in fixed), evaluate, genes, evaluate_many)
     for g in range(state.generation, ea.generations):
         accepted, rejected = step(state, g, ctx)
         state.hypervolume.append(hypervolume(state.F, state.hv_ref))
@@ -248,6 +305,9 @@ def evolve(state: EAState, weights: np.ndarray, ea: EAConfig, *, cycle: int, run
         state.rejected.append(rejected)
         state.distinct.append(distinct_genomes(state.refs))
         state.generation = g + 1
+        if evaluate_many is not None:
+            log.debug("cycle %d generation %d: children evaluated ahead %d kept, %d redone", cycle, g,
+                      ctx.ahead_used, ctx.ahead_wasted)
         if on_generation is not None:
             on_generation(g, state)
     return state

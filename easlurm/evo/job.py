@@ -174,7 +174,8 @@ def _run_ea(ctx: StageContext, cycle: int) -> EADone:
                 genomes.append({k: v.to(dev) for k, v in genes.genome(sd).items()})
                 ref = member_file(folder, meta, "G.pt")
                 refs.append({"checkpoint": run.rel(ref.path), "sha256": ref.sha256})
-            F0 = np.array([objective(g) for g in genomes], dtype=np.float64)
+            F0 = np.array(objective.many(genomes) if ea.batch_children else [objective(g) for g in genomes],
+                          dtype=np.float64)
             for (folder, _), f in zip(members, F0):
                 if not np.isfinite(f).all():
                     raise CheckpointError(f"{folder}: generator has non-finite objectives {f.tolist()} on the "
@@ -212,7 +213,8 @@ def _run_ea(ctx: StageContext, cycle: int) -> EADone:
                 pre.finish()
 
         evolve(st, weights, ea, cycle=cycle, run_seed=cfg.run.seed, fixed=fixed, evaluate=objective,
-               on_generation=on_generation, genes=genes)
+               on_generation=on_generation, genes=genes,
+               evaluate_many=objective.many if ea.batch_children else None)
         record = _write_outputs(run, cfg, cycle, members, st, F0, fitness, perceptual, before + objective.calls,
                                 attempt.entries(st.generation), lease, genes)
         _tb_front(tb, (run.ea(cycle) / "front.png").read_bytes(), step0 + ea.generations)

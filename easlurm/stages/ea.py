@@ -110,7 +110,8 @@ def _rate_key(cfg: Config) -> dict[str, Any]:
     d, ea = cfg.data, cfg.ea
     return {**_keys.network(cfg), **_keys.perceptual(cfg), **_keys.hardware(cfg, "ea"),
             "population": cfg.population.size, "tile": d.fitness_tile, "images": d.fitness_images,
-            "tiles": d.fitness_max_tiles, "eval_batch": ea.eval_batch, "operators": [ea.p_crossover, ea.p_mutation]}
+            "tiles": d.fitness_max_tiles, "eval_batch": ea.eval_batch, "operators": [ea.p_crossover, ea.p_mutation],
+            **({"batch_children": True} if ea.batch_children else {})}
 
 
 KIND = StageKind(

@@ -46,37 +46,6 @@ def _bare_eval(model: torch.nn.Module, perceptual: Any, lr_all: torch.Tensor, hr
     return float(l1) / hr_all.shape[0], float(pc) / hr_all.shape[0]
 
 
-def _children_as_one_batch(model: torch.nn.Module, perceptual: Any, lr_all: torch.Tensor, hr_all: torch.Tensor,
-                           spans: list[tuple[int, int]], targets: list[dict[str, torch.Tensor]],
-                           genomes: list[dict[str, torch.Tensor]]) -> list[tuple[float, float]]:
-    """The objectives of all ``genomes`` from one batched computation per tile batch (what issue 17 asks to try for a
-    generation's children): their weights stacked, G vmapped over them (grouped convolutions), one VGG pass over the
-    k·b SR tiles, the HR features repeated k times. Tile means (equal to the per-image mean when every image has the
-    same tile count). Not used by the EA: this measures whether it would pay."""
-    k = len(genomes)
-    stacked = {name: torch.stack([g[name] for g in genomes]) for name in genomes[0]}
-
-    def one(params: dict[str, torch.Tensor], lr: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(model, params, (lr,))
-
-    l1 = torch.zeros(k, dtype=torch.float64, device=hr_all.device)
-    pc = torch.zeros(k, dtype=torch.float64, device=hr_all.device)
-    with torch.no_grad():
-        for t, (s, e) in enumerate(spans):
-            lr, hr = lr_all[s:e], hr_all[s:e]
-            sr = torch.func.vmap(one, in_dims=(0, None))(stacked, lr)          # k × b × 3 × H × W
-            b = e - s
-            l1 += (sr - hr).abs().flatten(1).mean(1).double() * b
-            fs = perceptual.vgg(sr.flatten(0, 1))
-            per = torch.zeros(k, dtype=torch.float64, device=hr_all.device)
-            for n, wt in perceptual.layer_weights.items():
-                diff = (fs[n].unflatten(0, (k, b)) - targets[t][n].unsqueeze(0)).abs()
-                per += wt * diff.flatten(1).mean(1).double()
-            pc += per * b
-    n_tiles = hr_all.shape[0]
-    return [(float(a) / n_tiles, float(c) / n_tiles) for a, c in zip(l1, pc)]
-
-
 def _fitness_like_reference(ctx: Ctx, cfg: Any) -> tuple[Any, dict[str, Any]]:
     """A FitnessSet shaped like the config's: ``data.fitness_images`` images × ``data.fitness_max_tiles`` tiles.
 
@@ -224,17 +193,13 @@ def section_ea(ctx: Ctx, record: dict[str, Any]) -> None:
             record["per_image_batch"] = {"eval_batch": per_image.batch, "batches": len(per_image.batches), "s": pi_s,
                                          "config_eval_batch_s": obj_s, "speedup": obj_s / pi_s,
                                          "values": list(per_image(genomes[0]))}
-        # A generation's children as one batch (weights stacked, vmapped G, one VGG pass) vs one Objectives call
-        # each, on the per-image batches and cached HR features.
-        if per_image._target_cache() is not None and ctx.clock.left() > 8 * max(obj_s, 0.5):
-            pi_spans, pi_targets = list(per_image.batches), per_image._target_cache()
-            assert pi_targets is not None
+        # A generation's children as one batch (ea.batch_children: Objectives.many — weights stacked, vmapped G,
+        # one VGG pass) vs one Objectives call each, on the per-image batches.
+        if ctx.clock.left() > 8 * max(obj_s, 0.5):
             one_by_one = min(ctx.timed(lambda: [per_image(g) for g in genomes]) for _ in range(2))
-            batched = partial(_children_as_one_batch, model, perceptual, fsd.lr, fsd.hr, pi_spans, pi_targets,
-                              genomes)
             reset_peak(dev)
-            together = min(ctx.timed(batched) for _ in range(2))
-            vals, ref = batched(), [per_image(g) for g in genomes]
+            together = min(ctx.timed(lambda: per_image.many(genomes)) for _ in range(2))
+            vals, ref = per_image.many(genomes), [per_image(g) for g in genomes]
             record["children_batched"] = {
                 "children": len(genomes), "one_by_one_s": one_by_one, "batched_s": together,
                 "speedup": one_by_one / together, "peak_gib": peak_gib(dev),

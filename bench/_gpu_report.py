@@ -196,8 +196,8 @@ def _ea(rec: dict[str, Any]) -> list[str]:
                    f"**{_f(pi.get('speedup'), '.2f')}×**; (f1, f2) {pi.get('values')}")
     cb = rec.get("children_batched")
     if cb:
-        out.append(f"- **{cb.get('children')} children as one batch** (stacked weights, vmapped G, one VGG pass; "
-                   f"per-image batches, cached HR features): {_f(cb.get('batched_s'), '.3f')} s against "
+        out.append(f"- **{cb.get('children')} children as one batch** (`ea.batch_children`: stacked weights, "
+                   f"vmapped G, one VGG pass; per-image batches): {_f(cb.get('batched_s'), '.3f')} s against "
                    f"{_f(cb.get('one_by_one_s'), '.3f')} s one by one: **{_f(cb.get('speedup'), '.2f')}×**, peak "
                    f"{_f(cb.get('peak_gib'), '.1f')} GiB; objectives' largest relative difference "
                    f"{_f(cb.get('max_rel_diff'), '.1e')}")

@@ -128,8 +128,8 @@ def test_a_generation_made_ahead_is_the_sequential_generation(selection):
                              p_crossover=0.9, p_mutation=0.5, mutation_rate=0.3, mutation_sigma=0.2,
                              neighbourhood=3)
     weights = np.array(preferences(n), dtype=np.float64)
-    runs = {}
-    for mode in ("one by one", "batched"):
+
+    def run(batched: bool) -> tuple[EAState, int, list[int]]:
         genomes = _population(n)
         singles: list[int] = []
         batches: list[int] = []
@@ -145,9 +145,10 @@ def test_a_generation_made_ahead_is_the_sequential_generation(selection):
         st = EAState.initial(genomes, np.array([_f(g) for g in genomes]), [{"checkpoint": f"s{j}"}
                                                                           for j in range(n)])
         evolve(st, weights, ea, cycle=0, run_seed=11, evaluate=evaluate,
-               evaluate_many=evaluate_many if mode == "batched" else None)
-        runs[mode] = (st, len(singles), batches)
-    (seq, seq_calls, _), (bat, redone, batches) = runs["one by one"], runs["batched"]
+               evaluate_many=evaluate_many if batched else None)
+        return st, len(singles), batches
+
+    (seq, seq_calls, _), (bat, redone, batches) = run(False), run(True)
     assert json.dumps(bat.rows, sort_keys=True) == json.dumps(seq.rows, sort_keys=True)  # same children, same fate
     assert np.array_equal(bat.F, seq.F) and bat.refs == seq.refs and bat.hypervolume == seq.hypervolume
     assert all(torch.equal(a[k], b[k]) for a, b in zip(bat.genomes, seq.genomes) for k in a)
@@ -159,7 +160,7 @@ def test_a_generation_made_ahead_is_the_sequential_generation(selection):
 
 
 @pytest.fixture
-def ea_pair(shards, tmp_path):
+def ea_pair(shards, tmp_path):  # noqa: F811 - the fixture imported above
     """The EA job run twice from the same members and seed: one by one, and with ea.batch_children."""
     a = make_run(tmp_path / "a", shards, "run.seed=5", "ea.generations=3")
     b = make_run(tmp_path / "b", shards, "run.seed=5", "ea.generations=3", "ea.batch_children=true")

@@ -86,7 +86,7 @@ def adam(params: Iterable[torch.Tensor], lr: float, betas: Sequence[float], fuse
                            **({"fused": True} if use_fused else {}), **({"capturable": True} if capturable else {}))
     flags = {k: opt.param_groups[0][k] for k in ("fused", "foreach", "capturable")}
     if capturable:  # the eager warm-up steps before a capture are intended: no "capturable but not captured" warning
-        opt._warned_capturable_if_run_uncaptured = True  # type: ignore[attr-defined]
+        opt._warned_capturable_if_run_uncaptured = True
 
     def keep_implementation(o: torch.optim.Optimizer) -> None:
         for group in o.param_groups:

@@ -283,6 +283,22 @@ def _population(rec: dict[str, Any]) -> list[str]:
     return out
 
 
+def _mps(rec: dict[str, Any]) -> list[str]:
+    out = ["| mode | processes | it/s per member | it/s per GPU | each |", "|---|---:|---:|---:|---|"]
+    for label, key in (("time-sliced", "time_sliced"), ("CUDA MPS", "mps")):
+        r = rec.get(key) or {}
+        if "its_per_s_per_gpu" in r:
+            out.append(f"| {label} | {r.get('k')} | {_f(r.get('its_per_s_per_member'), '.2f')} | "
+                       f"{_f(r.get('its_per_s_per_gpu'), '.2f')} | "
+                       f"{', '.join(_f(x, '.2f') for x in r.get('its_per_s_each') or [])} |")
+        elif r:
+            out.append(f"| {label} | – | – | – | {r.get('skipped') or r.get('failed')} |")
+    out += ["", f"One member alone (section 1, RRDB TF32 MemberStep): {_f(rec.get('alone_its_per_s'), '.2f')} it/s."
+            + (f" MPS / time-sliced, per GPU: {_f(_g(rec, 'mps', 'vs_time_sliced'), '.2f')}×."
+               if _g(rec, "mps", "vs_time_sliced") else "")]
+    return out
+
+
 def _graph(rec: dict[str, Any]) -> list[str]:
     out = ["| variant | eager ms/it | graph ms/it | eager / graph | it/s eager → graph | host CPU share eager → "
            "graph | MFU eager → graph | peak GiB eager / graph | ‖Δw‖/‖w‖ graph vs eager (eager vs eager) |",
@@ -342,6 +358,8 @@ def render(data: dict[str, Any]) -> str:
         "graph": ", ".join(f"{r['label']}: eager / graph {_f(r.get('speedup'), '.2f')}×, "
                            f"{_f(_g(r, 'its_per_s', 'graph'), '.2f')} it/s"
                            for r in _g(sec, "graph", "rows") or []),
+        "mps": (f"{_f(_g(sec, 'mps', 'time_sliced', 'its_per_s_per_gpu'), '.2f')} it/s per GPU time-sliced, "
+                f"{_f(_g(sec, 'mps', 'mps', 'its_per_s_per_gpu'), '.2f')} under MPS"),
         "population": (f"gate: separate / grouped {_f(_g(sec, 'population', 'gate_total', 'ratio'), '.2f')}×; "
                        f"k = 4 in turn / batched "
                        f"{_f(_g(sec, 'population', 'k_members', 'ratio_in_turn_to_batched'), '.2f')}×"),
@@ -350,7 +368,7 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"| {rec.get('title', name)} | {rec.get('status')} | {heads.get(name, '')} |")
     render_fn = {"member_step": lambda r: _member(r, peak), "extras": lambda r: _member(r, peak),
                  "loader": _loader, "ea": _ea, "fusion": _fusion, "real_run": _real_run, "population": _population,
-                 "graph": _graph}
+                 "graph": _graph, "mps": _mps}
     for name, rec in sec.items():
         lines += ["", f"## {rec.get('title', name)}", "", _status(rec)]
         if name in render_fn:

@@ -8,6 +8,7 @@ bench/gpu_check.py itself):
 4. fusion — bench/_gpu_fusion.py
 7. k members on one GPU (the grouped-convolution gate, in turn vs batched) — bench/_gpu_population.py
 8. the captured member step (eager vs one CUDA graph) — bench/_gpu_graph.py
+9. k member processes on one GPU, time-sliced vs CUDA MPS — bench/_gpu_mps.py
 
 What they share (the configs, :class:`Ctx`, the seeded genomes) is in bench/_gpu_ctx.py. Every section takes a
 :class:`Ctx` and a ``record`` dict it fills as it measures.
@@ -20,9 +21,10 @@ from _gpu_ea import section_ea
 from _gpu_fusion import section_fusion
 from _gpu_graph import GRAPH_VARIANTS, SMOKE_GRAPH_VARIANTS, section_graph
 from _gpu_loader import section_loader
+from _gpu_mps import section_mps
 from _gpu_population import section_population
 from _gpu_member import EXTRA_VARIANTS, SMOKE_VARIANTS, VARIANTS, Variant, section_extras, section_member_step
 
 __all__ = ["Ctx", "Variant", "VARIANTS", "EXTRA_VARIANTS", "SMOKE_VARIANTS", "section_device", "section_member_step",
            "section_loader", "section_ea", "section_fusion", "section_extras", "section_population",
-           "section_graph", "GRAPH_VARIANTS", "SMOKE_GRAPH_VARIANTS"]
+           "section_graph", "GRAPH_VARIANTS", "SMOKE_GRAPH_VARIANTS", "section_mps"]

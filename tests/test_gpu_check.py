@@ -77,7 +77,7 @@ def test_bf16_peak_is_picked_by_device_name() -> None:
     assert common.bf16_peak("Some Future GPU")[0] is None
 
 
-SECTIONS = ("device", "member_step", "graph", "loader", "ea", "fusion", "population", "real_run", "extras")
+SECTIONS = ("device", "member_step", "graph", "loader", "ea", "fusion", "population", "mps", "real_run", "extras")
 
 
 @pytest.mark.slow
@@ -142,6 +142,9 @@ def test_cpu_smoke_runs_every_section(tmp_path: Path, demo_shards: Path) -> None
         assert r["backend"].startswith("Rerun") and r["captures"] == 1 and r["replays"] >= 3
         assert r["same_math"]["graph_vs_eager"] == 0.0 and r["same_math"]["eager_vs_eager"] == 0.0
         assert r["ms_per_it"]["graph"] > 0 and r["speedup"] > 0
+    mps = sections["mps"]  # two member processes started together behind the barrier; no MPS without CUDA
+    assert mps["time_sliced"]["k"] == 2 and all(x > 0 for x in mps["time_sliced"]["its_per_s_each"])
+    assert mps["mps"] == {"skipped": "no CUDA device"}
     run = sections["real_run"]
     assert run["exit_code"] == 0
     assert {"pretrain", "adam/000", "ea/000", "fuse", "eval"} <= set(run["stages"])

@@ -14,16 +14,13 @@ says nothing about a GPU (section 3 of bench/gpu_check.sh measures that).
 """
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from _common import RESULTS_DIR, command_line, machine, publish, report_head
-from population_step import count_ops
+from population_step import count_ops, cpu_s_interleaved, k_bench_args
 
 from easlurm import factory
 from easlurm.config import load_config
@@ -56,13 +53,7 @@ def measure(config: str, k: int, reps: int) -> dict[str, float]:
     for name, fn in sides.items():
         everything, computing = count_ops(fn)
         out[f"ops {name}"], out[f"computing {name}"] = everything / k, computing / k
-    times: dict[str, list[float]] = {n: [] for n in sides}
-    for r in range(reps):
-        for name in list(sides)[r % 2:] + list(sides)[:r % 2]:
-            t0 = time.process_time()
-            sides[name]()
-            times[name].append((time.process_time() - t0) / k)
-    out.update({f"cpu s {n}": statistics.median(v) for n, v in times.items()})
+    out.update(cpu_s_interleaved(sides, reps, k))
     one = torch.tensor([objective(g) for g in genomes], dtype=torch.float64)
     many = torch.tensor(objective.many(genomes), dtype=torch.float64)
     out["max rel diff"] = float(((many - one).abs() / one.abs()).max())
@@ -70,15 +61,8 @@ def measure(config: str, k: int, reps: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("-k", type=int, default=5, help="children (default %(default)s)")
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(RESULTS))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    configs = ["srresnet"] if args.quick else ["srresnet", "rrdb"]
+    args = k_bench_args(__doc__, argv, 5, "children", RESULTS)
+    configs = args.configs
     lines = report_head("A generation's children as one batch vs one by one", command_line("ea_batched.py", argv),
                         machine())
     lines += ["", f"k = {args.k} children, fitness 2 images × 4 tiles of 64 px HR (batch 4 = one image), "

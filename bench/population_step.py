@@ -20,6 +20,8 @@ import statistics
 import sys
 import time
 from functools import partial
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -89,26 +91,41 @@ def measure(config: str, k: int, reps: int) -> dict[str, float]:
     batched(lr, hr)
     (a1, c1), (a2, c2) = count_ops(one_by_one), count_ops(partial(batched, lr, hr))
     out = {"ops single": a1 / k, "ops batched": a2 / k, "computing single": c1 / k, "computing batched": c2 / k}
-    times: dict[str, list[float]] = {"single": [], "batched": []}
-    for _ in range(reps):
-        for name, fn in (("single", one_by_one), ("batched", partial(batched, lr, hr))):
-            t0 = time.process_time()
-            fn()
-            times[name].append((time.process_time() - t0) / k)
-    out.update({f"cpu s {n}": statistics.median(v) for n, v in times.items()})
+    out.update(cpu_s_interleaved({"single": one_by_one, "batched": partial(batched, lr, hr)}, reps, k))
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def cpu_s_interleaved(sides: dict[str, Callable[[], Any]], reps: int, per: int) -> dict[str, float]:
+    """``cpu s NAME``: median CPU seconds of one call of each side divided by ``per``, the sides interleaved and
+    their order rotated every repetition."""
+    times: dict[str, list[float]] = {n: [] for n in sides}
+    names = list(sides)
+    for r in range(reps):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.process_time()
+            sides[name]()
+            times[name].append((time.process_time() - t0) / per)
+    return {f"cpu s {n}": statistics.median(v) for n, v in times.items()}
+
+
+def k_bench_args(doc: str, argv: list[str] | None, k: int, what: str, results: Path) -> argparse.Namespace:
+    """The options of a k-genomes CPU benchmark (--quick: srresnet only, -k, --reps, --threads, --out); sets the
+    thread count and adds ``configs``."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("-k", type=int, default=4, help="members (default %(default)s)")
+    ap.add_argument("-k", type=int, default=k, help=f"{what} (default %(default)s)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--out", default=str(results))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    configs = ["srresnet"] if args.quick else ["srresnet", "rrdb"]
+    args.configs = ["srresnet"] if args.quick else ["srresnet", "rrdb"]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = k_bench_args(__doc__, argv, 4, "members", RESULTS)
+    configs = args.configs
     lines = report_head("Population-batched step vs k single steps", command_line("population_step.py", argv),
                         machine())
     lines += ["", f"k = {args.k} members, batch 2 × 32 px HR each, {args.threads} thread(s), CPU; per member "
@@ -123,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{m['cpu s single']:.3f} | "
                      f"{m['cpu s batched']:.3f} | {m['cpu s single'] / m['cpu s batched']:.2f}× |")
         print(lines[-1], flush=True)
-    publish("\n".join(lines) + "\n", None if args.out == "-" else __import__("pathlib").Path(args.out))
+    publish("\n".join(lines) + "\n", None if args.out == "-" else Path(args.out))
     return 0
 
 

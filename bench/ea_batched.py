@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from _common import RESULTS_DIR, command_line, machine, publish, report_head
-from population_step import count_ops, cpu_s_interleaved, k_bench_args
+from population_step import count_ops, cpu_s_interleaved, k_bench_args, ops_and_cpu_cells
 
 from easlurm import factory
 from easlurm.config import load_config
@@ -72,11 +72,7 @@ def main(argv: list[str] | None = None) -> int:
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for config in configs:
         m = measure(config, args.k, args.reps)
-        lines.append(f"| {config} | {m['ops one by one']:,.0f} ({m['computing one by one']:,.0f}) | "
-                     f"{m['ops batched']:,.0f} ({m['computing batched']:,.0f}) | "
-                     f"{m['computing batched'] / m['computing one by one']:.3f} | {m['cpu s one by one']:.3f} | "
-                     f"{m['cpu s batched']:.3f} | {m['cpu s one by one'] / m['cpu s batched']:.2f}× | "
-                     f"{m['max rel diff']:.1e} |")
+        lines.append(f"| {config} | {ops_and_cpu_cells(m, 'one by one', 'batched')} | {m['max rel diff']:.1e} |")
         print(lines[-1], flush=True)
     publish("\n".join(lines) + "\n", None if args.out == "-" else Path(args.out))
     return 0

@@ -108,6 +108,14 @@ def cpu_s_interleaved(sides: dict[str, Callable[[], Any]], reps: int, per: int) 
     return {f"cpu s {n}": statistics.median(v) for n, v in times.items()}
 
 
+def ops_and_cpu_cells(m: dict[str, float], base: str, other: str) -> str:
+    """Table cells: ops of ``base`` and ``other`` (computing in brackets), the computing ops ratio, the CPU seconds of
+    both and their ratio (base / other), from :func:`measure`-style keys."""
+    return (f"{m[f'ops {base}']:,.0f} ({m[f'computing {base}']:,.0f}) | {m[f'ops {other}']:,.0f} "
+            f"({m[f'computing {other}']:,.0f}) | {m[f'computing {other}'] / m[f'computing {base}']:.3f} | "
+            f"{m[f'cpu s {base}']:.3f} | {m[f'cpu s {other}']:.3f} | {m[f'cpu s {base}'] / m[f'cpu s {other}']:.2f}×")
+
+
 def k_bench_args(doc: str, argv: list[str] | None, k: int, what: str, results: Path) -> argparse.Namespace:
     """The options of a k-genomes CPU benchmark (--quick: srresnet only, -k, --reps, --threads, --out); sets the
     thread count and adds ``configs``."""
@@ -135,10 +143,7 @@ def main(argv: list[str] | None = None) -> int:
               "|---|---:|---:|---:|---:|---:|---:|"]
     for config in configs:
         m = measure(config, args.k, args.reps)
-        lines.append(f"| {config} | {m['ops single']:,.0f} ({m['computing single']:,.0f}) | {m['ops batched']:,.0f} "
-                     f"({m['computing batched']:,.0f}) | {m['computing batched'] / m['computing single']:.3f} | "
-                     f"{m['cpu s single']:.3f} | "
-                     f"{m['cpu s batched']:.3f} | {m['cpu s single'] / m['cpu s batched']:.2f}× |")
+        lines.append(f"| {config} | {ops_and_cpu_cells(m, 'single', 'batched')} |")
         print(lines[-1], flush=True)
     publish("\n".join(lines) + "\n", None if args.out == "-" else Path(args.out))
     return 0

@@ -283,6 +283,26 @@ def _population(rec: dict[str, Any]) -> list[str]:
     return out
 
 
+def _bf16(rec: dict[str, Any]) -> list[str]:
+    values = rec.get("values") or {}
+    verdict = rec.get("verdict") or {}
+    arms = list(values)
+    out = [f"{rec.get('config')} members, {rec.get('iters')} iterations each (batch {rec.get('batch')}, "
+           f"{rec.get('patch')} px, preference {rec.get('preference')}), from the same initial networks; losses: "
+           "means over the last quarter; metrics on the demo val photos.", "",
+           "| quantity | " + " | ".join(arms) + " | seed gap | bf16 gap | bf16 within seed noise |",
+           "|---|" + "---:|" * (len(arms) + 3)]
+    for key, v in verdict.items():
+        out.append(f"| {key} | " + " | ".join(_f(values[a].get(key), '.4g') for a in arms)
+                   + f" | {_f(v['seed_gap'], '.3g')} | {_f(v['bf16_gap'], '.3g')} | "
+                   f"{'yes' if v['within_seed_noise'] else '**no**'} |")
+    if rec.get("bf16_within_seed_noise") is not None:
+        out += ["", f"**bf16 within seed noise on every quantity: {rec['bf16_within_seed_noise']}** (one seed pair: "
+                "a coarse estimate of the noise). Seconds per arm: " + ", ".join(
+                    f"{k} {_f(x, '.0f')}" for k, x in (rec.get("arm_seconds") or {}).items())]
+    return out
+
+
 def _mps(rec: dict[str, Any]) -> list[str]:
     out = ["| mode | processes | it/s per member | it/s per GPU | each |", "|---|---:|---:|---:|---|"]
     for label, key in (("time-sliced", "time_sliced"), ("CUDA MPS", "mps")):
@@ -358,6 +378,7 @@ def render(data: dict[str, Any]) -> str:
         "graph": ", ".join(f"{r['label']}: eager / graph {_f(r.get('speedup'), '.2f')}×, "
                            f"{_f(_g(r, 'its_per_s', 'graph'), '.2f')} it/s"
                            for r in _g(sec, "graph", "rows") or []),
+        "bf16": f"bf16 within seed noise: {_g(sec, 'bf16', 'bf16_within_seed_noise')}",
         "mps": (f"{_f(_g(sec, 'mps', 'time_sliced', 'its_per_s_per_gpu'), '.2f')} it/s per GPU time-sliced, "
                 f"{_f(_g(sec, 'mps', 'mps', 'its_per_s_per_gpu'), '.2f')} under MPS"),
         "population": (f"gate: separate / grouped {_f(_g(sec, 'population', 'gate_total', 'ratio'), '.2f')}×; "
@@ -368,7 +389,7 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"| {rec.get('title', name)} | {rec.get('status')} | {heads.get(name, '')} |")
     render_fn = {"member_step": lambda r: _member(r, peak), "extras": lambda r: _member(r, peak),
                  "loader": _loader, "ea": _ea, "fusion": _fusion, "real_run": _real_run, "population": _population,
-                 "graph": _graph, "mps": _mps}
+                 "graph": _graph, "mps": _mps, "bf16": _bf16}
     for name, rec in sec.items():
         lines += ["", f"## {rec.get('title', name)}", "", _status(rec)]
         if name in render_fn:

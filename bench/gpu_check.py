@@ -18,7 +18,9 @@ moment it ends (a run stopped at the call's time limit keeps every finished sect
    whole ``train_member`` job for 40 iterations next to its MemberStep alone;
 7. k members on one GPU: the grouped-convolution gate and k = 4 RRDB members in turn vs one batched step;
 8. the captured step: eager vs one CUDA graph (``adam.cuda_graph``), speed and equality (run right after section 1);
-9. k = 4 member processes on one GPU, time-sliced vs under CUDA MPS (run before section 5).
+9. k = 4 member processes on one GPU, time-sliced vs under CUDA MPS (run before section 5);
+10. TF32 vs bf16: three short MSRResNet trainings (TF32 twice for the seed noise, bf16 once) scored on the demo val
+    photos — last, so in practice a call of its own (``--only device,bf16``).
 
     python bench/gpu_check.py [--cpu-smoke] [--out DIR ...] [--budget-s S] [--demo DIR] [--only a,b]
 
@@ -99,7 +101,7 @@ from _gpu_common import Clock, Results, run_section
 from _gpu_report import render
 from _gpu_sections import (
     Ctx, section_device, section_ea, section_extras, section_fusion, section_graph, section_loader,
-    section_member_step, section_mps, section_population,
+    section_bf16, section_member_step, section_mps, section_population,
 )
 
 #: (name, title, GPU budget s, smoke budget s, GPU minimum s kept for it by earlier sections, section function).
@@ -118,6 +120,8 @@ SECTIONS: tuple[tuple[str, str, float, float, float, Any], ...] = (
     ("real_run", "5. Short real run: SRResNet paper config, local executor", 330, 300, 120, None),
     ("extras", "6. Cheap fixes (channels_last, cudnn.benchmark) and the whole member job", 90, 120, 0,
      section_extras),
+    ("bf16", "10. TF32 vs bf16: a short training run each (run it with --only device,bf16)", 150, 120, 0,
+     section_bf16),
 )
 
 

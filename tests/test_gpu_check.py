@@ -77,7 +77,8 @@ def test_bf16_peak_is_picked_by_device_name() -> None:
     assert common.bf16_peak("Some Future GPU")[0] is None
 
 
-SECTIONS = ("device", "member_step", "graph", "loader", "ea", "fusion", "population", "mps", "real_run", "extras")
+SECTIONS = ("device", "member_step", "graph", "loader", "ea", "fusion", "population", "mps", "real_run", "extras",
+            "bf16")
 
 
 @pytest.mark.slow
@@ -145,6 +146,10 @@ def test_cpu_smoke_runs_every_section(tmp_path: Path, demo_shards: Path) -> None
     mps = sections["mps"]  # two member processes started together behind the barrier; no MPS without CUDA
     assert mps["time_sliced"]["k"] == 2 and all(x > 0 for x in mps["time_sliced"]["its_per_s_each"])
     assert mps["mps"] == {"skipped": "no CUDA device"}
+    bf16 = sections["bf16"]  # on CPU bf16 autocast does nothing: the bf16 arm is the TF32 arm of the same seed
+    assert set(bf16["values"]) == {"TF32 seed 0", "TF32 seed 1", "bf16 seed 0"}
+    assert all(v["bf16_gap"] == 0.0 for v in bf16["verdict"].values()) and bf16["bf16_within_seed_noise"]
+    assert any(v["seed_gap"] > 0 for v in bf16["verdict"].values())  # other batches, other weights
     run = sections["real_run"]
     assert run["exit_code"] == 0
     assert {"pretrain", "adam/000", "ea/000", "fuse", "eval"} <= set(run["stages"])

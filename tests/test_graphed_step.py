@@ -197,3 +197,22 @@ def test_eager_reference_rates_do_not_price_a_graphed_run():
     graphed = load_config(REPO / "configs" / "rrdb.yaml", ["adam.cuda_graph=true"])
     assert reference_rates(graphed, {"adam"}) is None
 
+
+
+def test_k_graphed_members_in_one_task_commit_what_eager_members_commit(make_run, monkeypatch):
+    eager = _started(make_run, [], "eager_k")
+    for m in (0, 1):
+        train_member(eager, 0, m)
+    graphed = _started(make_run, ["adam.cuda_graph=true", "adam.members_per_task=2"], "graphed_k")
+    steps: list[GraphedStep] = []
+
+    def graph(step, backend):
+        steps.append(GraphedStep(step, backend, warmup=2))
+        return steps[-1]
+
+    monkeypatch.setattr(member_stage, "graph_backend", lambda cfg, device: Rerun)
+    monkeypatch.setattr(member_stage, "GraphedStep", graph)
+    train_member(graphed, 0, members=(0, 1))
+    assert [(s.captures, s.replays) for s in steps] == [(1, 5), (1, 5)]  # one graph per member, 2 warm-ups each
+    for m in (0, 1):
+        assert _state(graphed, 0, m) == _state(eager, 0, m), f"member {m}"

@@ -152,6 +152,20 @@ def _started(make_run, overrides, name):
     return run
 
 
+def _rerun_graphs(monkeypatch, warmup: int) -> list[GraphedStep]:
+    """``adam.cuda_graph`` on this CPU through the stand-in graph (:class:`Rerun`), ``warmup`` eager iterations per
+    capture; returns the list every member's GraphedStep is appended to as it is built."""
+    steps: list[GraphedStep] = []
+
+    def graphed(step, backend):
+        steps.append(GraphedStep(step, backend, warmup=warmup))
+        return steps[-1]
+
+    monkeypatch.setattr(member_stage, "graph_backend", lambda cfg, device: Rerun)
+    monkeypatch.setattr(member_stage, "GraphedStep", graphed)
+    return steps
+
+
 def test_a_graphed_member_commits_what_an_eager_one_commits_across_a_resume(make_run, monkeypatch, capsys):
     eager = _started(make_run, [], "eager")
     train_member(eager, 0, 1)
@@ -163,14 +177,7 @@ def test_a_graphed_member_commits_what_an_eager_one_commits_across_a_resume(make
 
     # With the CPU stand-in for the graph: one warm-up, capture, replays; a crash after iteration 5, then a resume
     # from the commit at 3, which loads state, so the graph is captured again.
-    steps: list[GraphedStep] = []
-
-    def graphed(step, backend):
-        steps.append(GraphedStep(step, backend, warmup=1))
-        return steps[-1]
-
-    monkeypatch.setattr(member_stage, "graph_backend", lambda cfg, device: Rerun)
-    monkeypatch.setattr(member_stage, "GraphedStep", graphed)
+    steps = _rerun_graphs(monkeypatch, warmup=1)
     real_step = MemberTrainee.step
 
     def crash_at_5(self, iteration):
@@ -198,20 +205,12 @@ def test_eager_reference_rates_do_not_price_a_graphed_run():
     assert reference_rates(graphed, {"adam"}) is None
 
 
-
 def test_k_graphed_members_in_one_task_commit_what_eager_members_commit(make_run, monkeypatch):
     eager = _started(make_run, [], "eager_k")
     for m in (0, 1):
         train_member(eager, 0, m)
     graphed = _started(make_run, ["adam.cuda_graph=true", "adam.members_per_task=2"], "graphed_k")
-    steps: list[GraphedStep] = []
-
-    def graph(step, backend):
-        steps.append(GraphedStep(step, backend, warmup=2))
-        return steps[-1]
-
-    monkeypatch.setattr(member_stage, "graph_backend", lambda cfg, device: Rerun)
-    monkeypatch.setattr(member_stage, "GraphedStep", graph)
+    steps = _rerun_graphs(monkeypatch, warmup=2)
     train_member(graphed, 0, members=(0, 1))
     assert [(s.captures, s.replays) for s in steps] == [(1, 5), (1, 5)]  # one graph per member, 2 warm-ups each
     for m in (0, 1):
